@@ -1,0 +1,46 @@
+# ser: two commands on a fresh machine: `make demo` and `make test`.
+# Each sets up .venv itself (pinned, idempotent, a no-op when already done).
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-fast bench compile clean help
+.DEFAULT_GOAL := help
+
+help:  ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+setup: $(STAMP)  ## create .venv with the pinned stack (idempotent)
+
+demo: setup  ## run the whole study locally on the synthetic corpus (S3, MLflow, kfp local, TorchServe)
+	$(VENV)/bin/ser demo
+
+test: setup  ## run every test (integration tests start real servers on 127.0.0.1)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: setup  ## unit tests only
+	$(PY) -m pytest -q -m "not integration" $(PYTEST_ARGS)
+
+bench: setup  ## run the benchmarks (tables on stdout, JSON under build/bench/)
+	$(PY) benchmarks/features.py --out build/bench/features.json
+	$(PY) benchmarks/training.py --out build/bench/training.json
+	$(PY) benchmarks/serving.py --out build/bench/serving.json
+
+compile: setup  ## compile the Kubeflow pipelines to build/pipelines/*.yaml
+	$(VENV)/bin/ser pipeline compile --out build/pipelines
+
+clean:  ## remove build outputs and local service data (keeps .venv)
+	rm -rf build .ser local_outputs
+
+-include mk/*.mk

@@ -1,0 +1,5 @@
+import sys
+
+from ser.cli import main
+
+sys.exit(main())

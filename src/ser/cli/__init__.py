@@ -1,0 +1,59 @@
+"""The ``ser`` command line: one parser assembled from command-group modules.
+
+Each module in GROUPS exposes ``register(subparsers)`` and keeps heavy imports
+(torch, mlflow, kfp) inside its handlers, so ``ser --help`` answers at once.
+Handlers return an exit code; a :class:`UserError` becomes a one-line message and
+exit status 2 instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import warnings
+
+GROUPS: tuple[str, ...] = ("data", "study", "serve", "pipeline", "demo")
+
+
+class UserError(Exception):
+    """A problem the user can fix (bad path, bad option); printed without a traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ser",
+        description=(
+            "Speech emotion recognition as image classification: corpora -> spectral "
+            "images -> CNNs tuned by random search with 5-fold cross-validation -> "
+            "transfer to Greek -> TorchServe. Run `ser COMMAND --help` for each step."
+        ),
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for group in GROUPS:
+        try:
+            module = importlib.import_module(f"ser.cli.{group}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"ser.cli.{group}":
+                continue  # command group not installed in this build
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module="audioread")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"ser {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ser {args.command}: interrupted; finished work is kept, rerun to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

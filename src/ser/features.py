@@ -1,0 +1,141 @@
+"""Spectral images: one utterance waveform -> one N x N float32 image.
+
+This is METHOD.md section 2 steps 1-5, and the single function both training and
+serving call (:func:`extract`), so the two can never drift apart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields
+from functools import lru_cache
+from typing import Literal
+
+import librosa
+import numpy as np
+from PIL import Image
+
+from ser import audio
+
+FeatureKind = Literal["mel", "chroma", "mfcc"]
+KINDS: tuple[str, ...] = ("mel", "chroma", "mfcc")
+SIZES: tuple[int, ...] = (30, 50, 60, 80)
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Everything that decides what image an utterance becomes.
+
+    ``size`` is N: the number of frequency bins (n_mels, n_chroma or n_mfcc) and the
+    width the time axis is resized to. ``sample_rate=None`` keeps each corpus at its
+    native rate, as the study did; an integer resamples every file to that rate.
+    """
+
+    kind: FeatureKind = "mel"
+    size: int = 60
+    n_fft: int = 2048
+    hop: int = 512
+    sample_rate: int | None = None
+    preemphasis: float = 0.97
+    top_db: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"feature kind must be one of {KINDS}, got {self.kind!r}")
+        if not 8 <= int(self.size) <= 512:
+            raise ValueError(f"feature size must be between 8 and 512, got {self.size}")
+        if self.n_fft <= 0 or self.hop <= 0:
+            raise ValueError("n_fft and hop must be positive")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "FeatureSpec":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown FeatureSpec fields: {sorted(unknown)}")
+        values = dict(data)
+        for key in ("size", "n_fft", "hop"):
+            if key in values:
+                values[key] = int(values[key])
+        if values.get("sample_rate") is not None:
+            values["sample_rate"] = int(values["sample_rate"])
+        return cls(**values)
+
+    def key(self) -> str:
+        """Short stable hash of the spec: part of every cache key and artifact name."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+@lru_cache(maxsize=64)
+def _mel_basis(sr: int, n_fft: int, n_mels: int) -> np.ndarray:
+    # Building the filter bank costs more than the projection itself; corpora have a
+    # handful of rates, so cache it per (rate, n_fft, N).
+    return librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels).astype(np.float32)
+
+
+@lru_cache(maxsize=64)
+def _chroma_basis(sr: int, n_fft: int, n_chroma: int) -> np.ndarray:
+    return librosa.filters.chroma(sr=sr, n_fft=n_fft, n_chroma=n_chroma).astype(np.float32)
+
+
+def spectral(wave: np.ndarray, rate: int, spec: FeatureSpec) -> np.ndarray:
+    """Step 3 and 4: the (N, frames) spectral feature in dB."""
+    power = np.abs(librosa.stft(wave, n_fft=spec.n_fft, hop_length=spec.hop)) ** 2
+    if spec.kind == "mel":
+        mel = _mel_basis(rate, spec.n_fft, spec.size) @ power
+        return librosa.power_to_db(mel, ref=np.max)
+    if spec.kind == "chroma":
+        chroma = _chroma_basis(rate, spec.n_fft, spec.size) @ power
+        chroma = librosa.util.normalize(chroma, norm=np.inf, axis=0)
+        return librosa.amplitude_to_db(chroma, ref=np.max)
+    # MFCCs are computed from a dB mel spectrogram already, so step 4 is built in.
+    mel_db = librosa.power_to_db(_mel_basis(rate, spec.n_fft, max(128, spec.size)) @ power)
+    return librosa.feature.mfcc(S=mel_db, n_mfcc=spec.size)
+
+
+def resize_time(image: np.ndarray, size: int) -> np.ndarray:
+    """Step 5: bilinear resize of the time axis to ``size`` columns (PIL, as the study)."""
+    pil = Image.fromarray(np.ascontiguousarray(image, dtype=np.float32), mode="F")
+    return np.asarray(pil.resize((size, image.shape[0]), Image.Resampling.BILINEAR), dtype=np.float32)
+
+
+def to_unit_range(image: np.ndarray) -> np.ndarray:
+    """Scale to [0, 1] per image, as saving it as a picture did in the study."""
+    lo, hi = float(image.min()), float(image.max())
+    if hi - lo < 1e-8:
+        return np.zeros_like(image, dtype=np.float32)
+    return ((image - lo) / (hi - lo)).astype(np.float32)
+
+
+def prepare(wave: np.ndarray, spec: FeatureSpec) -> np.ndarray:
+    """Steps 1-2: pre-emphasis, then trim of leading and trailing silence."""
+    return audio.trim(audio.preemphasis(wave, spec.preemphasis), top_db=spec.top_db)
+
+
+def extract(wave: np.ndarray, rate: int, spec: FeatureSpec) -> np.ndarray:
+    """One waveform at ``rate`` Hz -> float32 image of shape (N, N) in [0, 1].
+
+    The waveform should already be at the spec's rate (see :func:`load`); resampling
+    is the decoder's job so that serving and training decode identically.
+    """
+    if wave.ndim != 1 or wave.size == 0:
+        raise audio.AudioError("expected a non-empty mono waveform")
+    image = spectral(prepare(wave, spec), rate, spec)
+    return to_unit_range(resize_time(image, spec.size))
+
+
+def extract_bytes(data: bytes, spec: FeatureSpec) -> np.ndarray:
+    """Bytes of a recording -> image: the path the serving handler takes."""
+    wave, rate = audio.decode(data, spec.sample_rate)
+    return extract(wave, rate, spec)
+
+
+def extract_file(path: str, spec: FeatureSpec) -> np.ndarray:
+    """A recording on disk -> image: the path batch extraction takes."""
+    wave, rate = audio.decode(path, spec.sample_rate)
+    return extract(wave, rate, spec)

@@ -1,0 +1,23 @@
+"""Shared fixtures: where ../shared lives, and skips that say why."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_dir() -> Path:
+    """../shared beside the checkout (CI lays it there), or SER_SHARED_DIR."""
+    return Path(os.environ.get("SER_SHARED_DIR", REPO.parent / "shared"))
+
+
+@pytest.fixture(scope="session")
+def tess_dir() -> Path:
+    path = shared_dir() / "data" / "tess"
+    if not path.is_dir():
+        pytest.skip(f"real TESS corpus not found at {path} (../shared absent): integration test skipped")
+    return path

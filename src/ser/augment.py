@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from itertools import combinations
+from pathlib import Path
 from typing import Literal
 
 import librosa
@@ -80,3 +81,68 @@ def augment(wave: np.ndarray, rate: int, seed: int, source_id: str, copy: int = 
     rng = rng_for(seed, source_id, copy)
     changes = draw(rng)
     return apply(wave, rate, changes, rng), ",".join(str(c) for c in changes)
+
+
+#: Columns an augmented copy adds to the utterance table.
+AUGMENT_COLUMNS: tuple[str, ...] = ("augmented_from", "augment", "perturbation")
+
+
+def augment_rows(
+    rows: list[dict],
+    out_dir: str | Path,
+    mode: AugmentMode = "add",
+    copies: int = 1,
+    seed: int = 0,
+    corpora: tuple[str, ...] = ("tess",),
+    progress: bool = True,
+) -> tuple[list[dict], list[tuple[str, str]]]:
+    """Write perturbed copies of the rows of ``corpora`` as WAV files under ``out_dir``.
+
+    Returns the new rows (the source row's columns, a new path and hash, and
+    ``augmented_from`` = source hash, ``augment`` = mode, ``perturbation``) and the
+    files that failed. A copy already on disk is kept, not recomputed, so an
+    interrupted run resumes. ``replace`` mode writes one copy per file.
+    """
+    import soundfile as sf
+    from tqdm import tqdm
+
+    from ser import audio
+
+    if mode not in MODES:
+        raise ValueError(f"augmentation mode must be one of {MODES}, got {mode!r}")
+    copies = 1 if mode == "replace" else int(copies)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    chosen = [r for r in rows if r["corpus"] in corpora and not r.get("augmented_from")]
+    new_rows: list[dict] = []
+    problems: list[tuple[str, str]] = []
+    for row in tqdm(chosen, desc=f"augment ({mode})", unit="clip", disable=not progress):
+        try:
+            wave = None
+            for copy in range(copies):
+                target = out / f"{Path(row['path']).stem}.aug{copy}.wav"
+                info_path = target.with_suffix(".txt")
+                if not (target.exists() and info_path.exists()):
+                    if wave is None:
+                        wave, rate = audio.decode(row["path"])
+                    new, described = augment(wave, rate, seed, row["sha256"], copy)
+                    sf.write(target.with_suffix(".tmp.wav"), new, rate, subtype="FLOAT")
+                    Path(target.with_suffix(".tmp.wav")).replace(target)
+                    info_path.write_text(described)
+                info = audio.probe(target)
+                new_rows.append(
+                    {
+                        **row,
+                        "path": str(target.resolve()),
+                        "sha256": audio.sha256_file(target),
+                        "duration": round(info.duration, 4),
+                        "sample_rate": info.sample_rate,
+                        "container": info.container,
+                        "augmented_from": row["sha256"],
+                        "augment": mode,
+                        "perturbation": info_path.read_text(),
+                    }
+                )
+        except audio.AudioError as exc:
+            problems.append((row["path"], str(exc)))
+    return new_rows, problems

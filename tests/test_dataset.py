@@ -1,0 +1,68 @@
+import numpy as np
+import pytest
+import soundfile as sf
+
+from ser import dataset
+from ser.audio import sha256_file
+from ser.features import FeatureSpec
+from tests.helpers import tone
+
+
+@pytest.fixture
+def table(tmp_path):
+    rows = []
+    for i, emotion in enumerate(["happy", "sad", "angry", "calm"]):
+        path = tmp_path / f"{i}.wav"
+        sf.write(path, tone(freq=150 + 50 * i, seed=i), 16000)
+        rows.append({"path": str(path), "sha256": sha256_file(path), "emotion": emotion, "speaker": f"s{i % 2}", "corpus": "x"})
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF....WAVEfmt garbage")
+    rows.append({"path": str(bad), "sha256": sha256_file(bad), "emotion": "sad", "speaker": "s0", "corpus": "x"})
+    return rows
+
+
+def test_build_reports_bad_and_out_of_set_rows_and_keeps_the_rest(table, tmp_path):
+    spec = FeatureSpec(size=30)
+    fs, report = dataset.build(table, spec, cache_dir=tmp_path / "cache", workers=1, progress=False)
+    assert len(fs) == 3 and fs.images.shape == (3, 30, 30)
+    reasons = dict(report.problems)
+    assert "not a readable audio file" in reasons[table[4]["path"]]
+    assert "calm" in reasons[table[3]["path"]]
+    assert [fs.label_names[i] for i in fs.labels] == ["happy", "sad", "angry"]
+    assert list(fs.group) == list(fs.source_id) and fs.is_original.all()
+
+
+def test_second_run_is_served_from_cache(table, tmp_path):
+    spec = FeatureSpec(size=30)
+    first, r1 = dataset.build(table, spec, cache_dir=tmp_path / "c", workers=1, progress=False)
+    second, r2 = dataset.build(table, spec, cache_dir=tmp_path / "c", workers=1, progress=False)
+    assert r1.computed == 4 and r2.cached == 3 and r2.computed == 1  # only the broken file is retried
+    assert np.array_equal(first.images, second.images)
+
+
+def test_parallel_and_serial_extraction_agree(table, tmp_path):
+    rows = table[:3] * 12  # > 32 rows, so the process pool is used
+    spec = FeatureSpec(size=30)
+    serial, _ = dataset.build(rows, spec, workers=1, progress=False)
+    parallel, _ = dataset.build(rows, spec, workers=2, progress=False)
+    assert np.array_equal(serial.images, parallel.images)
+
+
+def test_save_load_subset_concat(table, tmp_path):
+    fs, _ = dataset.build(table, FeatureSpec(size=30), workers=1, progress=False)
+    path = fs.save(tmp_path / "f.npz")
+    back = dataset.FeatureSet.load(path)
+    assert np.array_equal(back.images, fs.images) and back.spec == fs.spec and back.label_names == fs.label_names
+    part = back.subset([2, 0])
+    assert list(part.labels) == [fs.labels[2], fs.labels[0]]
+    assert len(dataset.FeatureSet.concat([part, back])) == 5
+    with pytest.raises(ValueError, match="not a feature set"):
+        dataset.FeatureSet.load(table[4]["path"])
+
+
+def test_augmented_rows_carry_their_group(table):
+    src = table[0]
+    copy = {**src, "sha256": "copyhash", "augmented_from": src["sha256"], "augment": "replace"}
+    fs, _ = dataset.build([src, copy], FeatureSpec(size=30), workers=1, progress=False)
+    assert list(fs.group) == [src["sha256"], src["sha256"]]
+    assert list(fs.augment) == ["", "replace"]

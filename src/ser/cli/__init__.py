@@ -13,7 +13,7 @@ import importlib
 import sys
 import warnings
 
-GROUPS: tuple[str, ...] = ("data", "study", "serve", "pipeline", "demo")
+GROUPS: tuple[str, ...] = ("data", "study", "search", "serve", "services", "pipeline", "demo")
 
 
 class UserError(Exception):

@@ -120,15 +120,21 @@ def _noise(voice: _Voice, rng: np.random.Generator, size: int) -> np.ndarray:
     return table[at:at + size]
 
 
-def synthesize(emotion: str, voice: _Voice, rng: np.random.Generator, sample_rate: int = 16000) -> np.ndarray:
-    """One utterance as float32 in [-1, 1]; all randomness comes from ``rng``."""
+def synthesize(
+    emotion: str, voice: _Voice, rng: np.random.Generator, sample_rate: int = 16000, spread: float = 1.0
+) -> np.ndarray:
+    """One utterance as float32 in [-1, 1]; all randomness comes from ``rng``.
+
+    ``spread`` scales how far an utterance's prosody strays from its emotion's mean:
+    larger overlaps the classes more (harder), 0 leaves only speaker and phone variety.
+    """
     base = PROSODY[emotion]
-    pitch = base.pitch * np.exp(rng.normal(0, 0.10))
-    slope = base.slope + rng.normal(0, 0.12)
-    energy = base.energy * np.exp(rng.normal(0, 0.25))
-    rate = base.rate * np.exp(rng.normal(0, 0.15))
-    tilt = float(np.clip(base.tilt + rng.normal(0, 0.07), 0.1, 0.95))
-    jitter = base.jitter * np.exp(rng.normal(0, 0.3))
+    pitch = base.pitch * np.exp(rng.normal(0, 0.08 * spread))
+    slope = base.slope + rng.normal(0, 0.10 * spread)
+    energy = base.energy * np.exp(rng.normal(0, 0.25 * spread))
+    rate = base.rate * np.exp(rng.normal(0, 0.12 * spread))
+    tilt = float(np.clip(base.tilt + rng.normal(0, 0.05 * spread), 0.1, 0.95))
+    jitter = base.jitter * np.exp(rng.normal(0, 0.3 * spread))
 
     total = rng.uniform(1.0, 2.5)
     lead, tail = rng.uniform(0.05, 0.15, size=2)
@@ -203,11 +209,13 @@ def generate(
     speakers: int | None = None,
     seed: int = 0,
     sample_rate: int = 16000,
+    spread: float = 1.0,
 ) -> list[Path]:
     """Write a synthetic corpus under ``root`` and return the files, sorted.
 
     ``per_class`` files per emotion in total, dealt round-robin over ``speakers``
-    (default 4 actors for ravdess, 5 for aesdd). Writes ``SYNTHETIC.txt`` with the
+    (default 4 actors for ravdess, 5 for aesdd); ``spread`` sets the difficulty
+    (see :func:`synthesize`). Writes ``SYNTHETIC.txt`` with the
     arguments, so a scan labels the rows synthetic and the corpus can be remade.
     """
     names = classes(layout)
@@ -225,7 +233,7 @@ def generate(
         for k in range(per_class):
             speaker, j = k % speakers + 1, k // speakers
             rng = np.random.default_rng([seed, LAYOUTS.index(layout), speaker, ci, j])
-            wave = synthesize(emotion, voices[speaker], rng, sample_rate)
+            wave = synthesize(emotion, voices[speaker], rng, sample_rate, spread)
             path = root / namer(emotion, speaker, j)
             path.parent.mkdir(parents=True, exist_ok=True)
             buf = io.BytesIO()  # encode in memory, write once: faster on slow disks
@@ -237,7 +245,7 @@ def generate(
     (root / SYNTHETIC_MARKER).write_text(
         "# Synthetic speech-like corpus made by ser.corpora.synthetic: NOT real speech.\n"
         f"generator=ser.corpora.synthetic\nlayout={layout}\nseed={seed}\nper_class={per_class}\n"
-        f"speakers={speakers}\nsample_rate={sample_rate}\ngenders={genders}\n",
+        f"speakers={speakers}\nsample_rate={sample_rate}\nspread={spread}\ngenders={genders}\n",
         encoding="utf-8",
     )
     return sorted(written)

@@ -1,0 +1,31 @@
+"""Ingest: download corpus prefixes from the S3 data bucket, scan them into an utterance table."""
+
+from kfp.dsl import Dataset, Markdown, Output
+
+from components._common import CPU_IMAGE, component
+
+
+def op(base_image: str = CPU_IMAGE):
+    @component(base_image)
+    def ingest(
+        data_bucket: str,
+        corpora: str,
+        select: str,
+        seed: int,
+        s3_endpoint: str,
+        table: Output[Dataset],
+        summary: Output[Markdown],
+    ) -> int:
+        """corpora: NAME=PREFIX pairs ("ravdess=corpora/ravdess,tess=corpora/tess"); returns the row count."""
+        import os
+
+        from ser import pipeline_steps as steps
+
+        if s3_endpoint:
+            os.environ["S3_ENDPOINT_URL"] = s3_endpoint
+        info = steps.ingest(data_bucket, corpora, table.path, select=select, seed=seed)
+        steps.write_text(summary.path, info.pop("markdown"))
+        table.metadata.update({"rows": info["rows"], "problems": info["problems"], "corpora": ",".join(info["labels"])})
+        return info["rows"]
+
+    return ingest

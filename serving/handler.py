@@ -1,0 +1,169 @@
+"""TorchServe handler for `ser` models: a thin shell around :class:`ser.serving.Predictor`.
+
+Packed into the .mar by ``ser package``; it runs in the Python TorchServe starts its
+workers with, which must be able to ``import ser`` (start TorchServe from the venv,
+or set ``python=`` in config.properties; ``ser serve`` does both).
+
+Requests
+    POST /predictions/<model> with the audio file as the body and
+    ``Content-Type: application/octet-stream`` (a multipart form upload works too;
+    JSON is refused with 400 unless it carries ``{"audio_base64": "..."}``).
+    ``?mode=timeline&window_s=2&hop_s=1`` returns one emotion per sliding window.
+
+Batches
+    TorchServe may hand several requests at once (``batchSize`` > 1). Each one is
+    validated on its own, good ones share a single forward pass, and a bad one gets
+    its own 4xx status and JSON reason (``context.set_response_status(code, phrase,
+    idx)``) without failing the rest. The whole batch fails only when the worker
+    itself is broken (model not loaded: PredictionException 503).
+
+Metric
+    ``RejectedRequests`` (counter, dimension ``Reason``): requests refused with a
+    4xx, visible on the metrics endpoint (``ts_rejectedrequests`` in prometheus mode).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import torch
+from ts.metrics.dimension import Dimension
+from ts.torch_handler.base_handler import BaseHandler
+from ts.utils.util import PredictionException
+
+from ser import serving
+from ser.models import load_bundle
+
+logger = logging.getLogger(__name__)
+
+JSON = "application/json"
+REJECTED_METRIC = "RejectedRequests"
+
+
+def _limit_threads(n: int) -> None:
+    """One worker = one core: torch intra-op threads and BLAS pools both set to ``n``."""
+    torch.set_num_threads(n)
+    try:
+        torch.set_num_interop_threads(n)
+    except RuntimeError:  # already set once in this process
+        pass
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(n)
+    except ImportError:  # pragma: no cover - sklearn brings threadpoolctl
+        pass
+
+
+def _param(row: dict, *names: str) -> str | None:
+    for name in names:
+        value = row.get(name) if isinstance(row, dict) else None
+        if value is None:
+            continue
+        if isinstance(value, (bytes, bytearray)):
+            value = bytes(value).decode("utf-8", "replace")
+        return str(value).strip()
+    return None
+
+
+class SerHandler(BaseHandler):
+    """Loads model.pt with :func:`ser.models.load_bundle`; never touches BaseHandler's loaders."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.predictor: serving.Predictor | None = None
+
+    def initialize(self, context) -> None:
+        props = context.system_properties
+        model_dir = props.get("model_dir")
+        manifest = context.manifest or {}
+        model_info = manifest.get("model", {})
+        config = (getattr(context, "model_yaml_config", None) or {}).get("ser", {}) or {}
+        threads = int(os.environ.get("SER_TORCH_THREADS", config.get("torch_threads", 1)))
+        _limit_threads(threads)
+        path = os.path.join(model_dir, model_info.get("serializedFile", "model.pt"))
+        bundle = load_bundle(path)
+        self.predictor = serving.Predictor(
+            bundle,
+            name=model_info.get("modelName"),
+            version=model_info.get("modelVersion"),
+            limits=serving.Limits.from_dict(config.get("limits")),
+        )
+        self.context = context
+        self.manifest = manifest
+        # First calls compile librosa's numba kernels (seconds): pay that at load time,
+        # not on the first user's request.
+        start = time.perf_counter()
+        self.predictor.predict_many([serving.test_clip(3.0, self.predictor.spec.sample_rate or 16000)] * 2)
+        logger.info("ser model %s v%s ready (%d threads, warm-up %.1f s)", self.predictor.name, self.predictor.version, threads, time.perf_counter() - start)
+        self.initialized = True
+
+    # TorchServe calls handle(data, context) with one row per request in the batch.
+    def handle(self, data, context):
+        if self.predictor is None:
+            raise PredictionException(json.dumps({"error": "not_ready", "status": 503, "message": "model not loaded"}), 503)
+        start = time.perf_counter()
+        self.context = context
+        rows = list(data or [])
+        # With TorchServe's KServe envelope several instances may share one request: then
+        # errors stay inline in the predictions and the request's status is 200.
+        per_request = len(rows) == len(getattr(context, "request_ids", None) or rows)
+        outputs: list = [None] * len(rows)
+        plain: list[int] = []
+        for i, row in enumerate(rows):
+            mode = (_param(row, "mode") or "").lower()
+            if mode == "timeline" or (_param(row, "timeline") or "").lower() in ("1", "true", "yes"):
+                outputs[i] = self._timeline(row)
+            else:
+                plain.append(i)
+        if plain:
+            results = self._guarded_batch([serving.pick_body(rows[i]) for i in plain])
+            for i, result in zip(plain, results):
+                outputs[i] = result
+        for i, out in enumerate(outputs):
+            outputs[i] = self._respond(context, i, out, per_request)
+        context.metrics.add_time("SerHandlerTime", round((time.perf_counter() - start) * 1000, 2), None, "ms")
+        return outputs
+
+    def _guarded_batch(self, bodies: list) -> list:
+        try:
+            return self.predictor.predict_many(bodies)
+        except Exception:  # a bug on one body: retry one by one so only that one fails
+            logger.exception("batch of %d failed; retrying one by one", len(bodies))
+            return [self._one(lambda b=b: self.predictor.predict(b)) for b in bodies]
+
+    def _timeline(self, row: dict):
+        window = _param(row, "window_s", "window") or "2"
+        hop = _param(row, "hop_s", "hop") or "1"
+        return self._one(lambda: self.predictor.timeline(serving.pick_body(row), window, hop))
+
+    @staticmethod
+    def _one(call):
+        try:
+            return call()
+        except serving.RequestError as exc:
+            return exc
+        except Exception as exc:  # a bug, not the client's fault: 500 for this request only
+            logger.exception("unexpected error while serving one request")
+            return serving.RequestError(f"internal error: {type(exc).__name__}", status=500, reason="internal_error")
+
+    def _respond(self, context, idx: int, out, per_request: bool):
+        if isinstance(out, serving.RequestError):
+            if out.status < 500:
+                try:
+                    context.metrics.add_counter(REJECTED_METRIC, 1, None, [Dimension("Reason", out.reason)])
+                except Exception:  # metrics must never fail a response
+                    logger.debug("could not record metric", exc_info=True)
+            body = out.to_dict()
+            if per_request:
+                context.set_response_status(out.status, out.reason, idx)
+        else:
+            body = out
+        if not per_request:
+            return body  # the KServe envelope wraps the dicts in {"predictions": [...]}
+        context.set_response_content_type(idx, JSON)
+        return json.dumps(body)
+

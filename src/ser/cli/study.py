@@ -1,0 +1,535 @@
+"""Study commands: train, evaluate, transfer, predict (feature sets -> models -> results).
+
+Heavy imports (torch, numpy, matplotlib) happen inside the handlers so that
+``ser --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from ser.cli import UserError
+
+MODEL_ENV = "SER_MODEL"
+DEVICES = ("auto", "cpu", "cuda")
+
+CONFIG_HELP = (
+    "architecture and training settings, JSON or YAML: {'arch': {ArchSpec fields: cnn, conv_channels, "
+    "conv_kernels, pool_kernels, pool_strides, bn_momentum, dropout, fc_features, leaky_slope}, 'train': "
+    "{TrainConfig fields: epochs, batch_size, lr, seed, eval_every}} (a flat dict of the same fields also "
+    "works; 'preset: optimal-english' starts from the study's optimum). in_size and n_classes default to "
+    "the feature set's image size and label count"
+)
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", choices=DEVICES, default="auto", help="where to compute: auto (CUDA if present, else CPU), cpu or cuda")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
+
+
+def _setup_torch(args: argparse.Namespace) -> None:
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(int(args.threads))
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda, but torch sees no CUDA GPU; use --device cpu or auto")
+
+
+def _load_features(path: Path):
+    from ser.dataset import FeatureSet
+
+    if not Path(path).is_file():
+        raise UserError(f"feature set {path} does not exist (make one with `ser features`)")
+    try:
+        fs = FeatureSet.load(path)
+    except (ValueError, KeyError) as exc:
+        raise UserError(f"{path} is not a feature set file: {exc}") from None
+    if len(fs) == 0:
+        raise UserError(f"feature set {path} holds no rows")
+    return fs
+
+
+def resolve_model_path(text: str | None) -> Path:
+    """A model bundle path from --model / $SER_MODEL: a file, a folder holding
+    model.pt, or an MLflow URI (models:/NAME/VERSION, models:/NAME@alias, runs:/ID/PATH)
+    resolved by :func:`ser.models_uri.resolve`."""
+    text = text or os.environ.get(MODEL_ENV)
+    if not text:
+        raise UserError(f"no model given: pass --model PATH (or an MLflow models:/ URI), or set {MODEL_ENV}")
+    if text.startswith(("models:/", "runs:/")):
+        try:
+            from ser import models_uri  # written by the tracking side; optional here
+        except ImportError as exc:
+            raise UserError(f"cannot resolve {text}: MLflow model URIs need ser.models_uri ({exc})") from None
+        try:
+            return Path(models_uri.resolve(text))
+        except Exception as exc:
+            raise UserError(f"cannot resolve {text}: {exc}") from None
+    path = Path(text)
+    if path.is_dir():
+        path = path / "model.pt"
+    if not path.is_file():
+        raise UserError(f"model {path} does not exist")
+    return path
+
+
+def _load_bundle(text: str | None, device: str = "cpu"):
+    from ser import models
+
+    path = resolve_model_path(text)
+    try:
+        return path, models.load_bundle(path, device=device)
+    except (ValueError, KeyError, models.SpecError) as exc:
+        raise UserError(f"{path}: cannot load model bundle ({exc})") from None
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"config {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as exc:
+        raise UserError(f"config {path} is not valid JSON/YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config {path} must hold a mapping (arch/train sections or ArchSpec/TrainConfig fields)")
+    return data
+
+
+def resolve_config(config: dict[str, Any] | None, preset: str | None, image_size: int, n_classes: int):
+    """(ArchSpec, TrainConfig) from a config dict and/or preset name, sized for the data."""
+    from dataclasses import fields
+
+    from ser import models
+    from ser.training import TrainConfig
+
+    arch_fields = {f.name for f in fields(models.ArchSpec)}
+    train_fields = {f.name for f in fields(TrainConfig)}
+    config = dict(config or {})
+    preset = config.pop("preset", None) or preset
+    if "arch" in config or "train" in config:
+        arch_d, train_d = dict(config.pop("arch", None) or {}), dict(config.pop("train", None) or {})
+        extra = set(config)
+    else:
+        arch_d = {k: v for k, v in config.items() if k in arch_fields}
+        train_d = {k: v for k, v in config.items() if k in train_fields}
+        extra = set(config) - arch_fields - train_fields
+    if extra:
+        raise UserError(f"unknown config keys {sorted(extra)}; expected 'arch'/'train' sections or fields of ArchSpec/TrainConfig")
+    base: dict[str, Any] = {}
+    if preset:
+        if preset not in models.PRESETS:
+            raise UserError(f"unknown preset {preset!r}; expected one of {sorted(models.PRESETS)}")
+        base = models.PRESETS[preset].to_dict()
+        base["in_size"], base["n_classes"] = image_size, n_classes
+    base.setdefault("in_size", image_size)
+    base.setdefault("n_classes", n_classes)
+    for key, have in (("in_size", image_size), ("n_classes", n_classes)):
+        if key in arch_d and int(float(arch_d[key])) != have:
+            what = f"{have}x{have} images" if key == "in_size" else f"{have} classes"
+            raise UserError(f"config says {key}={arch_d[key]}, but the feature set has {what}")
+    base.update(arch_d)
+    try:
+        arch = models.ArchSpec.from_dict(base)
+        cfg = TrainConfig.from_dict(train_d)
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"invalid config: {exc}") from None
+    return arch, cfg
+
+
+def config_hash(*parts: Any) -> str:
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def _fraction_pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.2f}%"
+
+
+# --------------------------------------------------------------------------- register
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a model on the training split and evaluate it on the held-out test split",
+        description="The study's final training (METHOD.md section 7): split the feature set into "
+        "train/test (80/20, random stratified or speaker-independent), train on the whole training "
+        "side without early stopping, evaluate the test side every K epochs and keep the checkpoint "
+        "with the lowest test loss. Writes OUT/model.pt, metrics.json (accuracy, macro_f1, per_class, "
+        "confusion_matrix, best_epoch, seed, split), learning_curve.png, confusion_matrix.png, "
+        "improvements.md/.csv (the study's Table 5), history.csv and config.json. A killed run "
+        "resumes from OUT/checkpoint.pt when rerun with the same arguments. With --seeds K, one "
+        "subfolder per seed plus seeds.md/.csv/.json (mean and standard deviation).",
+    )
+    p.add_argument("--features", type=Path, required=True, help="feature set (.npz from `ser features`)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--config", type=Path, default=None, help=CONFIG_HELP)
+    group.add_argument("--preset", default=None, help="named architecture instead of --config: optimal-english (the default "
+                       "when neither is given: SquirtleNET, COC 188 156 340, FCOC 3634 2816, batch 32, LR 6e-5)")
+    p.add_argument("--split", choices=("random", "speaker"), default="random",
+                   help="random: stratified by label (the study; speakers shared); speaker: no speaker in both train and test")
+    p.add_argument("--test-size", type=float, default=0.2, help="test fraction (default 0.2)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs to train (default: the config's, else 300)")
+    p.add_argument("--eval-every", type=int, default=None, help="evaluate the test split every K epochs (default: config's, else 1; the study used 10)")
+    p.add_argument("--batch-size", type=int, default=None, help="override the config's batch size")
+    p.add_argument("--lr", type=float, default=None, help="override the config's learning rate")
+    p.add_argument("--seed", type=int, default=0, help="first seed (split, initialisation and shuffling; default 0)")
+    p.add_argument("--seeds", type=int, default=1, help="train K times with seeds SEED..SEED+K-1 and report mean/std (default 1)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default=None, help="bf16 autocast on CUDA (default fp32)")
+    p.add_argument("--checkpoint-every", type=int, default=10, help="write the resume checkpoint every N epochs (default 10)")
+    p.add_argument("--keep-checkpoint", action="store_true", help="keep OUT/checkpoint.pt after a finished run (default: delete it)")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    _add_device(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="score a model bundle on a feature set: metrics.json + confusion matrix",
+        description="Evaluate OUT/model.pt-style bundles on a feature set: loss, accuracy, macro F1, "
+        "per-class precision/recall/F1, confusion matrix (metrics.json, confusion_matrix.png, "
+        "per_class.md/.csv, predictions.csv). --rows test re-creates the training run's test split "
+        "from the bundle's metadata (split protocol, seed, test size).",
+    )
+    p.add_argument("--model", default=None, help=f"model bundle (model.pt, a folder holding one, or models:/ / runs:/ URI); default ${MODEL_ENV}")
+    p.add_argument("--features", type=Path, required=True, help="feature set (.npz)")
+    p.add_argument("--rows", choices=("all", "test", "train"), default="all", help="which rows to score (default all)")
+    p.add_argument("--split", choices=("random", "speaker"), default=None, help="split protocol for --rows test/train (default: the bundle's)")
+    p.add_argument("--seed", type=int, default=None, help="split seed for --rows test/train (default: the bundle's)")
+    p.add_argument("--test-size", type=float, default=None, help="test fraction for --rows test/train (default: the bundle's, else 0.2)")
+    p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default 256)")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    _add_device(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "transfer",
+        help="fine-tune an English model on another label set (Greek) over a freeze x LR x batch grid",
+        description="Transfer learning (METHOD.md section 7): replace the last FC layer with a new "
+        "one for the feature set's classes, freeze a subset of layers, fine-tune. Subsets: (a) conv1 "
+        "bn conv2 conv3 fc1 dropout, (b) up to fc1, (c) up to conv3, (d) up to conv2, (e) conv1+bn, "
+        "(f) conv1, (g) nothing. Frozen layers keep requires_grad off AND stay in eval mode (frozen "
+        "batch-norm uses the English running statistics; a frozen dropout is off: the only "
+        "difference between (a) and (b)). The test split serves as validation, as in the study. "
+        "Writes runs.md/.csv (every cell), summary.md/.csv (mean accuracy per subset), and the best "
+        "run (lowest test loss): model.pt, metrics.json, learning_curve.png, confusion_matrix.png.",
+    )
+    p.add_argument("--model", default=None, help=f"English model bundle (path or models:/ URI); default ${MODEL_ENV}")
+    p.add_argument("--features", type=Path, required=True, help="target-language feature set (.npz), same image size as the model")
+    p.add_argument("--freeze", action="append", default=None, metavar="SUBSETS",
+                   help="subsets to try: letters a..g ('g', 'a,c,e', 'aceg') or 'all'; repeatable (default all)")
+    p.add_argument("--lrs", default=None, help="comma-separated learning rates (default: six log-spaced 1e-6..1e-4)")
+    p.add_argument("--batches", default=None, help="comma-separated batch sizes (default 16,32,48,64)")
+    p.add_argument("--epochs", type=int, default=150, help="epochs per grid cell (default 150, as the study's table)")
+    p.add_argument("--eval-every", type=int, default=10, help="evaluate the test split every K epochs (and at the last; default 10)")
+    p.add_argument("--scratch", action="store_true", help="also train the same architecture from scratch (baseline) with --scratch-lrs")
+    p.add_argument("--scratch-lrs", default="1e-6,1e-5,1e-4", help="learning rates of the scratch baseline (batch 32; default 1e-6,1e-5,1e-4)")
+    p.add_argument("--split", choices=("random", "speaker"), default="random", help="train/test split of the target data (default random)")
+    p.add_argument("--test-size", type=float, default=0.2, help="test fraction (default 0.2)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split, the new head and shuffling (default 0)")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    _add_device(p)
+    p.set_defaults(func=cmd_transfer)
+
+    p = sub.add_parser(
+        "predict",
+        help="print emotion probabilities for audio files",
+        description="Decode each file, extract the model's own feature image (the bundle's feature "
+        "spec, the same function serving uses) and print the class probabilities, most likely "
+        "first. Files that cannot be decoded are reported and skipped (exit status 1).",
+    )
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE", help="audio files (wav, flac, ogg, aiff)")
+    p.add_argument("--model", default=None, help=f"model bundle (path, folder, or models:/ / runs:/ URI); default ${MODEL_ENV}")
+    p.add_argument("--top", type=int, default=None, help="print only the K most likely emotions")
+    p.add_argument("--json", action="store_true", help="print one JSON object per file instead of text")
+    _add_device(p)
+    p.set_defaults(func=cmd_predict)
+
+
+# --------------------------------------------------------------------------- train
+
+
+def _train_one(fs, arch, cfg, args, seed: int, out: Path, features_path: Path) -> dict[str, Any]:
+    import torch
+
+    from ser import models, report, splits
+    from ser.training import final_train, resolve_device, seed_everything
+
+    cfg = cfg.with_(seed=seed)
+    chash = config_hash(arch.to_dict(), {k: v for k, v in cfg.to_dict().items() if k != "device"}, args.split, args.test_size, fs.spec.key())
+    metrics_path = out / "metrics.json"
+    if metrics_path.is_file() and (out / "model.pt").is_file():
+        old = report.read_json(metrics_path)
+        if old.get("config_hash") == chash:
+            print(f"seed {seed}: {out} already holds this run (config {chash}); skipping", file=sys.stderr)
+            return old
+    try:
+        train_idx, test_idx = splits.train_test(fs, args.test_size, seed=seed, protocol=args.split)
+    except ValueError as exc:
+        raise UserError(f"cannot split {features_path}: {exc}") from None
+    train, test = fs.subset(train_idx), fs.subset(test_idx)
+    seed_everything(seed)
+    model = models.build(arch)
+    out.mkdir(parents=True, exist_ok=True)
+    report.write_json(out / "config.json", {"arch": arch.to_dict(), "train": cfg.to_dict(), "split": args.split, "test_size": args.test_size, "seed": seed, "features": str(features_path), "feature_spec": fs.spec.to_dict(), "config_hash": chash})
+    ckpt = out / "checkpoint.pt"
+    try:
+        result = final_train(model, train, test, cfg, checkpoint=ckpt, progress=not args.no_progress, checkpoint_every=args.checkpoint_every, desc=f"train seed {seed}")
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    fitted, ev = result.fit, result.evaluation
+    device = resolve_device(cfg.device)
+    sizes = splits.describe(fs, train_idx, test_idx)
+    data = report.metrics(
+        ev,
+        best_epoch=fitted.best_epoch,
+        seed=seed,
+        split=args.split,
+        config_hash=chash,
+        test_size=args.test_size,
+        epochs=cfg.epochs,
+        epochs_run=fitted.epochs_run,
+        eval_every=cfg.eval_every,
+        train_seconds=fitted.seconds,
+        seconds_per_epoch=fitted.seconds / max(1, fitted.epochs_run),
+        device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        features=str(features_path),
+        feature_spec=fs.spec.to_dict(),
+        arch=arch.to_dict(),
+        train=cfg.to_dict(),
+        sizes=sizes,
+        loss_note="cross-entropy on logits (the study applied softmax twice; its losses floor near 1.35 and are not comparable)",
+    )
+    meta = {"seed": seed, "split": args.split, "test_size": args.test_size, "config_hash": chash, "best_epoch": fitted.best_epoch,
+            "metrics": {"accuracy": ev.accuracy, "macro_f1": ev.macro_f1, "loss": ev.loss}, "train": cfg.to_dict()}
+    models.save_bundle(out / "model.pt", model, fs.label_names, fs.spec.to_dict(), meta)
+    title = f"{models.DISPLAY[arch.cnn]} seed {seed}, {args.split} split"
+    report.plot_learning_curve(fitted.history, out / "learning_curve.png", title=title, best_epoch=fitted.best_epoch)
+    report.plot_confusion(ev.confusion, ev.labels, out / "confusion_matrix.png", title=f"{title}: test set, best epoch {fitted.best_epoch}")
+    report.write_improvements(result.improvements, out / "improvements")
+    report.write_table(report.history_rows(fitted.history), out / "history")
+    report.write_table(report.per_class_rows(ev.per_class), out / "per_class", ("label", "precision", "recall", "f1", "support"))
+    report.write_metrics(metrics_path, data)
+    if not args.keep_checkpoint:
+        ckpt.unlink(missing_ok=True)
+    print(f"seed {seed}: accuracy {_fraction_pct(ev.accuracy)}, macro F1 {_fraction_pct(ev.macro_f1)}, test loss {ev.loss:.4f} "
+          f"at epoch {fitted.best_epoch} of {fitted.epochs_run} -> {out}")
+    return data
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    _setup_torch(args)
+    from ser import report
+
+    fs = _load_features(args.features)
+    if args.seeds < 1:
+        raise UserError("--seeds must be at least 1")
+    config = _read_config(args.config) if args.config else None
+    preset = args.preset or (None if config else "optimal-english")
+    arch, cfg = resolve_config(config, preset, int(fs.images.shape[-1]), len(fs.label_names))
+    overrides = {"epochs": args.epochs, "eval_every": args.eval_every, "batch_size": args.batch_size, "lr": args.lr, "precision": args.precision}
+    try:
+        cfg = cfg.with_(device=args.device, **{k: v for k, v in overrides.items() if v is not None})
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    seeds = [args.seed + i for i in range(args.seeds)]
+    runs = []
+    for seed in seeds:
+        out = args.out if len(seeds) == 1 else args.out / f"seed-{seed}"
+        runs.append(_train_one(fs, arch, cfg, args, seed, out, args.features))
+    if len(seeds) > 1:
+        summary = report.summarise_seeds(runs)
+        report.write_json(args.out / "seeds.json", {"summary": summary, "runs": [{k: r.get(k) for k in ("seed", "accuracy", "macro_f1", "loss", "best_epoch")} for r in runs]})
+        report.write_table(report.seeds_rows(runs, summary), args.out / "seeds", ("seed", "accuracy", "macro_f1", "loss", "best_epoch"),
+                           title=f"{len(seeds)} seeds, {args.split} split (accuracy and macro F1 in %)")
+        # The first seed's run also sits at the top level, so OUT/model.pt and OUT/metrics.json exist either way.
+        first = args.out / f"seed-{seeds[0]}"
+        for name in ("model.pt", "learning_curve.png", "confusion_matrix.png", "improvements.md", "improvements.csv", "config.json"):
+            shutil.copyfile(first / name, args.out / name)
+        top = dict(runs[0])
+        top["seeds_summary"] = summary
+        report.write_metrics(args.out / "metrics.json", top)
+        acc, f1 = summary["accuracy"], summary["macro_f1"]
+        print(f"{len(seeds)} seeds: accuracy {100 * acc['mean']:.2f} +- {100 * acc['std']:.2f}%, "
+              f"macro F1 {100 * f1['mean']:.2f} +- {100 * f1['std']:.2f}% -> {args.out / 'seeds.md'}")
+    return 0
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def _check_labels(bundle, fs, model_path: Path, features: Path) -> None:
+    if tuple(bundle.labels) != tuple(fs.label_names):
+        raise UserError(f"{model_path} predicts {list(bundle.labels)} but {features} is labelled {list(fs.label_names)}")
+    size = int(fs.images.shape[-1])
+    if size != bundle.arch.in_size:
+        raise UserError(f"{model_path} takes {bundle.arch.in_size}x{bundle.arch.in_size} images, {features} has {size}x{size}")
+    if bundle.feature_spec and bundle.feature_spec != fs.spec.to_dict():
+        print(f"warning: {features} was extracted with {fs.spec.to_dict()}, the model with {bundle.feature_spec}", file=sys.stderr)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    _setup_torch(args)
+    import numpy as np
+
+    from ser import report, splits
+    from ser.training import evaluate, resolve_device
+
+    device = resolve_device(args.device)
+    model_path, bundle = _load_bundle(args.model, device=device)
+    fs = _load_features(args.features)
+    _check_labels(bundle, fs, model_path, args.features)
+    meta = bundle.meta or {}
+    split = seed = test_size = None
+    rows = np.arange(len(fs))
+    if args.rows != "all":
+        split = args.split or meta.get("split") or "random"
+        seed = args.seed if args.seed is not None else int(meta.get("seed", 0))
+        test_size = args.test_size or float(meta.get("test_size", 0.2))
+        try:
+            train_idx, test_idx = splits.train_test(fs, test_size, seed=seed, protocol=split)
+        except ValueError as exc:
+            raise UserError(f"cannot split {args.features}: {exc}") from None
+        rows = test_idx if args.rows == "test" else train_idx
+    part = fs.subset(rows)
+    ev = evaluate(bundle.model, part, batch_size=args.batch_size, device=device)
+    data = report.metrics(ev, best_epoch=meta.get("best_epoch"), seed=seed if seed is not None else meta.get("seed"), split=split or meta.get("split"),
+                          rows=args.rows, test_size=test_size, model=str(model_path), features=str(args.features), config_hash=meta.get("config_hash"))
+    out = args.out
+    report.write_metrics(out / "metrics.json", data)
+    report.plot_confusion(ev.confusion, ev.labels, out / "confusion_matrix.png", title=f"{model_path.parent.name or model_path.name} on {args.features.name} ({args.rows})")
+    report.write_table(report.per_class_rows(ev.per_class), out / "per_class", ("label", "precision", "recall", "f1", "support"))
+    pred_rows = [
+        {"source_id": part.source_id[i], "speaker": part.speaker[i], "corpus": part.corpus[i], "true": part.label_names[part.labels[i]],
+         "predicted": ev.labels[ev.predictions[i]], **{f"p_{name}": float(ev.probabilities[i, j]) for j, name in enumerate(ev.labels)}}
+        for i in range(len(part))
+    ]
+    (out / "predictions.csv").write_text(report.csv_text(pred_rows), encoding="utf-8")
+    print(f"{len(part)} rows: accuracy {_fraction_pct(ev.accuracy)}, macro F1 {_fraction_pct(ev.macro_f1)}, loss {ev.loss:.4f} -> {out}")
+    return 0
+
+
+# --------------------------------------------------------------------------- transfer
+
+
+def _floats(text: str | None, default, name: str) -> tuple:
+    if text is None:
+        return tuple(default)
+    try:
+        values = tuple(float(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise UserError(f"--{name} takes comma-separated numbers, got {text!r}") from None
+    if not values or any(v <= 0 for v in values):
+        raise UserError(f"--{name} needs positive numbers, got {text!r}")
+    return values
+
+
+def cmd_transfer(args: argparse.Namespace) -> int:
+    _setup_torch(args)
+    from ser import models, report, splits, transfer
+    from ser.training import evaluate, resolve_device
+
+    device = resolve_device(args.device)
+    model_path, bundle = _load_bundle(args.model, device="cpu")
+    fs = _load_features(args.features)
+    try:
+        transfer.check_compatible(bundle, fs)
+        subsets = transfer.parse_subsets(args.freeze or ["all"])
+        for s in subsets:  # fail before training, not after hours of it
+            transfer.freeze(models.build(bundle.arch), s)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    lrs = _floats(args.lrs, transfer.DEFAULT_LRS, "lrs")
+    batches = tuple(int(b) for b in _floats(args.batches, transfer.DEFAULT_BATCHES, "batches"))
+    scratch_lrs = _floats(args.scratch_lrs, transfer.SCRATCH_LRS, "scratch-lrs") if args.scratch else ()
+    try:
+        train_idx, test_idx = splits.train_test(fs, args.test_size, seed=args.seed, protocol=args.split)
+    except ValueError as exc:
+        raise UserError(f"cannot split {args.features}: {exc}") from None
+    train, test = fs.subset(train_idx), fs.subset(test_idx)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    done: list = []
+    columns = ("subset", "lr", "batch_size", "epochs", "accuracy", "macro_f1", "test_loss", "best_epoch", "best_accuracy", "best_macro_f1", "best_test_loss", "trainable", "seconds")
+
+    def on_run(run) -> None:  # results so far stay on disk if the grid is interrupted
+        done.append(run)
+        report.write_table([r.to_dict() for r in done], out / "runs", columns, title=f"Transfer grid: {model_path} -> {args.features.name}")
+
+    runs, best = transfer.run_grid(bundle, train, test, subsets, lrs, batches, args.epochs, seed=args.seed, device=str(device),
+                                   eval_every=args.eval_every, scratch_lrs=scratch_lrs, progress=not args.no_progress, on_run=on_run)
+    rows = transfer.summary(runs)
+    report.write_table(rows, out / "summary", title="Mean last-epoch test accuracy / macro F1 (%) over the LR x batch grid, per frozen subset")
+    if best is None:
+        raise UserError("empty grid: nothing was trained")
+    run = best["run"]
+    model = models.build(best["arch"])
+    model.load_state_dict(best["state"])
+    ev = evaluate(model, test, device=device)
+    meta = {"seed": args.seed, "split": args.split, "test_size": args.test_size, "source_model": str(model_path), "transfer": run.to_dict(),
+            "best_epoch": run.best_epoch, "metrics": {"accuracy": ev.accuracy, "macro_f1": ev.macro_f1, "loss": ev.loss},
+            "config_hash": config_hash(best["arch"].to_dict(), run.to_dict(), args.split, args.test_size, fs.spec.key())}
+    models.save_bundle(out / "model.pt", model, fs.label_names, fs.spec.to_dict(), meta)
+    report.write_metrics(out / "metrics.json", report.metrics(ev, best_epoch=run.best_epoch, seed=args.seed, split=args.split, transfer=run.to_dict(),
+                                                             source_model=str(model_path), summary=rows, config_hash=meta["config_hash"]))
+    title = f"transfer ({run.subset}) lr {run.lr:.3g} batch {run.batch_size}"
+    report.plot_learning_curve(best["history"], out / "learning_curve.png", title=title, best_epoch=run.best_epoch)
+    report.plot_confusion(ev.confusion, ev.labels, out / "confusion_matrix.png", title=f"{title}: test set")
+    print(report.markdown_table(rows, ("subset", "frozen", "runs", "mean_accuracy", "mean_macro_f1", "best_accuracy", "best_lr", "best_batch"), digits=2), end="")
+    print(f"best run: subset {run.subset}, lr {run.lr:.3g}, batch {run.batch_size}: accuracy {_fraction_pct(ev.accuracy)}, "
+          f"macro F1 {_fraction_pct(ev.macro_f1)} at epoch {run.best_epoch} -> {out}")
+    return 0
+
+
+# --------------------------------------------------------------------------- predict
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    _setup_torch(args)
+    import numpy as np
+    import torch
+
+    from ser import audio
+    from ser.features import FeatureSpec, extract_file
+    from ser.training import resolve_device
+
+    device = resolve_device(args.device)
+    model_path, bundle = _load_bundle(args.model, device=device)
+    try:
+        spec = FeatureSpec.from_dict(bundle.feature_spec)
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"{model_path} carries no usable feature spec ({exc})") from None
+    failed = 0
+    for path in args.files:
+        try:
+            image = extract_file(str(path), spec)
+        except (audio.AudioError, OSError, ValueError) as exc:
+            print(f"{path}: cannot decode ({exc})", file=sys.stderr)
+            failed += 1
+            continue
+        with torch.no_grad():
+            logits = bundle.model(torch.from_numpy(np.ascontiguousarray(image, np.float32))[None].to(device))
+        probs = torch.softmax(logits.float(), dim=1)[0].cpu().numpy()
+        order = np.argsort(-probs)[: args.top or len(probs)]
+        if args.json:
+            print(json.dumps({"file": str(path), "emotion": bundle.labels[order[0]], "probabilities": {bundle.labels[i]: round(float(probs[i]), 6) for i in order}}))
+        else:
+            print(f"{path}: " + ", ".join(f"{bundle.labels[i]} {probs[i]:.3f}" for i in order))
+    return 1 if failed else 0

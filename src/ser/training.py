@@ -216,14 +216,34 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
-def macro_f1_score(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """Macro F1 over the classes present in the labels or the predictions (as
-    scikit-learn's default), so a class absent from a fold does not count as 0."""
-    from sklearn.metrics import f1_score
+def confusion(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """Confusion matrix: rows true class, columns predicted class."""
+    index = np.asarray(y_true, np.int64) * n_classes + np.asarray(y_pred, np.int64)
+    return np.bincount(index, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
 
+
+def _prf(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per-class precision, recall, F1 (0 where undefined) and support, from a confusion matrix."""
+    tp = np.diag(cm).astype(float)
+    predicted, support = cm.sum(0).astype(float), cm.sum(1).astype(float)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
+    return precision, recall, f1, support.astype(np.int64)
+
+
+def macro_f1_score(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int | None = None) -> float:
+    """Macro F1 over the classes present in the labels or the predictions (as
+    scikit-learn's default), so a class absent from a fold does not count as 0.
+    Plain NumPy: the training loop needs no scikit-learn import."""
+    y_true, y_pred = np.asarray(y_true, np.int64), np.asarray(y_pred, np.int64)
     if y_true.size == 0:
         return math.nan
-    return float(f1_score(y_true, y_pred, average="macro", zero_division=0))
+    n = int(n_classes or max(y_true.max(), y_pred.max()) + 1)
+    cm = confusion(y_true, y_pred, n)
+    present = (cm.sum(0) + cm.sum(1)) > 0
+    return float(_prf(cm)[2][present].mean())
 
 
 @torch.no_grad()
@@ -250,14 +270,12 @@ def _quick_eval(model, images, labels, batch_size, precision) -> tuple[float, fl
     loss, logits = _predict(model, images, labels, batch_size, precision)
     y = labels.cpu().numpy()
     pred = logits.argmax(1)
-    return loss, float(np.mean(pred == y)), macro_f1_score(y, pred)
+    return loss, float(np.mean(pred == y)), macro_f1_score(y, pred, logits.shape[1])
 
 
 def evaluate(model: nn.Module, fs: FeatureSet, batch_size: int = 256, device: str | torch.device | None = None, precision: str = "fp32") -> Evaluation:
     """Loss, accuracy, macro F1, per-class scores, confusion matrix and probabilities
     of ``model`` on ``fs`` (``device`` None: wherever the model is)."""
-    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
-
     if device is None:
         param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
@@ -265,25 +283,23 @@ def evaluate(model: nn.Module, fs: FeatureSet, batch_size: int = 256, device: st
     model.to(device)
     images, labels = as_tensors(fs, device)
     loss, logits = _predict(model, images, labels, batch_size, precision)
-    n_classes = logits.shape[1] if logits.size else len(fs.label_names)
+    n_classes = int(getattr(getattr(model, "spec", None), "n_classes", 0)) or (logits.shape[1] if logits.ndim == 2 else len(fs.label_names))
     probs = torch.softmax(torch.from_numpy(logits), dim=1).numpy() if logits.size else np.zeros((0, n_classes), np.float32)
     y = fs.labels.astype(np.int64)
-    pred = probs.argmax(1) if probs.size else np.zeros(0, np.int64)
+    pred = probs.argmax(1).astype(np.int64) if probs.size else np.zeros(0, np.int64)
     names = tuple(fs.label_names) if len(fs.label_names) == n_classes else tuple(str(i) for i in range(n_classes))
-    classes = list(range(n_classes))
-    p, r, f, s = precision_recall_fscore_support(y, pred, labels=classes, zero_division=0)
-    per_class = {
-        names[i]: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])} for i in classes
-    }
+    cm = confusion(y, pred, n_classes)
+    p, r, f, s = _prf(cm)
+    per_class = {names[i]: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])} for i in range(n_classes)}
     return Evaluation(
-        loss=float(loss),
+        loss=float(loss) if y.size else math.nan,
         accuracy=float(np.mean(pred == y)) if y.size else math.nan,
-        macro_f1=macro_f1_score(y, pred),
+        macro_f1=macro_f1_score(y, pred, n_classes),
         per_class=per_class,
-        confusion=confusion_matrix(y, pred, labels=classes).tolist() if y.size else [[0] * n_classes for _ in classes],
+        confusion=cm.tolist(),
         probabilities=probs.astype(np.float32),
         labels=names,
-        predictions=pred.astype(np.int64),
+        predictions=pred,
     )
 
 

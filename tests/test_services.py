@@ -1,0 +1,120 @@
+"""Local servers: ports, state files, loopback only, the `ser services` commands, reliable stop."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+
+import psutil
+import pytest
+
+from ser.cli import UserError
+from ser.cli import services as services_cli
+from ser.services import LocalMLflow, LocalS3, ServiceError, free_ports, port_is_free
+from tests.servers import mlflow_server, s3_server  # noqa: F401  (fixtures)
+
+
+def _listening_ips(pid: int) -> set[str]:
+    procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    conns = [c for p in procs for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+    assert conns, "the server listens nowhere"
+    return {c.laddr.ip for c in conns}
+
+
+def ser(*argv: str) -> int:
+    """Run `ser services ...` through its own parser (independent of the CLI's GROUPS list)."""
+    parser = argparse.ArgumentParser(prog="ser")
+    services_cli.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(list(argv))
+    return args.func(args)
+
+
+def test_free_ports_are_distinct_and_free():
+    ports = free_ports(12)
+    assert len(set(ports)) == 12
+    assert all(port_is_free(p) for p in ports)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", ports[0]))
+        sock.listen()
+        assert not port_is_free(ports[0])
+
+
+@pytest.mark.integration
+def test_s3_server_keeps_one_identity_state_and_files_in_its_dir(s3_server):
+    root = s3_server.data_dir
+    config = json.loads((root / "s3.json").read_text())
+    assert [i["credentials"] for i in config["identities"]] == [[{"accessKey": s3_server.access_key,
+                                                                 "secretKey": s3_server.secret_key}]]
+    state = LocalS3.read_state(root)
+    assert state["pid"] == s3_server.pid and state["url"] == s3_server.url
+    again = LocalS3.attach(root)
+    assert again.running() and again.url == s3_server.url and again.secret_key == s3_server.secret_key
+    assert (root / "logs").is_dir() and (root / "s3.log").is_file() and (root / "filer.sock").exists()
+    assert _listening_ips(s3_server.pid) == {"127.0.0.1"}
+
+
+@pytest.mark.integration
+def test_mlflow_server_answers_and_listens_on_loopback(mlflow_server):
+    import urllib.request
+
+    assert urllib.request.urlopen(mlflow_server.url + "/health", timeout=5).read() == b"OK"
+    assert _listening_ips(mlflow_server.pid) == {"127.0.0.1"}
+    state = LocalMLflow.read_state(mlflow_server.data_dir)
+    assert state["env"] == {"MLFLOW_TRACKING_URI": mlflow_server.url}
+    assert state["artifacts_destination"] == "s3://ser-mlflow/artifacts"
+    assert LocalMLflow.attach(mlflow_server.data_dir).running()
+
+
+@pytest.mark.integration
+def test_mlflow_refuses_to_start_without_usable_s3(s3_server, tmp_path):
+    bad = {**s3_server.env(), "AWS_SECRET_ACCESS_KEY": "wrong"}
+    with pytest.raises(ServiceError, match="S3 is not usable.*secret key does not match"):
+        LocalMLflow(tmp_path / "ml", s3_env=bad).start()
+    with pytest.raises(ServiceError, match="S3 is not usable.*not configured"):
+        LocalMLflow(tmp_path / "ml", s3_env={}).start()
+    assert not (tmp_path / "ml" / "state.json").exists()
+
+
+@pytest.mark.integration
+def test_port_in_use_is_reported(tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        with pytest.raises(ServiceError, match="already in use"):
+            LocalS3(tmp_path / "s3", port=sock.getsockname()[1]).start()
+
+
+@pytest.mark.integration
+def test_cli_up_status_env_down_across_commands(tmp_path, capsys):
+    root = tmp_path / ".ser"
+    assert ser("services", "--dir", str(root), "status") == 3
+    with pytest.raises(UserError, match="no local servers"):
+        ser("services", "--dir", str(root), "env")
+    capsys.readouterr()
+    try:
+        port = free_ports(1)[0]
+        assert ser("services", "--dir", str(root), "up", "--no-mlflow", "--bucket", "ser-data", "--s3-port", str(port)) == 0
+        out = capsys.readouterr().out
+        server = LocalS3.attach(root / "s3")  # found again from the state file, as another command would
+        assert server is not None and server.running()
+        pid = server.pid
+        assert server.port == port
+        assert f"export S3_ENDPOINT_URL=http://127.0.0.1:{port}" in out
+        assert f"export AWS_SECRET_ACCESS_KEY={server.secret_key}" in out
+        assert server.store().exists("ser-data", "nothing") is False  # the bucket was made
+
+        assert ser("services", "--dir", str(root), "up", "--no-mlflow") == 0  # reuses it
+        assert "already running" in capsys.readouterr().out and LocalS3.attach(root / "s3").pid == pid
+        assert ser("services", "--dir", str(root), "status") == 0
+        assert f"http://127.0.0.1:{port}" in capsys.readouterr().out
+        assert ser("services", "--dir", str(root), "env") == 0
+        assert capsys.readouterr().out.startswith("export ")
+    finally:
+        assert ser("services", "--dir", str(root), "down") == 0
+    assert "stopped s3" in capsys.readouterr().out
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert port_is_free(port)
+    assert not (root / "s3" / "state.json").exists()
+    assert ser("services", "--dir", str(root), "down") == 0
+    assert "no local servers were running" in capsys.readouterr().out

@@ -1,0 +1,205 @@
+"""ser.tracking and ser.models_uri against a real MLflow server (artifacts proxied to local S3)."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ser import models, models_uri
+from ser.services import free_port
+from ser.tracking import NullTracker, Tracker, TrackingError
+from tests.servers import mlflow_server, s3_server, tracking_env  # noqa: F401  (fixtures)
+
+TINY = models.ArchSpec(cnn="squirtle", in_size=60, n_classes=7, conv_channels=(4, 4, 4), fc_features=(16, 16))
+LABELS = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
+
+
+@dataclass
+class Epoch:  # shaped like ser.training.EpochRecord
+    epoch: int
+    train_loss: float
+    val_loss: float = math.nan
+    accuracy: float = math.nan
+    macro_f1: float = math.nan
+
+
+def bundle(path: Path, seed: int) -> tuple[Path, torch.nn.Module]:
+    torch.manual_seed(seed)
+    net = models.build(TINY).eval()
+    return models.save_bundle(path / "model.pt", net, LABELS, {"kind": "mel", "size": 60}, {"seed": seed}), net
+
+
+def train_a_little(tracker, epochs: int = 2) -> int:
+    """A real (tiny) training loop reporting through the tracker; returns epochs done."""
+    torch.manual_seed(0)
+    net = models.build(TINY.with_(n_classes=2, fc_features=(8, 8)))
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    x, y = torch.rand(8, 60, 60), torch.tensor([0, 1] * 4)
+    on_epoch = tracker.epoch_callback()
+    done = 0
+    with tracker.run("fold-0", kind="fold", params={"lr": 0.01}):
+        for epoch in range(1, epochs + 1):
+            loss = torch.nn.functional.cross_entropy(net(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            on_epoch(Epoch(epoch, float(loss), float(loss), 0.5, 0.4))
+            tracker.log_metrics({"lr": 0.01}, step=epoch)
+            done += 1
+    return done
+
+
+# -- without a server ---------------------------------------------------------------
+
+
+def test_unreachable_server_non_strict_warns_once_and_training_finishes(monkeypatch, capsys):
+    uri = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    tracker = Tracker.from_env()
+    assert isinstance(tracker, NullTracker) and not tracker.enabled
+    assert isinstance(Tracker.from_env(), NullTracker)  # asked again: still one warning
+    assert train_a_little(tracker) == 2
+    assert tracker.log_model("missing.pt", registered_name="x") is None
+    assert tracker.promote_if_better("x", 1, candidate_value=1.0) is False
+    err = capsys.readouterr().err
+    assert err.count("tracking skipped:") == 1 and uri in err
+
+
+def test_unreachable_server_strict_fails_fast(monkeypatch):
+    uri = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    started = time.monotonic()
+    with pytest.raises(TrackingError, match=f"required \\(strict\\) but cannot reach the MLflow server at {uri}"):
+        Tracker.from_env(strict=True)
+    assert time.monotonic() - started < 5
+
+
+def test_unset_uri(monkeypatch, capsys):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert isinstance(Tracker.from_env(), NullTracker)
+    assert "tracking skipped: MLFLOW_TRACKING_URI is not set" in capsys.readouterr().err
+    with pytest.raises(TrackingError, match="MLFLOW_TRACKING_URI is not set"):
+        Tracker.from_env(strict=True)
+
+
+def test_run_kinds_are_checked():
+    with pytest.raises(ValueError, match="kind must be one of"):
+        with NullTracker().run("x", kind="trial"):
+            pass
+
+
+def test_resolve_local_paths(tmp_path):
+    path, _ = bundle(tmp_path, 0)
+    assert models_uri.resolve(path) == path
+    assert models_uri.resolve(tmp_path) == path
+    assert models_uri.resolve(f"file://{path}") == path
+    with pytest.raises(models_uri.ModelURIError, match="no such model"):
+        models_uri.resolve(tmp_path / "nope")
+
+
+def test_resolve_registry_uri_needs_a_server(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    import mlflow
+
+    mlflow.set_tracking_uri(None)
+    with pytest.raises(models_uri.ModelURIError, match="cannot reach the MLflow server"):
+        models_uri.resolve("models:/ser-english@champion")
+
+
+# -- against the server --------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_stage_vector_fold_nesting_with_metrics_per_epoch(tracking_env):
+    from mlflow import MlflowClient
+
+    tracker = Tracker.from_env(strict=True)
+    assert tracker.enabled and tracker.experiment == tracking_env["MLFLOW_EXPERIMENT_NAME"]
+    with tracker.run("stage-1", kind="stage", params={"stage": 1, "trials": 2}) as stage:
+        with tracker.run("vector-0", kind="vector", params={"arch": TINY.to_dict()}, tags={"vector": 0}) as vector:
+            with tracker.run("fold-0", kind="fold") as fold:
+                on_epoch = tracker.epoch_callback()
+                on_epoch(Epoch(1, 1.9))  # not evaluated: NaNs are left out
+                on_epoch(Epoch(2, 1.5, 1.6, 0.30, 0.25))
+                on_epoch(Epoch(3, 1.2, 1.4, 0.40, 0.35))
+            tracker.log_metrics({"cv_macro_f1": 0.35})
+            tracker.log_dict({"folds": [0.35]}, "cv.json")
+            tracker.set_tags({"rank": 1})
+    client = MlflowClient()
+    runs = {r.info.run_id: r for r in (client.get_run(x.info.run_id) for x in (stage, vector, fold))}
+    s, v, f = (runs[x.info.run_id] for x in (stage, vector, fold))
+    assert "mlflow.parentRunId" not in s.data.tags
+    assert v.data.tags["mlflow.parentRunId"] == s.info.run_id and f.data.tags["mlflow.parentRunId"] == v.info.run_id
+    assert (s.data.tags["ser.kind"], v.data.tags["ser.kind"], f.data.tags["ser.kind"]) == ("stage", "vector", "fold")
+    assert v.data.params["arch.conv_channels"] == "[4, 4, 4]" and v.data.tags["vector"] == "0" and v.data.tags["rank"] == "1"
+    assert [(m.step, m.value) for m in client.get_metric_history(f.info.run_id, "train_loss")] == [(1, 1.9), (2, 1.5), (3, 1.2)]
+    assert [m.step for m in client.get_metric_history(f.info.run_id, "val_loss")] == [2, 3]
+    assert [m.step for m in client.get_metric_history(f.info.run_id, "macro_f1")] == [2, 3]
+    assert v.data.metrics["cv_macro_f1"] == 0.35
+    assert [a.path for a in client.list_artifacts(v.info.run_id)] == ["cv.json"]
+    with pytest.raises(TrackingError, match="no open run"):
+        tracker.log_metrics({"x": 1.0})
+
+
+@pytest.mark.integration
+def test_registry_challenger_champion_gate_and_loading_the_champion(tracking_env, tmp_path):
+    from mlflow import MlflowClient
+
+    tracker = Tracker.from_env(strict=True)
+    name = f"ser-english-{tracking_env['MLFLOW_EXPERIMENT_NAME']}"
+    client = MlflowClient()
+    assert tracker.champion_info(name) is None
+
+    logged, nets = [], []
+    for seed in (1, 2, 3):
+        path, net = bundle(tmp_path / f"m{seed}", seed)
+        with tracker.run(f"final-{seed}", kind="final"):
+            example = np.random.default_rng(seed).random((2, 60, 60), dtype=np.float32)
+            logged.append(tracker.log_model(path, registered_name=name, input_example=example))
+            if seed == 1:
+                time.sleep(1.5)  # let the system-metrics monitor take one sample
+        nets.append(net)
+        assert client.get_model_version_by_alias(name, "challenger").version == logged[-1].version
+    assert [m.version for m in logged] == ["1", "2", "3"]
+
+    assert tracker.promote_if_better(name, "1", candidate_value=0.50) is True  # first: no champion yet
+    with pytest.raises(ValueError, match="champion_value"):
+        tracker.promote_if_better(name, "2", candidate_value=0.90)
+    assert tracker.promote_if_better(name, "2", candidate_value=0.45, champion_value=0.50) is False
+    assert tracker.promote_if_better(name, "3", candidate_value=0.50, champion_value=0.50) is False  # a tie keeps it
+    assert tracker.champion_info(name)["version"] == "1"
+    rejected = client.get_model_version(name, "2").tags
+    assert rejected["promotion.decision"] == "kept champion" and rejected["promotion.champion_version"] == "1"
+    assert tracker.promote_if_better(name, "3", candidate_value=0.62, champion_value=0.50) is True
+    info = tracker.champion_info(name)
+    assert info["version"] == "3" and info["tags"]["promotion.decision"] == "promoted"
+    assert info["tags"]["macro_f1"] == "0.62" and info["run_id"] == logged[2].run_id
+
+    # the champion comes back as a model.pt bundle and predicts like the network that was saved
+    path = models_uri.resolve(f"models:/{name}@champion")
+    loaded = models.load_bundle(path)
+    assert loaded.labels == LABELS and loaded.meta["seed"] == 3
+    x = torch.rand(1, 60, 60)
+    with torch.no_grad():
+        probs = torch.softmax(loaded.model(x), dim=1)
+        assert probs.shape == (1, 7) and torch.allclose(loaded.model(x), nets[2](x))
+    assert models_uri.resolve(f"runs:/{logged[2].run_id}/model").read_bytes() == path.read_bytes()
+    assert models_uri.resolve(f"models:/{name}/1") != path  # another version, another file
+
+    # the mlflow.pytorch model itself (pt2) accepts another batch size than its example
+    import mlflow
+
+    exported = mlflow.pytorch.load_model(f"models:/{name}@champion")
+    assert tuple(exported(torch.rand(3, 60, 60)).shape) == (3, 7)
+    run = client.get_run(logged[0].run_id)
+    assert run.data.tags["ser.kind"] == "final"
+    assert any(key.startswith("system/") for key in run.data.metrics), "system metrics were not logged"
+
+    with pytest.raises(models_uri.ModelURIError, match="has no version with alias 'champion'"):
+        models_uri.resolve("models:/no-such-model@champion")

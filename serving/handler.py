@@ -8,7 +8,10 @@ Requests
     POST /predictions/<model> with the audio file as the body and
     ``Content-Type: application/octet-stream`` (a multipart form upload works too;
     JSON is refused with 400 unless it carries ``{"audio_base64": "..."}``).
-    ``?mode=timeline&window_s=2&hop_s=1`` returns one emotion per sliding window.
+    Timeline mode (one emotion per sliding window): headers ``X-Ser-Mode: timeline``,
+    ``X-Ser-Window-S: 2``, ``X-Ser-Hop-S: 1``, or the same names as form fields
+    (``mode``, ``window_s``, ``hop_s``). TorchServe 0.12 does not pass the query
+    string of a POST to the handler, so ``?mode=timeline`` has no effect.
 
 Batches
     TorchServe may hand several requests at once (``batchSize`` > 1). Each one is
@@ -58,9 +61,25 @@ def _limit_threads(n: int) -> None:
         pass
 
 
-def _param(row: dict, *names: str) -> str | None:
+def _headers(context, idx: int) -> dict[str, str]:
+    """Request headers, lower-cased names (TorchServe passes them through to the handler)."""
+    try:
+        raw = context.get_all_request_header(idx) or {}
+    except Exception:  # no request processor (KServe envelope instances)
+        return {}
+    return {str(k).lower(): v for k, v in raw.items() if isinstance(v, str)}
+
+
+def _param(row: dict, headers: dict[str, str], *names: str) -> str | None:
+    """A request option from a form field (``mode``) or a header (``X-Ser-Mode``).
+
+    TorchServe 0.12 drops the query string of POST /predictions, so options travel as
+    multipart form fields or as ``X-Ser-*`` headers.
+    """
     for name in names:
         value = row.get(name) if isinstance(row, dict) else None
+        if value is None:
+            value = headers.get("x-ser-" + name.replace("_", "-"))
         if value is None:
             continue
         if isinstance(value, (bytes, bytearray)):
@@ -114,9 +133,10 @@ class SerHandler(BaseHandler):
         outputs: list = [None] * len(rows)
         plain: list[int] = []
         for i, row in enumerate(rows):
-            mode = (_param(row, "mode") or "").lower()
-            if mode == "timeline" or (_param(row, "timeline") or "").lower() in ("1", "true", "yes"):
-                outputs[i] = self._timeline(row)
+            headers = _headers(context, i) if per_request else {}
+            mode = (_param(row, headers, "mode") or "").lower()
+            if mode == "timeline" or (_param(row, headers, "timeline") or "").lower() in ("1", "true", "yes"):
+                outputs[i] = self._timeline(row, headers)
             else:
                 plain.append(i)
         if plain:
@@ -135,9 +155,9 @@ class SerHandler(BaseHandler):
             logger.exception("batch of %d failed; retrying one by one", len(bodies))
             return [self._one(lambda b=b: self.predictor.predict(b)) for b in bodies]
 
-    def _timeline(self, row: dict):
-        window = _param(row, "window_s", "window") or "2"
-        hop = _param(row, "hop_s", "hop") or "1"
+    def _timeline(self, row: dict, headers: dict[str, str]):
+        window = _param(row, headers, "window_s", "window") or "2"
+        hop = _param(row, headers, "hop_s", "hop") or "1"
         return self._one(lambda: self.predictor.timeline(serving.pick_body(row), window, hop))
 
     @staticmethod

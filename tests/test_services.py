@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import socket
+from pathlib import Path
 
 import psutil
 import pytest
@@ -86,6 +87,20 @@ def test_port_in_use_is_reported(tmp_path):
 
 
 @pytest.mark.integration
+def test_a_second_server_on_the_same_data_is_refused(s3_server):
+    with pytest.raises(ServiceError, match="already runs from"):
+        LocalS3(s3_server.data_dir, access_key=s3_server.access_key).start()
+    assert s3_server.running()
+
+
+def test_a_server_that_dies_at_start_reports_its_log(tmp_path, monkeypatch):
+    monkeypatch.setenv("SER_WEED_BIN", "/bin/false")
+    with pytest.raises(ServiceError, match=r"s3 exited with status 1 while starting; log .*s3\.log"):
+        LocalS3(tmp_path / "s3").start()
+    assert not (tmp_path / "s3" / "state.json").exists()
+
+
+@pytest.mark.integration
 def test_cli_up_status_env_down_across_commands(tmp_path, capsys):
     root = tmp_path / ".ser"
     assert ser("services", "--dir", str(root), "status") == 3
@@ -100,6 +115,8 @@ def test_cli_up_status_env_down_across_commands(tmp_path, capsys):
         assert server is not None and server.running()
         pid = server.pid
         assert server.port == port
+        tmp_sockets = LocalS3.read_state(root / "s3")["tmp_sockets"]
+        assert tmp_sockets and any(Path(p).exists() for p in tmp_sockets)
         assert f"export S3_ENDPOINT_URL=http://127.0.0.1:{port}" in out
         assert f"export AWS_SECRET_ACCESS_KEY={server.secret_key}" in out
         assert server.store().exists("ser-data", "nothing") is False  # the bucket was made
@@ -116,5 +133,6 @@ def test_cli_up_status_env_down_across_commands(tmp_path, capsys):
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     assert port_is_free(port)
     assert not (root / "s3" / "state.json").exists()
+    assert not any(Path(p).exists() for p in tmp_sockets)  # weed's gRPC sockets in /tmp are removed too
     assert ser("services", "--dir", str(root), "down") == 0
     assert "no local servers were running" in capsys.readouterr().out

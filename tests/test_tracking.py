@@ -49,7 +49,7 @@ def train_a_little(tracker, epochs: int = 2) -> int:
             opt.zero_grad()
             loss.backward()
             opt.step()
-            on_epoch(Epoch(epoch, float(loss), float(loss), 0.5, 0.4))
+            on_epoch(Epoch(epoch, loss.item(), loss.item(), 0.5, 0.4))
             tracker.log_metrics({"lr": 0.01}, step=epoch)
             done += 1
     return done

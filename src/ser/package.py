@@ -20,7 +20,7 @@ import re
 import shutil
 import tempfile
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -61,15 +61,36 @@ class Runtime:
             raise PackageError(str(exc)) from None
 
     def model_config(self) -> dict[str, Any]:
-        """The .mar's model-config.yaml (TorchServe keys + the handler's ``ser`` section)."""
+        """The .mar's model-config.yaml: only the handler's ``ser`` section.
+
+        Worker count and batching are deliberately NOT TorchServe keys here: values in
+        model-config.yaml beat config.properties' ``models=`` (checked on 0.12), so a
+        server could not override them. They ride along under ``ser.runtime`` as the
+        archive's defaults; :func:`ser.torchserve.start` turns them (plus any override)
+        into ``models=`` and the KServe layout into ``model_snapshot``.
+        """
         return {
-            "minWorkers": self.workers,
-            "maxWorkers": self.workers,
-            "batchSize": self.batch_size,
-            "maxBatchDelay": self.max_batch_delay_ms,
-            "responseTimeout": self.response_timeout_s,
-            "ser": {"torch_threads": self.torch_threads, "limits": dict(self.limits)},
+            "ser": {
+                "torch_threads": self.torch_threads,
+                "limits": dict(self.limits),
+                "runtime": {
+                    "workers": self.workers,
+                    "batch_size": self.batch_size,
+                    "max_batch_delay_ms": self.max_batch_delay_ms,
+                    "response_timeout_s": self.response_timeout_s,
+                },
+            }
         }
+
+    @classmethod
+    def from_model_config(cls, config: dict[str, Any] | None) -> "Runtime":
+        section = dict((config or {}).get("ser") or {})
+        values = dict(section.get("runtime") or {})
+        values["limits"] = dict(section.get("limits") or {})
+        if "torch_threads" in section:
+            values["torch_threads"] = section["torch_threads"]
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: (v if k == "limits" else int(v)) for k, v in values.items() if k in known})
 
     def registration(self, mar_name: str, version: str = "1.0") -> dict[str, Any]:
         """One entry of config.properties' ``models=`` JSON."""
@@ -84,6 +105,21 @@ class Runtime:
                 "responseTimeout": self.response_timeout_s,
             }
         }
+
+
+def read_runtime(mar: str | Path) -> Runtime:
+    """The runtime defaults stored in a .mar by :func:`build_mar` (Runtime() if none)."""
+    import zipfile
+
+    import yaml
+
+    try:
+        with zipfile.ZipFile(mar) as zf:
+            names = set(zf.namelist())
+            text = zf.read("model-config.yaml").decode() if "model-config.yaml" in names else ""
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise PackageError(f"{mar}: not a readable .mar ({exc})") from None
+    return Runtime.from_model_config(yaml.safe_load(text) if text else None)
 
 
 def model_name_for(path: str | Path) -> str:

@@ -318,3 +318,535 @@ def load_features(features_dir: str | Path, kind: str | None = None, size: int |
         have = ", ".join(p.name for p in sorted(folder.glob("*.npz"))) or "none"
         raise FileNotFoundError(f"{path.name} not in the features step output (have: {have}); add {kind} / {as_int(size)} to the features step")
     return FeatureSet.load(path)
+
+
+def feature_keys(features_dir: str | Path) -> list[tuple[str, int]]:
+    """(kind, size) of every feature set in a features folder, sorted."""
+    keys = []
+    for path in Path(features_dir).glob("*.npz"):
+        kind, _, size = path.stem.rpartition("-")
+        if kind and size.isdigit():
+            keys.append((kind, int(size)))
+    return sorted(keys)
+
+
+def label_names(features_dir: str | Path) -> tuple[str, ...]:
+    """The label set of a features folder, read without loading the images."""
+    import numpy as np
+
+    files = sorted(Path(features_dir).glob("*.npz"))
+    if not files:
+        raise FileNotFoundError(f"{features_dir}: no feature sets (*.npz)")
+    with np.load(files[0], allow_pickle=False) as data:
+        return tuple(str(x) for x in data["label_names"])
+
+
+# --------------------------------------------------------------------------- search: recipe, plan, score, rank
+
+
+RECIPE_FILE = "recipe.json"
+
+
+def resolve_recipe(recipe: str, out_dir: str | Path, *, seed: int = -1, folds: int = 0, trials: Sequence[int] = (0, 0, 0),
+                   search_epochs: int = 0, final_stage_epochs: int = 0) -> dict[str, Any]:
+    """The search recipe with the pipeline's budgets applied, written as JSON.
+
+    ``recipe``: a shipped recipe name (study, demo) or YAML text. ``trials``: vectors
+    per combination (stages 1-2) and per parent (stage 3), 0 keeps the recipe's;
+    ``search_epochs``: maximum epochs of the early-stopped stages; ``final_stage_epochs``:
+    the fixed epochs of the final stage; ``seed`` < 0 and ``folds`` 0 keep the recipe's.
+    """
+    from dataclasses import replace
+
+    import yaml
+
+    from ser import search
+
+    if recipe.strip() in search.BUILTIN_RECIPES:
+        base = search.load_recipe(recipe.strip())
+    else:
+        data = yaml.safe_load(recipe)
+        if not isinstance(data, Mapping):
+            raise search.SearchError(f"recipe must be a shipped name ({', '.join(search.BUILTIN_RECIPES)}) or YAML text of a mapping")
+        base = search.Recipe.from_dict(data, source="pipeline parameter")
+    stages = dict(base.stages)
+    random_or_perturb = [n for n in sorted(stages) if stages[n].kind != "final"]
+    for n, k in zip(random_or_perturb, list(trials) + [0] * len(random_or_perturb)):
+        if as_int(k) > 0:
+            stages[n] = stages[n].with_trials(as_int(k))
+    for n, st in stages.items():
+        epochs = as_int(final_stage_epochs) if st.kind == "final" else as_int(search_epochs)
+        if epochs > 0:
+            stages[n] = replace(st, epochs=epochs)
+    changes: dict[str, Any] = {"stages": stages}
+    if as_int(seed) >= 0:
+        changes["seed"] = as_int(seed)
+    if as_int(folds) > 0:
+        changes["folds"] = as_int(folds)
+    resolved = replace(base, **changes)
+    out = Path(out_dir)
+    data = {**resolved.to_dict(), "source": resolved.source, "hash": resolved.hash()}
+    write_json(out / RECIPE_FILE, data)
+    (out / "recipe.yaml").write_text(yaml.safe_dump(search._jsonable(resolved.to_dict()), sort_keys=False), encoding="utf-8")
+    lines = [{"stage": n, "kind": st.kind, "vectors": st.vectors if st.kind != "final" else f"best {st.take}",
+              "epochs": st.max_epochs, "rules": search._rules_name(st.rules)} for n, st in sorted(stages.items())]
+    return {"name": resolved.name, "hash": data["hash"], "seed": resolved.seed, "folds": resolved.folds, "stages": sorted(stages),
+            "markdown": f"### Search recipe `{resolved.name}` (hash {data['hash']})\n\n{resolved.folds}-fold CV, seed {resolved.seed}, "
+                        f"{resolved.split} split, test size {resolved.test_size}\n\n" + markdown_table(lines)}
+
+
+def load_recipe(recipe_dir: str | Path):
+    from ser import search
+
+    data = read_json(Path(recipe_dir) / RECIPE_FILE)
+    source = data.pop("source", "")
+    data.pop("hash", None)
+    return search.Recipe.from_dict(data, source=source)
+
+
+def plan_stage(recipe_dir: str | Path, stage: int, features_dir: str | Path, ranking_dir: str | Path | None = None) -> list[dict[str, Any]]:
+    """The parameter vectors stage ``stage`` scores (the items of the pipeline's
+    ParallelFor): new random draws, perturbations of the best of ``ranking_dir``, or
+    the best of it again (final stage), exactly as :func:`ser.search.run_stage` picks them."""
+    from ser import search
+
+    recipe = load_recipe(recipe_dir)
+    st = recipe.stage(as_int(stage))
+    available = feature_keys(features_dir)
+    previous = search.load_ranking(ranking_dir) if ranking_dir else None
+    vectors: list = []
+    if st.kind == "random":
+        combos, _missing = st.combinations(available)
+        if not combos:
+            raise search.SearchError(f"stage {st.number}: none of its combinations has a feature set (given: {available}); "
+                                     "add the kinds/sizes to the features step")
+        n_classes = len(label_names(features_dir))
+        for combo in combos:
+            vectors += search.sample_vectors(recipe.grid, combo.vectors, recipe.seed, combo.cnn, combo.size, feature=combo.feature,
+                                             n_classes=n_classes, leaky_slope=combo.leaky_slope, stream=st.stream)
+    else:
+        if not previous:
+            raise search.SearchError(f"stage {st.number} ({st.kind}) starts from the previous stage's ranking: none given")
+        parents = [search.vector_from_row(r) for r in search.best(previous, st.take)]
+        if st.kind == "perturb":
+            seen = {r["id"] for r in previous}
+            for parent in parents:
+                children = search.perturbations(parent, st.vectors, recipe.seed + 1000 * st.stream, recipe.perturbation, recipe.scale, exclude=seen)
+                seen.update(c.id for c in children)
+                vectors += children
+        else:
+            vectors = parents
+    vectors = list({v.id: v for v in vectors}.values())
+    if not vectors:
+        raise search.SearchError(f"stage {st.number}: no vectors to score")
+    return [{"stage": st.number, "id": v.id, "vector": v.to_dict()} for v in vectors]
+
+
+def _search_rows(features_dir: str | Path, key: tuple[str, int], recipe) -> tuple[Any, Any]:
+    """(feature set of ``key``, its training rows under the search's one 80/20 split):
+    :func:`ser.search.search_split` needs the reference set (the first by kind, size)
+    and the set itself only."""
+    from ser import search
+
+    keys = feature_keys(features_dir)
+    fs = load_features(features_dir, *key)
+    sets = {key: fs}
+    if keys and keys[0] != key:
+        sets[keys[0]] = load_features(features_dir, *keys[0])
+    train_idx, split = search.search_split(sets, recipe.split, recipe.seed, recipe.test_size)
+    return fs, train_idx[key], split
+
+
+def train_folds(features_dir: str | Path, recipe_dir: str | Path, item: Mapping[str, Any], out_dir: str | Path, *,
+                device: str = "auto", parent_run: str = "") -> dict[str, Any]:
+    """k-fold cross-validation of one parameter vector with the stage's early stopping
+    (:func:`ser.search.score_vector`). Writes ``out_dir/result.json`` (ranking row and
+    fold details), ``out_dir/work/<id>/fold<k>.json`` and a learning-curve PNG per fold."""
+    from ser import report, search
+
+    torch_threads()
+    recipe = load_recipe(recipe_dir)
+    st = recipe.stage(as_int(item["stage"]))
+    vector = search.Vector.from_dict(item["vector"])
+    fs, idx, split = _search_rows(features_dir, vector.key, recipe)
+    out = Path(out_dir)
+    with tracking_run(parent_run, f"stage {st.number} vector {vector.id}", "stage", {"stage": st.number, "vector_id": vector.id}) as tracker:
+        result = search.score_vector(vector, fs, idx, st.rules, folds=recipe.folds, seed=recipe.seed, epochs=st.max_epochs,
+                                     workdir=out / "work", device=device, tracker=tracker, protocol=recipe.split, score_at=recipe.score_at,
+                                     eval_every=recipe.eval_every, checkpoint_every=max(recipe.checkpoint_every, 5), progress=False,
+                                     stage=st.number)
+    f1, acc = result.macro_f1, result.accuracy
+    result.qualified = bool(result.complete and not math.isnan(f1) and f1 >= st.thresholds[0] and acc >= st.thresholds[1])
+    row = result.to_row()
+    write_json(out / "result.json", {"row": row, "result": result.to_dict(), "split": split})
+    curves = []
+    for fold in result.folds:
+        if fold.history:
+            curves.append(report.plot_learning_curve(fold.history, out / f"fold{fold.fold}.png",
+                                                     title=f"vector {vector.id} fold {fold.fold} ({fold.stopped_by})", best_epoch=fold.best_epoch))
+    summary = {k: row.get(k) for k in ("id", "stage", "cnn", "feature", "N", "macro_f1", "macro_f1_std", "accuracy", "accuracy_std",
+                                        "val_loss", "epochs", "stopped_by", "abandoned", "qualified", "seconds")}
+    summary["curves"] = [str(c) for c in curves]
+    summary["markdown"] = search.ranking_markdown([row], title=f"Stage {st.number}, vector {vector.id}")
+    return summary
+
+
+def rank_stage(recipe_dir: str | Path, stage: int, result_dirs: Sequence[str | Path], out_dir: str | Path,
+               ranking_dir: str | Path | None = None) -> dict[str, Any]:
+    """The ranking after stage ``stage``: the scored vectors (merged with the previous
+    ranking where the stage says so), written as ``ranking.csv``/``ranking.md`` (and
+    ``winner.json``/``winner_meta.json`` after the final stage) by :func:`ser.search.write_stage`."""
+    from ser import search
+
+    recipe = load_recipe(recipe_dir)
+    st = recipe.stage(as_int(stage))
+    rows, results, split = [], [], {}
+    for folder in result_dirs:
+        data = read_json(Path(folder) / "result.json")
+        rows.append(data["row"])
+        results.append(data["result"])
+        split = data.get("split") or split
+    if not rows:
+        raise search.SearchError(f"stage {st.number}: no scored vectors to rank")
+    rows = [{k: (math.nan if v is None and k in search._FLOAT_COLUMNS else v) for k, v in r.items()} for r in rows]
+    previous = search.load_ranking(ranking_dir) if ranking_dir else []
+    if st.kind == "perturb" or (st.kind == "random" and st.merge):
+        rows = list(previous) + rows
+    ranking = search.sort_ranking(rows)
+    winner = ranking[0] if st.kind == "final" else None
+    meta = {"recipe": recipe.name, "recipe_source": recipe.source, "recipe_hash": recipe.hash(), "seed": recipe.seed,
+            "folds": recipe.folds, "split": split, "score_at": recipe.score_at}
+    out = Path(out_dir)
+    search.write_stage(search.StageResult(st, [], ranking, [], winner), out, meta)
+    write_json(out / f"stage{st.number}" / "vectors.json", {"results": results})
+    listed = [r for r in ranking if r.get("qualified")]
+    top = ranking[0]
+    return {"stage": st.number, "vectors": len(results), "ranked": len(ranking), "listed": len(listed),
+            "best_id": top["id"], "best_macro_f1": float(top.get("macro_f1") or 0.0), "best_accuracy": float(top.get("accuracy") or 0.0),
+            "winner": winner is not None, "markdown": (out / "ranking.md").read_text(encoding="utf-8")}
+
+
+# --------------------------------------------------------------------------- tracking (optional)
+
+
+class tracking_run:
+    """``with tracking_run(parent, name, kind, tags) as tracker``: an MLflow run for one
+    step, child of the pipeline's run ``parent`` (a run id; "" for none), when
+    MLFLOW_TRACKING_URI names a server that answers; else a NullTracker (never fails)."""
+
+    def __init__(self, parent: str, name: str, kind: str = "stage", tags: Mapping[str, Any] | None = None, experiment: str | None = None) -> None:
+        self.parent, self.name, self.kind, self.tags, self.experiment = parent or None, name, kind, dict(tags or {}), experiment
+        self._run = None
+
+    def __enter__(self):
+        from ser import tracking
+
+        tracker = tracking.Tracker.from_env(experiment=self.experiment)
+        if tracker.enabled:
+            import mlflow
+
+            try:
+                self._run = mlflow.start_run(run_name=self.name, parent_run_id=self.parent,
+                                             tags={"ser.kind": self.kind, **{k: str(v) for k, v in self.tags.items()}})
+            except Exception as exc:  # a parent from another server, a server that went away: go on untracked
+                print(f"tracking skipped: cannot open run {self.name!r} ({exc})")
+                return tracking.NullTracker(str(exc))
+        return tracker
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._run is not None:
+            import mlflow
+
+            mlflow.end_run(status="FAILED" if exc_type else "FINISHED")
+
+
+def open_pipeline_run(name: str, params: Mapping[str, Any], experiment: str | None = None) -> str:
+    """Create the MLflow run the pipeline's steps nest under; its id, or "" untracked."""
+    from ser import tracking
+
+    tracker = tracking.Tracker.from_env(experiment=experiment)
+    if not tracker.enabled:
+        return ""
+    import mlflow
+
+    try:
+        with mlflow.start_run(run_name=name, tags={"ser.kind": "stage", "ser.pipeline": name}) as run:
+            mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+            return run.info.run_id
+    except Exception as exc:
+        print(f"tracking skipped: cannot open the pipeline run ({exc})")
+        return ""
+
+
+def configure(s3_endpoint: str = "", mlflow_uri: str = "", experiment: str = "") -> None:
+    """Environment of a step: a non-empty parameter wins over the inherited variable
+    (S3_ENDPOINT_URL, MLFLOW_TRACKING_URI, MLFLOW_EXPERIMENT_NAME). Keys never come
+    from parameters: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY are the environment's."""
+    for name, value in (("S3_ENDPOINT_URL", s3_endpoint), ("MLFLOW_TRACKING_URI", mlflow_uri), ("MLFLOW_EXPERIMENT_NAME", experiment)):
+        if value and value.strip():
+            os.environ[name] = value.strip()
+
+
+def run_ser(*argv: Any) -> None:
+    """Run one ``ser`` command in this process; a non-zero exit raises with the command."""
+    from ser.cli import main
+
+    args = [str(a) for a in argv]
+    print("+ ser " + " ".join(args), flush=True)
+    code = main(args)
+    if code:
+        raise RuntimeError(f"`ser {' '.join(args)}` failed with exit status {code}")
+
+
+# --------------------------------------------------------------------------- final training, evaluation, transfer
+
+
+def _history_metrics(history_csv: Path) -> list[dict[str, Any]]:
+    from ser import tables
+
+    if not history_csv.is_file():
+        return []
+    out = []
+    for row in tables.read_rows(history_csv):
+        out.append({k: (float(v) if v not in ("", None) else math.nan) for k, v in row.items()})
+    return out
+
+
+def _log_training(tracker: Any, out: Path, metrics: Mapping[str, Any]) -> None:
+    for rec in _history_metrics(out / "history.csv"):
+        epoch = int(rec.pop("epoch", 0))
+        tracker.log_metrics({k: v for k, v in rec.items() if not math.isnan(v)}, step=epoch)
+    tracker.log_metrics({f"test_{k}": metrics[k] for k in ("accuracy", "macro_f1", "loss") if isinstance(metrics.get(k), (int, float))})
+    for name in ("metrics.json", "config.json", "learning_curve.png", "confusion_matrix.png", "improvements.md"):
+        if (out / name).is_file():
+            tracker.log_artifact(out / name)
+
+
+def final_train(features_dir: str | Path, out_dir: str | Path, *, ranking_dir: str | Path | None = None,
+                config: Mapping[str, Any] | None = None, feature: str = "", size: int = 0, epochs: int = 0,
+                eval_every: int = 10, seed: int = -1, split: str = "", test_size: float = 0.0, device: str = "auto",
+                parent_run: str = "") -> dict[str, Any]:
+    """The study's final training (``ser train``) of the search's winner
+    (``ranking_dir/winner.json``) or of a fixed ``config`` (retraining) on the
+    ``feature``/``size`` feature set: the whole training split, test evaluated every
+    ``eval_every`` epochs, lowest-test-loss checkpoint kept. ``out_dir`` gets
+    ``model.pt``, ``metrics.json``, ``learning_curve.png``, ``confusion_matrix.png`` ..."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if ranking_dir:
+        meta = read_json(Path(ranking_dir) / "winner_meta.json")
+        vector = meta["vector"]
+        feature, size = vector["feature"], as_int(vector["size"])
+        config_path = Path(ranking_dir) / "winner.json"
+        split_meta = meta.get("split") or {}
+        seed = as_int(seed) if as_int(seed) >= 0 else as_int(split_meta.get("seed", meta.get("seed", 0)))
+        split = split or split_meta.get("protocol", "random")
+        test_size = float(test_size) or float(split_meta.get("test_size", 0.2))
+    else:
+        if not feature or not as_int(size):
+            raise ValueError("final training of a fixed config needs its feature kind and size")
+        config_path = out.parent / (out.name + ".config.json")
+        write_json(config_path, dict(config or {"preset": "optimal-english"}))
+        seed, split, test_size = max(0, as_int(seed)), split or "random", float(test_size) or 0.2
+    fs_path = Path(features_dir) / feature_file(feature, size)
+    if not fs_path.is_file():
+        raise FileNotFoundError(f"{fs_path.name} is not among the feature sets ({', '.join(p.name for p in Path(features_dir).glob('*.npz'))})")
+    args = ["train", "--features", fs_path, "--config", config_path, "--split", split, "--test-size", test_size, "--seed", seed,
+            "--eval-every", max(1, as_int(eval_every)), "--device", device, "--threads", torch_threads(), "--no-progress", "--out", out]
+    if as_int(epochs) > 0:
+        args += ["--epochs", as_int(epochs)]
+    with tracking_run(parent_run, "final training", "final", {"feature": feature, "size": size}) as tracker:
+        if tracker.enabled:
+            tracker.log_params({"feature": feature, "size": size, "epochs": epochs, "eval_every": eval_every, "seed": seed, "split": split})
+        run_ser(*args)
+        metrics = read_json(out / "metrics.json")
+        if tracker.enabled:
+            _log_training(tracker, out, metrics)
+            metrics["mlflow_run_id"] = tracker.active_run_id()
+    metrics["feature"], metrics["size"] = feature, as_int(size)
+    return metrics
+
+
+def _model_feature(model_dir: str | Path) -> tuple[str, int]:
+    from ser.models import load_bundle
+
+    bundle = load_bundle(Path(model_dir) / "model.pt")
+    spec = bundle.feature_spec or {}
+    return str(spec.get("kind", "mel")), as_int(spec.get("size", bundle.arch.in_size))
+
+
+def evaluate(model_dir: str | Path, features_dir: str | Path, out_dir: str | Path, rows: str = "test") -> dict[str, Any]:
+    """``ser evaluate`` of ``model_dir/model.pt`` on the test split its metadata names
+    (split protocol, seed, test size), on the feature set of the model's own spec."""
+    kind, size = _model_feature(model_dir)
+    fs_path = Path(features_dir) / feature_file(kind, size)
+    if not fs_path.is_file():
+        raise FileNotFoundError(f"the model needs {fs_path.name}, which the features step did not make")
+    run_ser("evaluate", "--model", Path(model_dir) / "model.pt", "--features", fs_path, "--rows", rows,
+            "--threads", torch_threads(), "--no-progress", "--out", out_dir)
+    data = read_json(Path(out_dir) / "metrics.json")
+    data["feature"], data["size"] = kind, size
+    return data
+
+
+def transfer(model_dir: str | Path, features_dir: str | Path, out_dir: str | Path, *, freeze: str = "g", lrs: str = "2.68e-5",
+             batches: str = "48", epochs: int = 150, eval_every: int = 10, seed: int = 0, device: str = "auto",
+             parent_run: str = "") -> dict[str, Any]:
+    """``ser transfer``: the English model's head replaced for the target label set,
+    ``freeze`` subsets frozen, fine-tuned over the ``lrs`` x ``batches`` grid on the
+    target feature set of the model's kind and size; the best run is kept."""
+    kind, size = _model_feature(model_dir)
+    fs_path = Path(features_dir) / feature_file(kind, size)
+    if not fs_path.is_file():
+        raise FileNotFoundError(f"transfer needs the target-language {fs_path.name} (the winner's feature); add {kind}/{size} to the Greek features step")
+    with tracking_run(parent_run, "transfer", "transfer", {"freeze": freeze, "feature": kind, "size": size}) as tracker:
+        run_ser("transfer", "--model", Path(model_dir) / "model.pt", "--features", fs_path, "--freeze", freeze, "--lrs", lrs,
+                "--batches", batches, "--epochs", max(1, as_int(epochs)), "--eval-every", max(1, as_int(eval_every)), "--seed", as_int(seed),
+                "--device", device, "--threads", torch_threads(), "--no-progress", "--out", out_dir)
+        metrics = read_json(Path(out_dir) / "metrics.json")
+        if tracker.enabled:
+            tracker.log_metrics({f"test_{k}": metrics[k] for k in ("accuracy", "macro_f1", "loss") if isinstance(metrics.get(k), (int, float))})
+            for name in ("metrics.json", "summary.md", "runs.md", "learning_curve.png", "confusion_matrix.png"):
+                if (Path(out_dir) / name).is_file():
+                    tracker.log_artifact(Path(out_dir) / name)
+    metrics["feature"], metrics["size"] = kind, size
+    return metrics
+
+
+def training_report(out_dir: str | Path, title: str, metrics: Mapping[str, Any]) -> str:
+    """HTML for a KFP HTML artifact: the scores, the learning curve and the confusion matrix."""
+    out = Path(out_dir)
+    images = [p for p in (out / "learning_curve.png", out / "confusion_matrix.png") if p.is_file()]
+    rows = [{"metric": k, "value": metrics.get(k)} for k in ("accuracy", "macro_f1", "loss", "best_epoch", "seed", "split") if k in metrics]
+    table = "<table border=1 cellpadding=4>" + "".join(f"<tr><td>{html.escape(str(r['metric']))}</td><td>{html.escape(str(r['value']))}</td></tr>" for r in rows) + "</table>"
+    extra = ""
+    for name in ("improvements.md", "summary.md", "per_class.md"):
+        if (out / name).is_file():
+            extra += f"<h4>{html.escape(name)}</h4><pre>{html.escape((out / name).read_text(encoding='utf-8'))}</pre>"
+    return html_page(title, images, table + extra)
+
+
+def kfp_scalars(metrics: Mapping[str, Any], keys: Sequence[str] = ("accuracy", "macro_f1", "loss", "best_epoch")) -> dict[str, float]:
+    """The numbers of a metrics dict that KFP's Metrics artifact can show."""
+    out = {}
+    for key in keys:
+        value = metrics.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(float(value)):
+            out[key] = float(value)
+    return out
+
+
+# --------------------------------------------------------------------------- publish: S3 model bucket, champion
+
+
+REGISTRY = "registry/champion.json"  # outside "<name>/champion/": KServe copies that whole prefix
+
+
+def _champion_record(store: Any, bucket: str, name: str) -> dict[str, Any] | None:
+    import tempfile
+
+    key = f"{name}/{REGISTRY}"
+    if not store.exists(bucket, key):
+        return None
+    with tempfile.TemporaryDirectory(prefix="ser-champion-") as tmp:
+        return read_json(store.get_file(bucket, key, Path(tmp) / "champion.json"))
+
+
+def compare_with_champion(model_dir: str | Path, features_dir: str | Path, metrics: Mapping[str, Any], model_bucket: str,
+                          name: str, metric: str = "macro_f1") -> dict[str, Any]:
+    """Is the candidate better than the published champion of ``name``?
+
+    The champion (``s3://model_bucket/name/registry/champion.json`` -> its model.pt)
+    is scored on the candidate's own test rows (same sources, the champion's feature
+    kind and size); only when its feature set is missing is its recorded score used.
+    No champion yet: the candidate wins. A missing model bucket is an error."""
+    import tempfile
+
+    import numpy as np
+
+    from ser import splits
+    from ser.models import load_bundle
+    from ser.store import S3Store
+    from ser.training import evaluate as score
+
+    store = S3Store.from_env()
+    candidate = float(metrics[metric])
+    record = _champion_record(store, model_bucket, name)
+    if record is None:
+        return {"promote": True, "candidate": candidate, "champion": -1.0, "reason": f"no champion of {name} in s3://{model_bucket}/{name}/"}
+    with tempfile.TemporaryDirectory(prefix="ser-champion-") as tmp:
+        champ_path = store.get_file(model_bucket, record["model_key"], Path(tmp) / "model.pt")
+        champ = load_bundle(champ_path)
+        cand = load_bundle(Path(model_dir) / "model.pt")
+        kind, size = _model_feature(model_dir)
+        c_kind, c_size = str(champ.feature_spec.get("kind")), as_int(champ.feature_spec.get("size", champ.arch.in_size))
+        c_path = Path(features_dir) / feature_file(c_kind, c_size)
+        if tuple(champ.labels) != tuple(cand.labels) or not c_path.is_file():
+            value = float(record.get("metrics", {}).get(metric, -1.0))
+            how = f"its recorded {metric} (its {c_kind}-{c_size} features or labels differ from this run's)"
+        else:
+            meta = cand.meta or {}
+            fs = load_features(features_dir, kind, size)
+            _, test = splits.train_test(fs, float(meta.get("test_size", 0.2)), seed=int(meta.get("seed", 0)), protocol=meta.get("split", "random"))
+            sources = set(fs.source_id[test].tolist())
+            cfs = load_features(features_dir, c_kind, c_size)
+            rows = np.flatnonzero(np.isin(cfs.source_id, list(sources)) & cfs.is_original)
+            value = float(getattr(score(champ.model, cfs.subset(rows)), metric))
+            how = f"scored on the candidate's {len(rows)} test rows"
+    better = candidate > value
+    return {"promote": better, "candidate": candidate, "champion": value, "champion_version": record.get("version"),
+            "reason": f"{metric} {candidate:.4f} {'beats' if better else 'does not beat'} champion {record.get('version')} {value:.4f} ({how})"}
+
+
+def publish(model_dir: str | Path, eval_dir: str | Path | None, model_bucket: str, name: str, out_dir: str | Path, *,
+            promote: bool = True, champion_value: float | None = None, version: str = "", parent_run: str = "") -> dict[str, Any]:
+    """Archive and register a model: TorchServe .mar + KServe layout under
+    ``s3://model_bucket/name/versions/<version>/`` (with model.pt and metrics.json);
+    with ``promote``, also ``name/champion/`` (the InferenceService's storageUri) and
+    ``name/registry/champion.json``. MLflow (optional): the model is registered as
+    ``name`` (alias challenger) and, when promoted, becomes ``champion``."""
+    import hashlib
+
+    from ser import package
+    from ser.store import S3Store
+
+    store = S3Store.from_env()
+    model_pt = Path(model_dir) / "model.pt"
+    metrics = read_json(Path(eval_dir) / "metrics.json") if eval_dir else read_json(Path(model_dir) / "metrics.json")
+    digest = hashlib.sha256(model_pt.read_bytes()).hexdigest()[:8]
+    version = version or time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + f"-{digest}"
+    out = Path(out_dir)
+    stage = out / "versions" / version
+    stage.mkdir(parents=True, exist_ok=True)
+    mar = package.build_mar(model_dir, stage / f"{name}.mar", name=name, version="1.0")
+    package.kserve_layout(mar, stage)
+    shutil.copyfile(model_pt, stage / "model.pt")
+    write_json(stage / "metrics.json", metrics)
+    prefix = f"{name}/versions/{version}"
+    keys = store.upload_dir(stage, model_bucket, prefix, progress=False)
+    info: dict[str, Any] = {"name": name, "version": version, "uri": f"s3://{model_bucket}/{prefix}", "files": len(keys),
+                            "promoted": bool(promote), "metrics": kfp_scalars(metrics)}
+    if promote:
+        champ = out / "champion"
+        champ.mkdir(parents=True, exist_ok=True)
+        package.kserve_layout(mar, champ)
+        store.upload_dir(champ, model_bucket, f"{name}/champion", progress=False)
+        record = {"name": name, "version": version, "model_key": f"{prefix}/model.pt", "mar_key": f"{prefix}/{name}.mar",
+                  "storage_uri": f"s3://{model_bucket}/{name}/champion", "metrics": kfp_scalars(metrics),
+                  "published": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        write_json(out / "champion.json", record)
+        store.put_file(model_bucket, f"{name}/{REGISTRY}", out / "champion.json")
+        info["champion_uri"] = record["storage_uri"]
+    with tracking_run(parent_run, f"publish {name}", "final", {"version": version}) as tracker:
+        if tracker.enabled:
+            try:
+                logged = tracker.log_model(model_pt, registered_name=name)
+                info["mlflow_model"] = logged.registry_uri or logged.model_uri
+                if promote and logged.version:
+                    info["mlflow_champion"] = tracker.promote_if_better(
+                        name, logged.version, candidate_value=float(metrics.get("macro_f1", 0.0)),
+                        champion_value=-1.0 if champion_value is None else float(champion_value))
+            except Exception as exc:  # the registry is a convenience here; S3 is the source of truth
+                print(f"tracking: registering {name} failed ({exc}); the S3 publication stands")
+    write_json(out / "published.json", info)
+    return info

@@ -183,7 +183,8 @@ def plot_learning_curve(history: Iterable[Any], path: str | Path, title: str | N
             ax.axvline(best_epoch, color="grey", linestyle=":", label=f"best epoch {best_epoch}")
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-        ax.legend(loc="best", fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="best", fontsize=8)
     left.set_ylabel("cross-entropy")
     right.set_ylabel("%")
     if title:

@@ -821,13 +821,18 @@ def best(ranking: Sequence[Mapping[str, Any]], k: int) -> list[dict[str, Any]]:
     return sort_ranking(ranking)[: max(0, int(k))]
 
 
-def _cell(value: Any) -> str:
+_EXACT_COLUMNS = {"BNM", "DP", "slope", "LR"}  # define the vector: written exactly, so ids rebuild
+
+
+def _cell(value: Any, column: str = "") -> str:
     if value is None:
         return ""
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
-        return "" if math.isnan(value) else repr(value) if abs(value) < 1e-3 and value != 0 else f"{value:.6g}"
+        if math.isnan(value):
+            return ""
+        return repr(value) if column in _EXACT_COLUMNS else f"{value:.6g}"
     return str(value)
 
 
@@ -836,7 +841,7 @@ def ranking_csv(rows: Sequence[Mapping[str, Any]]) -> str:
     writer = csv.DictWriter(buf, fieldnames=list(COLUMNS), extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({c: _cell(row.get(c)) for c in COLUMNS})
+        writer.writerow({c: _cell(row.get(c), c) for c in COLUMNS})
     return buf.getvalue()
 
 

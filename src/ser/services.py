@@ -86,14 +86,18 @@ def _create_time(pid: int) -> float | None:
         return None
 
 
-def _group_members(pgid: int, not_before: float) -> list[int]:
-    """Live processes of process group ``pgid`` started at or after ``not_before``."""
+def _group_members(pgid: int, since: float, window: float = 600.0) -> list[int]:
+    """Live processes of process group ``pgid`` created within ``window`` s after ``since``.
+
+    A server's children start within seconds of it; the window keeps a later,
+    unrelated group that reused the number (after the server died) out of reach.
+    """
     import psutil
 
     members = []
     for proc in psutil.process_iter(["pid", "create_time", "status"]):
         try:
-            if (os.getpgid(proc.pid) == pgid and proc.info["create_time"] >= not_before - 1
+            if (os.getpgid(proc.pid) == pgid and since - 1 <= proc.info["create_time"] <= since + window
                     and proc.info["status"] != psutil.STATUS_ZOMBIE):
                 members.append(proc.pid)
         except (ProcessLookupError, PermissionError, psutil.Error):
@@ -146,6 +150,9 @@ class _Server:
     def _load_state(self, state: dict[str, Any]) -> None:
         """Restore subclass fields from a state file."""
 
+    def _cleanup(self) -> None:
+        """Remove what the stopped process left behind."""
+
     # -- paths ---------------------------------------------------------------------
 
     @property
@@ -175,6 +182,10 @@ class _Server:
         """Start the server and wait until it answers; ServiceError (with its log) if not."""
         if self.running():
             return self
+        other = type(self).attach(self.data_dir)
+        if other is not None and other.running():
+            raise ServiceError(f"{self.name} already runs from {self.data_dir} (pid {other.pid}, {other.url}): "
+                               f"use {type(self).__name__}.attach() or stop it first")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port()
         if not port_is_free(self.port):
@@ -187,26 +198,27 @@ class _Server:
                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.pid = self.proc.pid
         self.started_at = _create_time(self.pid)
-        deadline = time.monotonic() + (timeout or self.start_timeout)
-        while True:
-            if self.proc.poll() is not None:
-                code = self.proc.returncode
-                self._forget()
-                raise ServiceError(f"{self.name} exited with status {code} while starting; log {self.log_path}:\n{_tail(self.log_path)}")
-            if self.probe():
-                break
-            if time.monotonic() > deadline:
-                self.stop()
-                raise ServiceError(f"{self.name} did not answer on {self.url} within {timeout or self.start_timeout:.0f} s; "
-                                   f"log {self.log_path}:\n{_tail(self.log_path)}")
-            time.sleep(0.1)
+        limit = timeout or self.start_timeout
+        deadline = time.monotonic() + limit
+        try:
+            while not self.probe():
+                if self.proc.poll() is not None:
+                    raise ServiceError(f"{self.name} exited with status {self.proc.returncode} while starting; "
+                                       f"log {self.log_path}:\n{_tail(self.log_path)}")
+                if time.monotonic() > deadline:
+                    raise ServiceError(f"{self.name} did not answer on {self.url} within {limit:.0f} s; "
+                                       f"log {self.log_path}:\n{_tail(self.log_path)}")
+                time.sleep(0.1)
+        except BaseException:  # failed or interrupted: leave nothing running
+            self.stop()
+            raise
         self._write_state()
         return self
 
     def stop(self, timeout: float = 15.0) -> None:
         """End the process group: SIGTERM, then SIGKILL after ``timeout`` seconds."""
         if self.pid is not None:
-            pgid, since = self.pid, self.started_at or 0.0
+            pgid, since = self.pid, self.started_at or time.time()
             leader_alive = self.running()
             if leader_alive or _group_members(pgid, since):
                 self._signal_group(pgid, signal.SIGTERM, since)
@@ -218,6 +230,7 @@ class _Server:
                     deadline = time.monotonic() + 5
                     while time.monotonic() < deadline and self._alive(pgid, since):
                         time.sleep(0.1)
+            self._cleanup()
         self._forget()
 
     def _alive(self, pgid: int, since: float) -> bool:
@@ -329,6 +342,7 @@ class LocalS3(_Server):
         self.secret_key = secret_key or self._saved_secret(access_key) or secrets.token_urlsafe(24)
         self.buckets = tuple(buckets)
         self._cmd: list[str] | None = None
+        self._tmp_sockets: list[str] = []
 
     def _saved_secret(self, access_key: str) -> str | None:
         try:
@@ -362,6 +376,9 @@ class LocalS3(_Server):
         for name in ("filer", "s3"):  # a socket left by a killed server would block the new one
             Path(self._socket(name)).unlink(missing_ok=True)
         master, volume, filer, admin, *grpc = free_ports(9)
+        # weed puts one gRPC socket per component in /tmp whatever it is told; stop() removes them
+        self._tmp_sockets = [str(Path(tempfile.gettempdir()) / f"seaweedfs-{part}-grpc-{port}.sock")
+                             for part, port in zip(("s3", "master", "volume", "filer", "admin"), grpc)]
         self._cmd = [
             weed_binary(), f"-logdir={self.data_dir / 'logs'}", "mini",
             f"-dir={self.data_dir / 'data'}", f"-ip={HOST}", f"-ip.bind={HOST}", f"-s3.config={path}",
@@ -410,12 +427,17 @@ class LocalS3(_Server):
         return S3Store(self.url, self.access_key, self.secret_key)
 
     def _extra_state(self) -> dict[str, Any]:
-        return {"access_key": self.access_key}
+        return {"access_key": self.access_key, "tmp_sockets": self._tmp_sockets}
 
     def _load_state(self, state: dict[str, Any]) -> None:
         self.access_key = state.get("access_key", "ser")
         self.secret_key = state.get("env", {}).get("AWS_SECRET_ACCESS_KEY") or self._saved_secret(self.access_key) or ""
         self.buckets, self._cmd = (), None
+        self._tmp_sockets = list(state.get("tmp_sockets", []))
+
+    def _cleanup(self) -> None:
+        for path in self._tmp_sockets:
+            Path(path).unlink(missing_ok=True)
 
 
 class LocalMLflow(_Server):

@@ -32,13 +32,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ser.package import Runtime, build_mar, config_properties, model_name_for
+from ser.package import Runtime, build_mar, config_properties, model_name_for, read_runtime
 
 JAVA_MAIN = "org.pytorch.serve.ModelServer"
 
 
 class ServeError(RuntimeError):
     """TorchServe could not be started (the message ends with the log's last lines)."""
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -202,8 +211,8 @@ def start(
     """Start TorchServe serving ``model`` (a .mar, a training folder or model.pt) and wait
     until every worker is ready.
 
-    Port 0 picks a free port. ``runtime`` (workers, batch size, batch delay) overrides
-    what the .mar's model-config.yaml says; None keeps the archive's values. A
+    Port 0 picks a free port. ``runtime`` (workers, batch size, batch delay) goes to
+    config.properties' ``models=``; None takes the defaults stored in the .mar. A
     ``run_dir`` you pass is kept after :meth:`Server.stop` (logs!); a temporary one is
     removed.
     """
@@ -212,11 +221,15 @@ def start(
     if host not in ("127.0.0.1", "localhost", "::1"):
         # This helper is for local runs and tests; a cluster uses the KServe layout.
         raise ServeError(f"refusing to listen on {host}: ser serve binds to 127.0.0.1 only")
+    for label, number in (("inference", port), ("management", management_port), ("metrics", metrics_port)):
+        if number and not port_free(number, host):
+            raise ServeError(f"{label} port {number} on {host} is in use: pick another (0 = any free port)")
     cleanup = run_dir is None
     run = Path(run_dir or tempfile.mkdtemp(prefix="ser-ts-")).resolve()
     store, logs, tmp = run / "model-store", run / "logs", run / "tmp"
     for folder in (store, logs, tmp):
         folder.mkdir(parents=True, exist_ok=True)
+    (run / "key_file.json").unlink(missing_ok=True)  # a stale one from an earlier run
     model = Path(model)
     try:
         if model.suffix == ".mar":
@@ -231,6 +244,7 @@ def start(
                 shutil.copyfile(model, mar)
         else:
             mar = build_mar(model, store / "ser.mar", runtime=runtime)
+        runtime = runtime or read_runtime(mar)
         name = model_name_for(mar)
         ports = {
             "inference": port or free_port(host),
@@ -247,7 +261,7 @@ def start(
         }
         if token_expiration_min:
             extra["token_expiration_min"] = int(token_expiration_min)
-        models = {name: runtime.registration(mar.name)} if runtime else None
+        models = {name: runtime.registration(mar.name)}
         config = run / "config.properties"
         config.write_text(
             config_properties(

@@ -39,10 +39,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from ser.dataset import FeatureSet
-
 if TYPE_CHECKING:  # pragma: no cover
     from ser import stopping
+    from ser.dataset import FeatureSet  # only read as .images / .labels: no librosa import needed here
 
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 CHECKPOINT_VERSION = 1

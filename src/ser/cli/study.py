@@ -91,8 +91,8 @@ def _load_bundle(text: str | None, device: str = "cpu"):
     path = resolve_model_path(text)
     try:
         return path, models.load_bundle(path, device=device)
-    except (ValueError, KeyError, models.SpecError) as exc:
-        raise UserError(f"{path}: cannot load model bundle ({exc})") from None
+    except Exception as exc:  # torn file, foreign pickle, unknown spec: all the user's to fix
+        raise UserError(f"{path}: cannot load model bundle ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
 
 
 def _read_config(path: Path) -> dict[str, Any]:

@@ -136,7 +136,7 @@ def synthesize(
     tilt = float(np.clip(base.tilt + rng.normal(0, 0.05 * spread), 0.1, 0.95))
     jitter = base.jitter * np.exp(rng.normal(0, 0.3 * spread))
 
-    total = rng.uniform(1.0, 2.5)
+    total = rng.uniform(1.3, 2.2)
     lead, tail = rng.uniform(0.05, 0.15, size=2)
     n = int(total * sample_rate)
     out = np.zeros(n)

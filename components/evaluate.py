@@ -1,0 +1,29 @@
+"""Evaluate: a model on its held-out test split -> accuracy, macro F1, confusion matrix."""
+
+from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
+
+from components._common import CPU_IMAGE, component
+
+
+def op(base_image: str = CPU_IMAGE):
+    @component(base_image)
+    def evaluate(
+        model: Input[Model],
+        features: Input[Dataset],
+        rows: str,
+        report: Output[Artifact],
+        metrics: Output[Metrics],
+        confusion: Output[ClassificationMetrics],
+        page: Output[HTML],
+    ) -> float:
+        """``rows``: test (the split in the model's metadata), train or all. Returns macro F1."""
+        from ser import pipeline_steps as steps
+
+        data = steps.evaluate(model.path, features.path, report.path, rows=rows)
+        for key, value in steps.kfp_scalars(data).items():
+            metrics.log_metric(key, value)
+        confusion.log_confusion_matrix(list(data["labels"]), data["confusion_matrix"])
+        steps.write_text(page.path, steps.training_report(report.path, f"evaluation ({rows} rows)", data))
+        return float(data["macro_f1"])
+
+    return evaluate

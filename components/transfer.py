@@ -1,0 +1,43 @@
+"""Transfer: fine-tune the English winner on Greek (new head, a frozen subset, LR x batch grid)."""
+
+from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
+
+from components._common import GPU_IMAGE, component
+
+
+def op(base_image: str = GPU_IMAGE):
+    @component(base_image)
+    def transfer(
+        model: Input[Model],
+        features: Input[Dataset],
+        freeze: str,
+        lrs: str,
+        batches: str,
+        epochs: int,
+        eval_every: int,
+        seed: int,
+        device: str,
+        mlflow_uri: str,
+        mlflow_experiment: str,
+        parent_run: str,
+        tuned: Output[Model],
+        metrics: Output[Metrics],
+        confusion: Output[ClassificationMetrics],
+        curves: Output[HTML],
+    ) -> float:
+        """freeze: subsets a..g ("g", "aceg", "all"); lrs / batches comma-separated. Returns test macro F1."""
+        from ser import gpu
+        from ser import pipeline_steps as steps
+
+        gpu.check_gpu_arch()
+        steps.configure(mlflow_uri=mlflow_uri, experiment=mlflow_experiment)
+        data = steps.transfer(model.path, features.path, tuned.path, freeze=freeze, lrs=lrs, batches=batches, epochs=epochs,
+                              eval_every=eval_every, seed=seed, device=device, parent_run=parent_run)
+        for key, value in steps.kfp_scalars(data).items():
+            metrics.log_metric(key, value)
+        confusion.log_confusion_matrix(list(data["labels"]), data["confusion_matrix"])
+        tuned.metadata.update({"feature": data["feature"], "size": data["size"], "macro_f1": data["macro_f1"], "framework": "pytorch"})
+        steps.write_text(curves.path, steps.training_report(tuned.path, "transfer", data))
+        return float(data["macro_f1"])
+
+    return transfer

@@ -1,0 +1,72 @@
+"""``ser_retrain``: retrain a fixed configuration on new data and publish it only if it
+beats the registered champion on the same test rows.
+
+ingest (S3) -> augment -> features (the config's kind and size) -> final training ->
+evaluate -> compare with the champion in the model bucket -> dsl.If(better): publish.
+"""
+
+from kfp import dsl
+
+from components import augment, evaluate, features, final_train, ingest, publish
+from components._common import CPU_IMAGE, GPU_IMAGE, cpu_resources, on_v100, with_s3_keys
+from pipelines.study import DEFAULT_ENGLISH
+
+
+def build_retrain(cpu_image: str = CPU_IMAGE, gpu_image: str = GPU_IMAGE, **_ignored):
+    """The ``ser_retrain`` pipeline on these images."""
+    ingest_op, augment_op, features_op = ingest.op(cpu_image), augment.op(cpu_image), features.op(cpu_image)
+    final_op, evaluate_op = final_train.op(gpu_image), evaluate.op(cpu_image)
+    compare_op, publish_op = publish.compare_op(cpu_image), publish.op(cpu_image)
+
+    @dsl.pipeline(
+        name="ser-retrain",
+        description="Retrain a fixed configuration on the current data in S3; publish it only if it beats the champion.",
+    )
+    def ser_retrain(
+        data_bucket: str = "ser-data",
+        english_corpora: str = DEFAULT_ENGLISH,
+        select: str = "study",
+        augment_corpora: str = "tess",
+        augment_mode: str = "replace",
+        feature_kind: str = "mel",
+        feature_size: str = "60",
+        config: dict = {"preset": "optimal-english"},
+        epochs: int = 600,
+        eval_every: int = 10,
+        seed: int = 0,
+        device: str = "auto",
+        model_bucket: str = "ser-models",
+        model_name: str = "ser-english",
+        s3_endpoint: str = "http://seaweedfs.kubeflow:8333",
+        mlflow_uri: str = "http://mlflow.kubeflow:5000",
+        mlflow_experiment: str = "ser-retrain",
+    ):
+        en = ingest_op(data_bucket=data_bucket, corpora=english_corpora, select=select, seed=seed, s3_endpoint=s3_endpoint)
+        en.set_display_name("ingest").set_caching_options(False)
+        with_s3_keys(en)
+        aug = augment_op(table=en.outputs["table"], corpora=augment_corpora, mode=augment_mode, seed=seed)
+        feats = features_op(table=aug.outputs["augmented"], corpus=en.outputs["table"], kinds=feature_kind, sizes=feature_size, labels="english")
+        for task in (en, aug, feats):
+            cpu_resources(task, cpu="2", memory="8G")
+        final = final_op(features=feats.outputs["features"], config=config, feature=feature_kind, size=feature_size, epochs=epochs,
+                         eval_every=eval_every, seed=seed, device=device, mlflow_uri=mlflow_uri, mlflow_experiment=mlflow_experiment,
+                         parent_run="")
+        final.set_display_name("final training")
+        on_v100(final)
+        ev = evaluate_op(model=final.outputs["model"], features=feats.outputs["features"], rows="test")
+        ev.set_display_name("evaluate")
+        cmp = compare_op(model=final.outputs["model"], features=feats.outputs["features"], report=ev.outputs["report"],
+                         model_bucket=model_bucket, name=model_name, s3_endpoint=s3_endpoint)
+        cmp.set_display_name("compare with champion").set_caching_options(False)
+        with_s3_keys(cmp)
+        with dsl.If(cmp.outputs["promote"] == True, name="beats-champion"):  # noqa: E712 (a KFP condition, not a Python test)
+            pub = publish_op(model=final.outputs["model"], report=ev.outputs["report"], model_bucket=model_bucket, name=model_name,
+                             promote=True, champion=cmp.outputs["champion"], s3_endpoint=s3_endpoint, mlflow_uri=mlflow_uri,
+                             mlflow_experiment=mlflow_experiment, parent_run="")
+            pub.set_display_name("publish").set_caching_options(False)
+            with_s3_keys(pub)
+
+    return ser_retrain
+
+
+ser_retrain = build_retrain()

@@ -1,0 +1,137 @@
+"""``ser_study``: the whole study as one Kubeflow pipeline (METHOD.md sections 1-7).
+
+ingest English + Greek corpora (S3) -> augment TESS -> features (English, Greek)
+-> search recipe -> for stages 1..4: plan the stage's vectors, train their folds
+in a ParallelFor (at most ``parallelism`` at once, GPU node pool), rank the
+collected results -> final training of the winner -> evaluate -> Greek transfer
+-> evaluate -> compare with the published champion -> publish.
+
+Budgets are parameters: the recipe (``study`` or ``demo``, or YAML text), vectors
+per stage (``trials_stage1..3``, 0 = the recipe's), ``search_epochs`` (maximum of the
+early-stopped stages), ``stage4_epochs``, ``final_epochs``, ``transfer_epochs``.
+"""
+
+from kfp import dsl
+
+from components import augment, evaluate, features, final_train, ingest, plan, publish, rank, train_folds, transfer
+from components._common import CPU_IMAGE, GPU_IMAGE, cpu_resources, on_v100, with_s3_keys
+
+#: Stages of the study's search (the recipe must have stages 1..STAGES).
+STAGES = 4
+#: Parameter vectors trained at once per stage (one GPU each on a cluster).
+PARALLELISM = 8
+
+DEFAULT_ENGLISH = "ravdess=corpora/ravdess,tess=corpora/tess,savee=corpora/savee,cremad=corpora/cremad"
+DEFAULT_GREEK = "aesdd=corpora/aesdd"
+
+
+def build_study(cpu_image: str = CPU_IMAGE, gpu_image: str = GPU_IMAGE, parallelism: int = PARALLELISM, stages: int = STAGES):
+    """The ``ser_study`` pipeline on these images, with this fan-out limit."""
+    ingest_op, augment_op, features_op = ingest.op(cpu_image), augment.op(cpu_image), features.op(cpu_image)
+    recipe_op, plan_op, rank_op = plan.recipe_op(cpu_image), plan.plan_op(cpu_image), rank.op(cpu_image)
+    folds_op, final_op, transfer_op = train_folds.op(gpu_image), final_train.op(gpu_image), transfer.op(gpu_image)
+    evaluate_op, compare_op, publish_op = evaluate.op(cpu_image), publish.compare_op(cpu_image), publish.op(cpu_image)
+
+    @dsl.pipeline(
+        name="ser-study",
+        description="Speech emotion recognition study: corpora from S3 -> features -> four-stage random search with "
+        "k-fold CV and early stopping -> final training -> Greek transfer -> publish the winner.",
+    )
+    def ser_study(
+        data_bucket: str = "ser-data",
+        english_corpora: str = DEFAULT_ENGLISH,
+        greek_corpora: str = DEFAULT_GREEK,
+        select: str = "study",
+        augment_corpora: str = "tess",
+        augment_mode: str = "replace",
+        feature_kinds: str = "mel,chroma,mfcc",
+        feature_sizes: str = "30,50,60,80",
+        recipe: str = "study",
+        seed: int = 0,
+        folds: int = 0,
+        trials_stage1: int = 0,
+        trials_stage2: int = 0,
+        trials_stage3: int = 0,
+        search_epochs: int = 0,
+        stage4_epochs: int = 0,
+        final_epochs: int = 600,
+        final_eval_every: int = 10,
+        transfer_freeze: str = "g",
+        transfer_lrs: str = "2.68e-5",
+        transfer_batches: str = "48",
+        transfer_epochs: int = 150,
+        transfer_eval_every: int = 10,
+        device: str = "auto",
+        model_bucket: str = "ser-models",
+        model_name: str = "ser-english",
+        s3_endpoint: str = "http://seaweedfs.kubeflow:8333",
+        mlflow_uri: str = "http://mlflow.kubeflow:5000",
+        mlflow_experiment: str = "ser",
+    ):
+        # ---- data
+        en = ingest_op(data_bucket=data_bucket, corpora=english_corpora, select=select, seed=seed, s3_endpoint=s3_endpoint)
+        en.set_display_name("ingest English").set_caching_options(False)
+        gr = ingest_op(data_bucket=data_bucket, corpora=greek_corpora, select="all", seed=seed, s3_endpoint=s3_endpoint)
+        gr.set_display_name("ingest Greek").set_caching_options(False)
+        aug = augment_op(table=en.outputs["table"], corpora=augment_corpora, mode=augment_mode, seed=seed)
+        aug.set_display_name("augment TESS")
+        en_feat = features_op(table=aug.outputs["augmented"], corpus=en.outputs["table"], kinds=feature_kinds, sizes=feature_sizes, labels="english")
+        en_feat.set_display_name("features English")
+        gr_feat = features_op(table=gr.outputs["table"], corpus=gr.outputs["table"], kinds=feature_kinds, sizes=feature_sizes, labels="greek")
+        gr_feat.set_display_name("features Greek")
+        for task in (en, gr):
+            with_s3_keys(task)
+        for task in (en, gr, aug, en_feat, gr_feat):
+            cpu_resources(task, cpu="2", memory="8G")
+
+        # ---- search: plan -> ParallelFor(train folds) -> rank, four times
+        rec = recipe_op(recipe=recipe, seed=seed, folds=folds, trials_stage1=trials_stage1, trials_stage2=trials_stage2,
+                        trials_stage3=trials_stage3, search_epochs=search_epochs, stage4_epochs=stage4_epochs,
+                        mlflow_uri=mlflow_uri, mlflow_experiment=mlflow_experiment)
+        rec.set_display_name("search recipe").set_caching_options(False)
+        parent = rec.outputs["run_id"]
+        ranking = None
+        for stage in range(1, stages + 1):
+            extra = {"ranking": ranking} if ranking is not None else {}
+            planned = plan_op(stage=stage, recipe=rec.outputs["resolved"], features=en_feat.outputs["features"], **extra)
+            planned.set_display_name(f"stage {stage}: plan")
+            with dsl.ParallelFor(planned.output, parallelism=parallelism, name=f"stage-{stage}-vectors") as item:
+                fold_task = folds_op(item=item, recipe=rec.outputs["resolved"], features=en_feat.outputs["features"], device=device,
+                                     mlflow_uri=mlflow_uri, mlflow_experiment=mlflow_experiment, parent_run=parent)
+                fold_task.set_display_name(f"stage {stage}: train folds")
+                on_v100(fold_task)
+            extra = {"previous": ranking} if ranking is not None else {}
+            ranked = rank_op(stage=stage, recipe=rec.outputs["resolved"], results=dsl.Collected(fold_task.outputs["result"]), **extra)
+            ranked.set_display_name(f"stage {stage}: rank")
+            ranking = ranked.outputs["ranking"]
+
+        # ---- final model, evaluation, transfer, publication
+        final = final_op(features=en_feat.outputs["features"], config={}, feature="", size="0", epochs=final_epochs,
+                         eval_every=final_eval_every, seed=-1, device=device, mlflow_uri=mlflow_uri,
+                         mlflow_experiment=mlflow_experiment, parent_run=parent, ranking=ranking)
+        final.set_display_name("final training")
+        on_v100(final)
+        ev_en = evaluate_op(model=final.outputs["model"], features=en_feat.outputs["features"], rows="test")
+        ev_en.set_display_name("evaluate English")
+        tr = transfer_op(model=final.outputs["model"], features=gr_feat.outputs["features"], freeze=transfer_freeze, lrs=transfer_lrs,
+                         batches=transfer_batches, epochs=transfer_epochs, eval_every=transfer_eval_every, seed=seed, device=device,
+                         mlflow_uri=mlflow_uri, mlflow_experiment=mlflow_experiment, parent_run=parent)
+        tr.set_display_name("Greek transfer")
+        on_v100(tr)
+        ev_gr = evaluate_op(model=tr.outputs["tuned"], features=gr_feat.outputs["features"], rows="test")
+        ev_gr.set_display_name("evaluate Greek")
+        cmp = compare_op(model=final.outputs["model"], features=en_feat.outputs["features"], report=ev_en.outputs["report"],
+                         model_bucket=model_bucket, name=model_name, s3_endpoint=s3_endpoint)
+        cmp.set_display_name("compare with champion").set_caching_options(False)
+        pub = publish_op(model=final.outputs["model"], report=ev_en.outputs["report"], model_bucket=model_bucket, name=model_name,
+                         promote=cmp.outputs["promote"], champion=cmp.outputs["champion"], s3_endpoint=s3_endpoint,
+                         mlflow_uri=mlflow_uri, mlflow_experiment=mlflow_experiment, parent_run=parent)
+        pub.set_display_name("publish").set_caching_options(False)
+        pub.after(ev_gr)
+        for task in (cmp, pub):
+            with_s3_keys(task)
+
+    return ser_study
+
+
+ser_study = build_study()

@@ -1,0 +1,189 @@
+"""``ser package`` and ``ser serve``: a trained model -> .mar -> a local TorchServe endpoint."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from pathlib import Path
+
+from ser.cli import UserError
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Show defaults, but not the empty ones (None, False) nor twice."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or "%(default)" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    _register_package(sub)
+    _register_serve(sub)
+
+
+def _runtime_options(p: argparse.ArgumentParser, *, defaults: bool) -> None:
+    if defaults:
+        g = p.add_argument_group("TorchServe runtime (stored in the .mar's model-config.yaml)")
+        d = {"workers": 2, "batch": 1, "delay": 5}
+        tail = " (default: %(default)s)"
+    else:
+        g = p.add_argument_group("TorchServe runtime overrides (config.properties `models=`; default: what the .mar says)")
+        d = {"workers": None, "batch": None, "delay": None}
+        tail = ""
+    g.add_argument("--workers", type=int, default=d["workers"], metavar="N", help="worker processes, one single-threaded model copy each; one per core measured best" + tail)
+    g.add_argument("--batch-size", type=int, default=d["batch"], metavar="N", help="most requests TorchServe hands one worker call; each is validated alone and good ones share one forward pass" + tail)
+    g.add_argument("--max-delay-ms", type=int, default=d["delay"], metavar="MS", help="how long TorchServe waits to fill a batch" + tail)
+
+
+def _register_package(sub) -> None:
+    p = sub.add_parser(
+        "package",
+        help="build a TorchServe .mar (and optionally a KServe storage folder) from a trained model",
+        description=(
+            "Build a TorchServe model archive from a `ser train --out` folder (or its model.pt). "
+            "The .mar holds model.pt unchanged (weights, ArchSpec, labels and the FeatureSpec, so "
+            "serving computes exactly the training features), serving/handler.py, and "
+            "model-config.yaml (workers, batching, request limits). The serving environment needs "
+            "`ser` installed: the handler imports ser.serving."
+        ),
+        formatter_class=_Help,
+    )
+    p.add_argument("--model", required=True, metavar="DIR|model.pt", help="training output folder holding model.pt, or a model.pt file")
+    p.add_argument("--out", required=True, metavar="X.mar", help="archive to write; its name (without .mar) is the model name in URLs unless --name is given")
+    p.add_argument("--kserve", metavar="DIR", help="also write KServe's storage layout here: DIR/config/config.properties and DIR/model-store/X.mar (inference on 8085, KServe v1 envelope)")
+    p.add_argument("--name", help="model name (default: from --out)")
+    p.add_argument("--version", default="1.0", help="model version reported in every response")
+    p.add_argument("--max-seconds", type=float, default=30.0, help="longest clip one request may send (longer -> 413 too_long)")
+    p.add_argument("--handler", metavar="PATH", help="handler file (default: serving/handler.py of this checkout)")
+    _runtime_options(p, defaults=True)
+    p.set_defaults(func=run_package)
+
+
+def _register_serve(sub) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve a .mar or a trained model with TorchServe on 127.0.0.1 until Ctrl-C",
+        description=(
+            "Start TorchServe on 127.0.0.1 with a private model store, log folder and key file, "
+            "wait until the workers are ready, print the URL and a curl example, and run until "
+            "Ctrl-C (which stops TorchServe and all its workers). Token authorization is on: "
+            "the printed curl carries the inference token. Send audio as the request body with "
+            "Content-Type application/octet-stream (wav, flac, ogg, aiff); add the header "
+            "`X-Ser-Mode: timeline` (and X-Ser-Window-S / X-Ser-Hop-S) for one emotion per window."
+        ),
+        formatter_class=_Help,
+    )
+    p.add_argument("--model", required=True, metavar="X.mar|DIR", help="a .mar from `ser package`, or a training folder / model.pt (packed on the fly)")
+    p.add_argument("--port", type=int, default=8080, help="inference port on 127.0.0.1 (0: any free port)")
+    p.add_argument("--management-port", type=int, default=0, help="management API port (0: any free port)")
+    p.add_argument("--metrics-port", type=int, default=0, help="prometheus metrics port (0: any free port)")
+    p.add_argument("--no-auth", action="store_true", help="turn TorchServe's token authorization off (only on a machine you alone use)")
+    p.add_argument("--token-minutes", type=int, default=60, help="lifetime of the printed token (TorchServe's token_expiration_min)")
+    p.add_argument("--run-dir", metavar="DIR", help="keep config, logs and key_file.json here (default: a temporary folder, removed on exit)")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the workers to be ready")
+    _runtime_options(p, defaults=False)
+    p.set_defaults(func=run_serve)
+
+
+def _runtime(args, base=None):
+    """The Runtime for a package build (``base`` None) or a server (``base``: the .mar's)."""
+    from dataclasses import replace
+
+    from ser.package import PackageError, Runtime
+
+    given = {"workers": args.workers, "batch_size": args.batch_size, "max_batch_delay_ms": args.max_delay_ms}
+    given = {k: v for k, v in given.items() if v is not None}
+    try:
+        if base is None:
+            limits = {"max_seconds": args.max_seconds}
+            return Runtime(limits=limits, **given)
+        return replace(base, **given)
+    except PackageError as exc:
+        raise UserError(str(exc)) from None
+
+
+def run_package(args) -> int:
+    from ser.package import PackageError, build_mar, kserve_layout
+
+    if args.max_seconds <= 0:
+        raise UserError("--max-seconds must be positive")
+    runtime = _runtime(args)
+    try:
+        start = time.perf_counter()
+        mar = build_mar(args.model, args.out, name=args.name, version=args.version, runtime=runtime, handler=args.handler)
+        print(f"wrote {mar} ({mar.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - start:.1f} s)")
+        if args.kserve:
+            dest = kserve_layout(mar, args.kserve, version=args.version, runtime=runtime)
+            print(f"wrote KServe layout {dest}/config/config.properties and {dest}/model-store/{mar.name}")
+    except PackageError as exc:
+        raise UserError(str(exc)) from None
+    print(f"serve it: ser serve --model {mar}")
+    return 0
+
+
+def run_serve(args) -> int:
+    from ser.package import PackageError
+    from ser.torchserve import ServeError, start
+
+    model = Path(args.model)
+    if not model.exists():
+        raise UserError(f"{model}: no such .mar, folder or model file")
+    from ser.package import Runtime, read_runtime
+
+    try:
+        base = read_runtime(model) if model.suffix == ".mar" else Runtime()
+    except PackageError as exc:
+        raise UserError(str(exc)) from None
+    runtime = _runtime(args, base)
+    print(f"starting TorchServe for {model} on 127.0.0.1 (workers load the model and warm up; this takes a while) ...", flush=True)
+    try:
+        server = start(
+            model,
+            port=args.port,
+            management_port=args.management_port,
+            metrics_port=args.metrics_port,
+            auth=not args.no_auth,
+            runtime=runtime,
+            run_dir=args.run_dir,
+            timeout=args.timeout,
+            token_expiration_min=args.token_minutes,
+        )
+    except (ServeError, PackageError) as exc:
+        raise UserError(str(exc)) from None
+    stop = {"now": False}
+
+    def _terminate(signum, frame):  # SIGTERM (e.g. from a supervisor) behaves like Ctrl-C
+        stop["now"] = True
+
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        info = server.describe()[0]
+        print(f"serving model {server.model!r} at {server.predict_url}")
+        print(f"  workers {len(info.get('workers', []))}, batch size {info.get('batchSize')}, max batch delay {info.get('maxBatchDelay')} ms")
+        print(f"  management {server.management_url}   metrics {server.metrics_url}/metrics   logs {server.log_dir}")
+        if server.token:
+            print(f"  token auth ON: inference token valid {args.token_minutes} min (key file {server.run_dir / 'key_file.json'})")
+        else:
+            print("  token auth OFF")
+        print("try:")
+        print(f"  {server.curl('clip.wav')}")
+        timeline = '-H "X-Ser-Mode: timeline" -H "X-Ser-Window-S: 2" -H "X-Ser-Hop-S: 1"'
+        print("  " + server.curl("long.wav").replace("curl -s", f"curl -s {timeline}", 1))
+        print("Ctrl-C stops the server.", flush=True)
+        while not stop["now"]:
+            if not server.alive():
+                print(f"TorchServe exited unexpectedly (status {server.process.returncode}); last log lines:\n{server.log_tail()}", file=sys.stderr)
+                return 1
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        print("stopping TorchServe ...", flush=True)
+        server.stop()
+        print("stopped.")
+    return 0

@@ -1,0 +1,490 @@
+"""Compile, run locally, and submit the Kubeflow pipelines of ``pipelines/``.
+
+- :func:`compile_pipelines`: both pipelines to YAML (``make compile``).
+- :func:`run_local`: one pipeline, unchanged, through kfp's SubprocessRunner
+  (``use_venv=False``: every step runs in this venv, where ``ser`` is installed;
+  the components are built with ``install_kfp_package=False``, so no step calls
+  pip). Kubernetes settings (GPU node pool, secrets) are ignored locally; the
+  steps inherit this process's environment (S3 keys, MLflow URI).
+- :func:`submit`: a compiled package handed to ``kfp.Client().create_run_from_pipeline_package``.
+- :func:`run_demo`: the local demo run of ``ser_study`` with small budgets against
+  servers the caller started (``ser demo``).
+
+``pipelines/`` and ``components/`` live in the source checkout beside ``src/``;
+this module puts the checkout on ``sys.path`` to import them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+REPO = Path(__file__).resolve().parents[2]
+PIPELINE_NAMES = ("ser_study", "ser_retrain")
+
+#: Environment a step uses for S3 and MLflow; parameters named below are filled from it
+#: by :func:`run_local` when the caller does not give them.
+ENV_PARAMETERS = {"s3_endpoint": "S3_ENDPOINT_URL", "mlflow_uri": "MLFLOW_TRACKING_URI"}
+
+
+class PipelineError(RuntimeError):
+    """A pipeline that cannot be compiled, run or submitted, with the reason."""
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _checkout() -> Path:
+    root = Path(os.environ.get("SER_REPO", REPO))
+    if not (root / "pipelines" / "study.py").is_file() or not (root / "components" / "_common.py").is_file():
+        raise PipelineError(f"pipelines/ and components/ not found under {root}: run from a source checkout (or set SER_REPO)")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    return root
+
+
+def build(name: str, **options: Any) -> Callable:
+    """The pipeline ``name`` (ser_study, ser_retrain); ``options`` go to its builder
+    (cpu_image, gpu_image, parallelism). No options: the module-level pipeline."""
+    _checkout()
+    import pipelines
+
+    if name not in pipelines.PIPELINES:
+        raise PipelineError(f"unknown pipeline {name!r}; expected one of {', '.join(pipelines.PIPELINES)}")
+    options = {k: v for k, v in options.items() if v is not None}
+    return pipelines.BUILDERS[name](**options) if options else pipelines.PIPELINES[name]
+
+
+def pipeline_inputs(pipeline_fn: Any) -> dict[str, dict[str, Any]]:
+    """{parameter: {"type": ..., "default": ...}} of a pipeline."""
+    spec = pipeline_fn.component_spec
+    return {name: {"type": inp.type, "default": inp.default} for name, inp in (spec.inputs or {}).items()}
+
+
+def parse_params(items: list[str] | None, pipeline_fn: Any = None) -> dict[str, Any]:
+    """``["k=v", ...]`` -> arguments, each value cast to the parameter's type
+    (Integer, Float, Boolean, Struct/List as JSON; strings as given)."""
+    inputs = pipeline_inputs(pipeline_fn) if pipeline_fn is not None else {}
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise PipelineError(f"--param takes KEY=VALUE, got {item!r}")
+        if inputs and key not in inputs:
+            raise PipelineError(f"unknown parameter {key!r}; the pipeline takes {', '.join(sorted(inputs))}")
+        kind = str(inputs.get(key, {}).get("type", "String"))
+        try:
+            if kind == "Integer":
+                out[key] = int(value)
+            elif kind == "Float":
+                out[key] = float(value)
+            elif kind == "Boolean":
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                out[key] = value.lower() in ("true", "1", "yes")
+            elif kind in ("Struct", "List", "Dict"):
+                out[key] = json.loads(value)
+            else:
+                out[key] = value
+        except (ValueError, json.JSONDecodeError):
+            raise PipelineError(f"parameter {key} is {kind}, got {value!r}") from None
+    return out
+
+
+# --------------------------------------------------------------------------- compile
+
+
+def compile_pipeline(pipeline_fn: Any, path: str | Path) -> Path:
+    from kfp import compiler
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(pipeline_fn, str(path))
+    return path
+
+
+def compile_pipelines(out_dir: str | Path, names: tuple[str, ...] = PIPELINE_NAMES, **options: Any) -> dict[str, Path]:
+    """Compile ``names`` to ``out_dir/<name>.yaml``; returns the paths."""
+    return {name: compile_pipeline(build(name, **options), Path(out_dir) / f"{name}.yaml") for name in names}
+
+
+# --------------------------------------------------------------------------- local runs
+
+
+@dataclass
+class LocalRun:
+    """Where a local run left its outputs: ``tasks`` maps a task path (``features``,
+    ``stage-1-vectors/iteration-0/train-folds``) to {output name: path}."""
+
+    pipeline: str
+    run_dir: Path
+    seconds: float
+    log: Path | None
+    tasks: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def output(self, task: str, name: str) -> Path:
+        try:
+            return Path(self.tasks[task][name])
+        except KeyError:
+            raise KeyError(f"{task}/{name} not among the outputs of {self.run_dir}: {sorted(self.tasks)}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"pipeline": self.pipeline, "run_dir": str(self.run_dir), "seconds": round(self.seconds, 1),
+                "log": str(self.log) if self.log else None, "tasks": self.tasks}
+
+
+def collect_outputs(run_dir: str | Path) -> dict[str, dict[str, str]]:
+    """Every task folder of a local run (one holding executor_output.json) and its outputs."""
+    run_dir = Path(run_dir)
+    tasks: dict[str, dict[str, str]] = {}
+    for marker in sorted(run_dir.rglob("executor_output.json")):
+        task_dir = marker.parent
+        rel = task_dir.relative_to(run_dir).as_posix()
+        outputs = {p.name: str(p) for p in sorted(task_dir.iterdir()) if p.name != "executor_output.json"}
+        try:
+            params = json.loads(marker.read_text()).get("parameterValues", {})
+        except (OSError, ValueError):
+            params = {}
+        for key, value in params.items():
+            outputs.setdefault(key, json.dumps(value) if not isinstance(value, str) else value)
+        tasks[rel] = outputs
+    return tasks
+
+
+def _default_arguments(pipeline_fn: Any, arguments: Mapping[str, Any]) -> dict[str, Any]:
+    args = dict(arguments)
+    inputs = pipeline_inputs(pipeline_fn)
+    for param, env in ENV_PARAMETERS.items():
+        if param in inputs and param not in args:
+            args[param] = os.environ.get(env, "")  # "" = untracked (MLflow) / the step's env (S3)
+    return args
+
+
+@contextlib.contextmanager
+def _environ(values: Mapping[str, str]):
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update({k: str(v) for k, v in values.items()})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def run_local(pipeline_fn: Any, arguments: Mapping[str, Any] | None = None, pipeline_root: str | Path = "local_outputs", *,
+              env: Mapping[str, str] | None = None, threads_per_task: int | None = None, log: str | Path | None = None,
+              echo: bool = True) -> LocalRun:
+    """Run a pipeline locally with ``kfp.local.SubprocessRunner(use_venv=False)``.
+
+    ``env``: extra environment for the steps (S3 keys, MLflow URI); ``threads_per_task``:
+    torch/BLAS threads of each step (steps of a ParallelFor run side by side);
+    ``log``: write the runner's (long) output there instead of this process's stdout,
+    and print one line per finished task when ``echo``. Raises :class:`PipelineError`
+    naming the failed task (and the log) when a step fails."""
+    from kfp import local
+
+    arguments = _default_arguments(pipeline_fn, arguments or {})
+    root = Path(pipeline_root).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    before = {p.name for p in root.iterdir()}
+    extra = dict(env or {})
+    if threads_per_task:
+        n = str(int(threads_per_task))
+        extra.update({"SER_TORCH_THREADS": n, "OMP_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n, "MKL_NUM_THREADS": n})
+    extra.setdefault("PYTHONPATH", os.pathsep.join(p for p in (str(_checkout()), os.environ.get("PYTHONPATH", "")) if p))
+    log_path = Path(log).resolve() if log else None
+    name = pipeline_fn.name
+    t0 = time.perf_counter()
+    failure: BaseException | None = None
+    with _environ(extra), warnings.catch_warnings():
+        # the runner warns that a non-"python" image name may lack Python: our images have it
+        warnings.filterwarnings("ignore", message=".*custom or non-Python base image.*", category=RuntimeWarning)
+        local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+        if log_path is None:
+            try:
+                pipeline_fn(**arguments)
+            except Exception as exc:  # kfp raises RuntimeError("Pipeline ... finished with status FAILURE")
+                failure = exc
+        else:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(log_path, "w", encoding="utf-8") as fh, _Echo(fh, echo) as sink:
+                with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), _logging_to(sink):
+                    try:
+                        pipeline_fn(**arguments)
+                    except Exception as exc:
+                        failure = exc
+    seconds = time.perf_counter() - t0
+    new = sorted((p for p in root.iterdir() if p.name not in before and p.is_dir()), key=lambda p: p.stat().st_mtime)
+    run_dir = new[-1] if new else root
+    result = LocalRun(name, run_dir, seconds, log_path, collect_outputs(run_dir) if new else {})
+    if failure is not None:
+        where = f"; the runner's output is in {log_path}" if log_path else ""
+        tail = _tail(log_path) if log_path else ""
+        raise PipelineError(f"local run of {name} failed after {seconds:.0f} s: {failure}{where}\n{tail}".rstrip()) from failure
+    return result
+
+
+def _tail(path: Path | None, lines: int = 40) -> str:
+    if path is None or not path.is_file():
+        return ""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+class _Echo(io.TextIOBase):
+    """A text sink that writes everything to a file and echoes task status lines."""
+
+    KEYS = ("Executing task", "finished with status", "Pipeline")
+
+    def __init__(self, fh: Any, echo: bool) -> None:
+        self.fh, self.echo, self._out = fh, echo, sys.__stdout__
+
+    def __enter__(self) -> "_Echo":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.fh.flush()
+
+    def write(self, text: str) -> int:
+        self.fh.write(text)
+        if self.echo:
+            for line in text.splitlines():
+                if "finished with status" in line:
+                    clean = "".join(ch for ch in line if ch.isprintable())
+                    clean = clean.replace("[96m", "").replace("[92m", "").replace("[91m", "").replace("[95m", "").replace("[0m", "")
+                    print("  " + clean.split(" - INFO - ")[-1].split(" - ERROR - ")[-1], file=self._out, flush=True)
+        return len(text)
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
+@contextlib.contextmanager
+def _logging_to(stream: Any):
+    """Send kfp.local's log records (which go to stderr handlers) to ``stream``."""
+    import logging
+
+    targets = [logging.getLogger(), logging.getLogger("kfp"), logging.getLogger("kfp.local")]
+    saved = []
+    for logger in targets:
+        for handler in list(logger.handlers):
+            if isinstance(handler, logging.StreamHandler):
+                saved.append((handler, handler.stream))
+                handler.setStream(stream)
+    try:
+        yield
+    finally:
+        for handler, old in saved:
+            handler.setStream(old)
+
+
+# --------------------------------------------------------------------------- submit
+
+
+def read_token(token: str | None = None) -> str | None:
+    """The KFP bearer token: ``token``, else $KFP_TOKEN, else the file $KF_PIPELINES_SA_TOKEN_PATH names."""
+    if token:
+        return token.strip()
+    if os.environ.get("KFP_TOKEN", "").strip():
+        return os.environ["KFP_TOKEN"].strip()
+    path = os.environ.get("KF_PIPELINES_SA_TOKEN_PATH")
+    if path and Path(path).is_file():
+        return Path(path).read_text(encoding="utf-8").strip() or None
+    return None
+
+
+def submit(host: str, pipeline: str | Any, arguments: Mapping[str, Any] | None = None, experiment: str = "ser",
+           namespace: str | None = None, token: str | None = None, *, run_name: str | None = None,
+           service_account: str | None = None, enable_caching: bool | None = None, package_dir: str | Path | None = None,
+           client_factory: Callable[..., Any] | None = None) -> dict[str, Any]:
+    """Compile ``pipeline`` (a name or a pipeline function) and start a run on the KFP
+    API at ``host`` through ``kfp.Client().create_run_from_pipeline_package``.
+
+    ``token`` (else $KFP_TOKEN / $KF_PIPELINES_SA_TOKEN_PATH) is sent as a bearer
+    token. Returns the run id and URL the client reports. ``client_factory``
+    replaces ``kfp.Client`` (tests)."""
+    import tempfile
+
+    if not host:
+        raise PipelineError("no KFP host: pass --host URL or set KFP_HOST")
+    pipeline_fn = build(pipeline) if isinstance(pipeline, str) else pipeline
+    arguments = dict(arguments or {})
+    unknown = set(arguments) - set(pipeline_inputs(pipeline_fn))
+    if unknown:
+        raise PipelineError(f"unknown parameters {sorted(unknown)} for {pipeline_fn.name}")
+    if client_factory is None:
+        import kfp
+
+        client_factory = kfp.Client
+    kwargs: dict[str, Any] = {"host": host}
+    bearer = read_token(token)
+    if bearer:
+        kwargs["existing_token"] = bearer
+    if namespace:
+        kwargs["namespace"] = namespace
+    with tempfile.TemporaryDirectory(prefix="ser-submit-") as tmp:
+        package = compile_pipeline(pipeline_fn, Path(package_dir or tmp) / f"{pipeline_fn.name}.yaml")
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning, module="kfp")
+            client = client_factory(**kwargs)
+        run_name = run_name or f"{pipeline_fn.name} {time.strftime('%Y-%m-%d %H:%M:%S')}"
+        try:
+            result = client.create_run_from_pipeline_package(
+                str(package), arguments=arguments, run_name=run_name, experiment_name=experiment, namespace=namespace,
+                service_account=service_account, enable_caching=enable_caching)
+        except Exception as exc:
+            raise PipelineError(f"submitting {pipeline_fn.name} to {host} failed: {type(exc).__name__}: {exc}") from exc
+    run_id = getattr(result, "run_id", None)
+    url = f"{host.rstrip('/')}/#/runs/details/{run_id}" if run_id else None
+    return {"pipeline": pipeline_fn.name, "run_id": run_id, "run_name": run_name, "experiment": experiment, "url": url,
+            "arguments": arguments}
+
+
+# --------------------------------------------------------------------------- demo
+
+
+#: The smallest budgets that still run every step of ser_study (2 cores: a few minutes).
+DEMO_BUDGETS: dict[str, Any] = {
+    "recipe": "demo",
+    "feature_kinds": "mel",
+    "feature_sizes": "30",
+    "folds": 2,
+    "trials_stage1": 1,
+    "trials_stage2": 1,
+    "trials_stage3": 1,
+    "search_epochs": 2,
+    "stage4_epochs": 2,
+    "final_epochs": 4,
+    "final_eval_every": 2,
+    "transfer_freeze": "g",
+    "transfer_lrs": "1e-3",
+    "transfer_batches": "16",
+    "transfer_epochs": 3,
+    "transfer_eval_every": 1,
+    "device": "cpu",
+}
+
+#: Demo corpora: the synthetic corpus in RAVDESS and AESDD layouts (NOT real speech).
+DEMO_DATA_BUCKET = "ser-data"
+DEMO_MODEL_BUCKET = "ser-models"
+DEMO_ENGLISH_PREFIX = "corpora/synthetic-ravdess"
+DEMO_GREEK_PREFIX = "corpora/synthetic-aesdd"
+
+
+def upload_demo_corpora(store: Any, workdir: str | Path, *, bucket: str = DEMO_DATA_BUCKET, english_per_class: int = 12,
+                        greek_per_class: int = 10, seed: int = 0) -> dict[str, str]:
+    """Generate the synthetic corpora (RAVDESS and AESDD layouts) under ``workdir`` and
+    upload them to ``s3://bucket/corpora/...``; returns the pipeline's corpora parameters."""
+    from ser.corpora import synthetic
+
+    workdir = Path(workdir)
+    store.ensure_bucket(bucket)
+    for layout, prefix, per_class in (("ravdess", DEMO_ENGLISH_PREFIX, english_per_class), ("aesdd", DEMO_GREEK_PREFIX, greek_per_class)):
+        folder = workdir / "corpora" / f"synthetic-{layout}"
+        if not (folder / "SYNTHETIC.txt").is_file():
+            synthetic.generate(folder, layout=layout, per_class=per_class, seed=seed)
+        store.upload_dir(folder, bucket, prefix, progress=False)
+    return {"data_bucket": bucket, "english_corpora": f"synthetic={DEMO_ENGLISH_PREFIX}", "greek_corpora": f"synthetic={DEMO_GREEK_PREFIX}"}
+
+
+def demo_arguments(corpora: Mapping[str, str], budgets: Mapping[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    """ser_study arguments of the demo: the synthetic corpora, no study selection, the
+    synthetic English corpus augmented in place of TESS, and ``budgets`` over DEMO_BUDGETS."""
+    args: dict[str, Any] = {**DEMO_BUDGETS, "select": "all", "augment_corpora": "synthetic-ravdess", "augment_mode": "replace",
+                            "model_bucket": DEMO_MODEL_BUCKET, "model_name": "ser-english", "mlflow_experiment": "ser-demo"}
+    args.update(corpora)
+    args.update(budgets or {})
+    args.update(extra)
+    return args
+
+
+def run_demo(workdir: str | Path, s3: Any, mlflow_uri: str | None = None, budgets: Mapping[str, Any] | None = None, *,
+             parallelism: int = 2, echo: bool = True) -> dict[str, Any]:
+    """Run ``ser_study`` locally on the synthetic corpora with small budgets.
+
+    ``s3``: a running :class:`ser.services.LocalS3` (or anything with ``env()`` and
+    ``store()``); ``mlflow_uri``: a running MLflow server, or None for no tracking.
+    The corpora are generated and uploaded first; the winner is published to
+    ``s3://ser-models/ser-english/``. Returns where every artifact landed:
+    ``{"run_dir", "log", "seconds", "artifacts": {...}, "published": {...}, "tasks": {...}}``."""
+    workdir = Path(workdir).resolve()
+    store = s3.store()
+    corpora = upload_demo_corpora(store, workdir)
+    store.ensure_bucket(DEMO_MODEL_BUCKET)
+    env = dict(s3.env())
+    env["MLFLOW_TRACKING_URI"] = mlflow_uri or ""
+    arguments = demo_arguments(corpora, budgets, s3_endpoint=env["S3_ENDPOINT_URL"], mlflow_uri=mlflow_uri or "")
+    pipeline_fn = build("ser_study", parallelism=parallelism)
+    threads = max(1, (os.cpu_count() or 2) // max(1, parallelism))
+    run = run_local(pipeline_fn, arguments, workdir / "local_outputs", env=env, threads_per_task=threads,
+                    log=workdir / "logs" / "ser_study.log", echo=echo)
+    return summarize_study(run)
+
+
+#: ser_study's task folders and outputs worth pointing at.
+_KEY_OUTPUTS = {
+    "english_table": ("ingest", "table"),
+    "greek_table": ("ingest-2", "table"),
+    "augmented_table": ("augment", "augmented"),
+    "english_features": ("features", "features"),
+    "greek_features": ("features-2", "features"),
+    "recipe": ("search-recipe", "resolved"),
+    "ranking_stage1": ("rank-stage", "ranking"),
+    "ranking_stage2": ("rank-stage-2", "ranking"),
+    "ranking_stage3": ("rank-stage-3", "ranking"),
+    "ranking_stage4": ("rank-stage-4", "ranking"),
+    "final_model": ("final-train", "model"),
+    "english_evaluation": ("evaluate", "report"),
+    "greek_model": ("transfer", "tuned"),
+    "greek_evaluation": ("evaluate-2", "report"),
+    "champion_verdict": ("compare-champion", "verdict"),
+    "published": ("publish", "published"),
+}
+
+
+def summarize_study(run: LocalRun) -> dict[str, Any]:
+    """The key artifacts of a local ser_study run, its scores and what was published."""
+    artifacts = {}
+    for key, (task, output) in _KEY_OUTPUTS.items():
+        path = run.tasks.get(task, {}).get(output)
+        if path:
+            artifacts[key] = path
+    out: dict[str, Any] = {**run.to_dict(), "artifacts": artifacts}
+    published = Path(artifacts.get("published", "")) / "published.json"
+    if published.is_file():
+        out["published"] = json.loads(published.read_text(encoding="utf-8"))
+    for key in ("english_evaluation", "greek_evaluation"):
+        metrics = Path(artifacts.get(key, "")) / "metrics.json"
+        if metrics.is_file():
+            data = json.loads(metrics.read_text(encoding="utf-8"))
+            out[key.replace("evaluation", "scores")] = {k: data.get(k) for k in ("accuracy", "macro_f1", "loss")}
+    return out
+
+
+def format_summary(summary: Mapping[str, Any]) -> str:
+    """Lines for a person: where each artifact landed, the scores, the publication."""
+    lines = [f"ser_study ran locally in {summary.get('seconds', 0):.0f} s; run folder {summary.get('run_dir')}"]
+    if summary.get("log"):
+        lines.append(f"  runner log: {summary['log']}")
+    for key, path in summary.get("artifacts", {}).items():
+        lines.append(f"  {key:<20} {path}")
+    for key in ("english_scores", "greek_scores"):
+        if key in summary:
+            s = summary[key]
+            lines.append(f"  {key:<20} accuracy {100 * (s.get('accuracy') or 0):.1f}%, macro F1 {100 * (s.get('macro_f1') or 0):.1f}% (synthetic data)")
+    pub = summary.get("published")
+    if pub:
+        lines.append(f"  published {pub.get('name')} {pub.get('version')} -> {pub.get('uri')}"
+                     + (f"; champion -> {pub['champion_uri']}" if pub.get("champion_uri") else " (not promoted)"))
+    return "\n".join(lines)

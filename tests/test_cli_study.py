@@ -1,0 +1,249 @@
+"""`ser train`, `ser evaluate`, `ser transfer`, `ser predict` end to end on tiny data."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import types
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from ser import models
+from ser.cli import UserError
+from ser.cli import build_parser as full_parser
+from ser.cli import study
+from ser.dataset import FeatureSet
+from ser.features import FeatureSpec
+from ser.labels import ENGLISH, GREEK
+
+torch.set_num_threads(1)
+
+SPEC = FeatureSpec(kind="mel", size=30, sample_rate=16000)
+TINY_YAML = """
+arch:
+  cnn: squirtle
+  conv_channels: [8, 8, 8]
+  fc_features: [32, 32]
+  dropout: 0.25
+train:
+  batch_size: 16
+  lr: 0.002
+  epochs: 3
+"""
+FAST = ["--device", "cpu", "--threads", "1", "--no-progress"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The study group alone, so these tests do not depend on other command groups."""
+    parser = argparse.ArgumentParser(prog="ser")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    study.register(sub)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    """As ser.cli.main: a UserError becomes one line on stderr and exit status 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"ser {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def feature_set(labels: tuple[str, ...], n: int, seed: int = 0) -> FeatureSet:
+    rng = np.random.default_rng(seed)
+    k = len(labels)
+    y = rng.permutation(np.arange(n) % k)
+    images = rng.random((n, 30, 30)).astype(np.float32) * 0.6
+    band = 30 // k
+    for i, c in enumerate(y):
+        images[i, c * band : (c + 1) * band, :] += 0.4
+    ids = np.array([f"{seed}-{i}" for i in range(n)])
+    return FeatureSet(images, y.astype(np.int64), labels, SPEC, speaker=np.array([f"spk{i % 6}" for i in range(n)]),
+                      corpus=np.array(["synthetic"] * n), source_id=ids, group=ids.copy(), augment=np.array([""] * n))
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    english = feature_set(ENGLISH, 140).save(root / "english.npz")
+    greek = feature_set(GREEK, 60, seed=1).save(root / "greek.npz")
+    config = root / "tiny.yaml"
+    config.write_text(TINY_YAML)
+    out = root / "train"
+    assert main(["train", "--features", str(english), "--config", str(config), "--split", "speaker", "--seed", "4", "--out", str(out), *FAST]) == 0
+    return types.SimpleNamespace(root=root, english=english, greek=greek, config=config, model_dir=out)
+
+
+def test_commands_are_registered_in_the_ser_parser(capsys):
+    try:
+        parser = full_parser()
+    except (SyntaxError, ImportError) as exc:  # another group's module is broken: not this group's test
+        pytest.skip(f"ser.cli cannot assemble its parser: {exc!r}")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--help"])
+    top = capsys.readouterr().out
+    for command in ("train", "evaluate", "transfer", "predict"):
+        assert command in top
+
+
+def test_help_explains_every_command_and_option(capsys):
+    parser = build_parser()
+    for command in ("train", "evaluate", "transfer", "predict"):
+        with pytest.raises(SystemExit) as exc:
+            parser.parse_args([command, "--help"])
+        assert exc.value.code == 0
+        text = capsys.readouterr().out
+        assert "--device" in text and "--model" in text or command == "train"
+    # Every option carries help text.
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    for command in ("train", "evaluate", "transfer", "predict"):
+        for action in sub.choices[command]._actions:
+            assert action.help, f"{command} {action.option_strings} has no help"
+
+
+def test_train_writes_the_contract_files(work):
+    out = work.model_dir
+    for name in ("model.pt", "metrics.json", "learning_curve.png", "confusion_matrix.png", "improvements.md", "improvements.csv", "history.csv", "config.json"):
+        assert (out / name).is_file(), name
+    assert not (out / "checkpoint.pt").exists()
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("accuracy", "macro_f1", "per_class", "confusion_matrix", "best_epoch", "seed", "split"):
+        assert key in metrics
+    assert metrics["seed"] == 4 and metrics["split"] == "speaker" and metrics["sizes"]["shared_speakers"] == 0
+    assert set(metrics["per_class"]) == set(ENGLISH) and 1 <= metrics["best_epoch"] <= 3
+    bundle = models.load_bundle(out / "model.pt")
+    assert bundle.labels == ENGLISH and bundle.arch.in_size == 30 and bundle.arch.conv_channels == (8, 8, 8)
+    assert bundle.meta["seed"] == 4 and bundle.meta["split"] == "speaker" and bundle.meta["config_hash"] == metrics["config_hash"]
+    assert FeatureSpec.from_dict(bundle.feature_spec) == SPEC
+    assert (out / "improvements.md").read_text().count("\n| ") >= 1
+
+
+def test_train_with_seeds_summarises_and_skips_finished_runs(work, capsys):
+    out = work.root / "seeds"
+    args = ["train", "--features", str(work.english), "--config", str(work.config), "--epochs", "2", "--seeds", "2", "--out", str(out), *FAST]
+    assert main(args) == 0
+    for seed in (0, 1):
+        assert (out / f"seed-{seed}" / "metrics.json").is_file() and (out / f"seed-{seed}" / "model.pt").is_file()
+    summary = json.loads((out / "seeds.json").read_text())["summary"]
+    assert summary["n"] == 2 and summary["seeds"] == [0, 1] and "std" in summary["accuracy"]
+    assert (out / "seeds.md").read_text().count("| mean |") == 1
+    top = json.loads((out / "metrics.json").read_text())
+    assert top["seed"] == 0 and top["seeds_summary"]["n"] == 2 and (out / "model.pt").is_file()
+    capsys.readouterr()
+    assert main(args) == 0  # a finished run is not trained again
+    assert capsys.readouterr().err.count("skipping") == 2
+
+
+def test_train_user_errors(work, tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("arch: {cnn: squirtle, colour: blue}\n")
+    wrong_size = tmp_path / "size.json"
+    wrong_size.write_text(json.dumps({"arch": {"in_size": 60, "conv_channels": [8, 8, 8], "fc_features": [8, 8]}}))
+    tiny_pool = tmp_path / "pool.json"
+    tiny_pool.write_text(json.dumps({"arch": {"conv_channels": [4, 4, 4], "fc_features": [8, 8], "pool_kernels": [3, 3, 3], "pool_strides": [4, 4, 4]}}))
+    cases = [
+        (["--features", str(tmp_path / "missing.npz"), "--config", str(work.config)], "does not exist"),
+        (["--features", str(work.config), "--config", str(work.config)], "not a feature set"),
+        (["--features", str(work.english), "--config", str(tmp_path / "none.yaml")], "does not exist"),
+        (["--features", str(work.english), "--config", str(bad)], "colour"),
+        (["--features", str(work.english), "--config", str(wrong_size)], "30x30"),
+        (["--features", str(work.english), "--config", str(tiny_pool)], "pool"),
+        (["--features", str(work.english), "--preset", "nope"], "unknown preset"),
+        (["--features", str(work.english), "--config", str(work.config), "--epochs", "0"], "epochs"),
+    ]
+    for extra, message in cases:
+        assert main(["train", *extra, "--out", str(tmp_path / "o"), *FAST]) == 2, extra
+        err = capsys.readouterr().err
+        assert "ser train: error:" in err and message in err, (extra, err)
+
+
+def test_evaluate_writes_metrics_and_plots(work, tmp_path, monkeypatch):
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--model", str(work.model_dir), "--features", str(work.english), "--rows", "test", "--out", str(out), *FAST]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    trained = json.loads((work.model_dir / "metrics.json").read_text())
+    # --rows test re-creates the training run's test split from the bundle's metadata.
+    assert metrics["n"] == trained["n"] and metrics["accuracy"] == pytest.approx(trained["accuracy"])
+    assert metrics["split"] == "speaker" and metrics["seed"] == 4
+    assert (out / "confusion_matrix.png").is_file() and (out / "per_class.md").is_file()
+    assert len((out / "predictions.csv").read_text().splitlines()) == metrics["n"] + 1
+    # The model may come from $SER_MODEL.
+    monkeypatch.setenv("SER_MODEL", str(work.model_dir / "model.pt"))
+    assert main(["evaluate", "--features", str(work.english), "--out", str(tmp_path / "all"), *FAST]) == 0
+    assert json.loads((tmp_path / "all" / "metrics.json").read_text())["n"] == 140
+
+
+def test_evaluate_user_errors(work, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("SER_MODEL", raising=False)
+    assert main(["evaluate", "--features", str(work.english), "--out", str(tmp_path), *FAST]) == 2
+    assert "no model given" in capsys.readouterr().err
+    assert main(["evaluate", "--model", str(tmp_path / "nope.pt"), "--features", str(work.english), "--out", str(tmp_path), *FAST]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["evaluate", "--model", str(work.model_dir), "--features", str(work.greek), "--out", str(tmp_path), *FAST]) == 2
+    assert "labelled" in capsys.readouterr().err
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"junk")
+    assert main(["evaluate", "--model", str(junk), "--features", str(work.english), "--out", str(tmp_path), *FAST]) == 2
+    assert "cannot load model bundle" in capsys.readouterr().err
+
+
+def test_mlflow_uris_go_through_models_uri(work, tmp_path, monkeypatch, capsys):
+    from ser.cli import study
+
+    calls = []
+    fake = types.ModuleType("ser.models_uri")
+    fake.resolve = lambda uri: calls.append(uri) or work.model_dir / "model.pt"
+    monkeypatch.setitem(sys.modules, "ser.models_uri", fake)
+    assert study.resolve_model_path("models:/ser-english@champion") == work.model_dir / "model.pt"
+    assert main(["evaluate", "--model", "runs:/abc/model", "--features", str(work.english), "--out", str(tmp_path), *FAST]) == 0
+    assert calls == ["models:/ser-english@champion", "runs:/abc/model"]
+    fake.resolve = lambda uri: (_ for _ in ()).throw(LookupError("no such model"))
+    assert main(["evaluate", "--model", "models:/x/1", "--features", str(work.english), "--out", str(tmp_path), *FAST]) == 2
+    assert "no such model" in capsys.readouterr().err
+
+
+def test_transfer_grid_end_to_end(work, tmp_path, capsys):
+    out = tmp_path / "transfer"
+    args = ["transfer", "--model", str(work.model_dir), "--features", str(work.greek), "--freeze", "a,g", "--lrs", "1e-3,3e-3",
+            "--batches", "16", "--epochs", "2", "--eval-every", "1", "--scratch", "--scratch-lrs", "1e-3", "--out", str(out), *FAST]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "| a |" in printed and "scratch" in printed and "best run" in printed
+    assert len((out / "runs.csv").read_text().splitlines()) == 1 + 5
+    summary = (out / "summary.csv").read_text().splitlines()
+    assert summary[0].startswith("subset,frozen,runs,mean_accuracy") and len(summary) == 4
+    bundle = models.load_bundle(out / "model.pt")
+    assert bundle.labels == GREEK and bundle.arch.n_classes == 5
+    assert bundle.meta["transfer"]["subset"] in ("a", "g", "scratch")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["per_class"]) == set(GREEK) and (out / "learning_curve.png").is_file()
+    # Bad subset and size mismatch are refused before any training.
+    assert main([*args[:5], "--freeze", "x", "--out", str(out), *FAST]) == 2
+    assert "subset" in capsys.readouterr().err
+    assert main(["transfer", "--model", str(work.model_dir), "--features", str(work.greek), "--lrs", "abc", "--out", str(out), *FAST]) == 2
+    assert "--lrs" in capsys.readouterr().err
+
+
+def test_predict_prints_probabilities_per_file(work, tmp_path, capsys):
+    rate = 16000
+    t = np.arange(rate) / rate
+    good = tmp_path / "tone.wav"
+    sf.write(good, (0.3 * np.sin(2 * np.pi * 220 * t) * np.hanning(rate)).astype(np.float32), rate)
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"this is not audio")
+    assert main(["predict", str(good), "--model", str(work.model_dir), *FAST]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"{good}: ") and all(name in line for name in ENGLISH)
+    probs = [float(part.rsplit(" ", 1)[1]) for part in line.split(": ", 1)[1].split(", ")]
+    assert probs == sorted(probs, reverse=True) and sum(probs) == pytest.approx(1.0, abs=0.01)
+    assert main(["predict", str(good), str(bad), "--model", str(work.model_dir), "--json", "--top", "2", *FAST]) == 1
+    captured = capsys.readouterr()
+    record = json.loads(captured.out.strip())
+    assert record["file"] == str(good) and len(record["probabilities"]) == 2 and record["emotion"] in ENGLISH
+    assert "bad.wav: cannot decode" in captured.err

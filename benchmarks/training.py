@@ -105,22 +105,35 @@ def naive_epoch(model, loader, optimizer, device, train: bool = True) -> int:
     return seen
 
 
-def ours_pipeline(fs, device, batch: int = 32, seed: int = 0) -> int:
-    """fit's input path alone: one tensor, shuffled index batches."""
+def ours_pipeline(fs, device, epochs: int, batch: int = 32, seed: int = 0) -> tuple[float, float]:
+    """fit's input path alone: one tensor (made once), shuffled index batches each epoch.
+    Returns (seconds for the one-off conversion, seconds per epoch)."""
     import torch
 
     from ser.training import as_tensors
 
+    t0 = time.perf_counter()
     images, labels = as_tensors(fs, device)
-    order = torch.randperm(len(fs), generator=torch.Generator().manual_seed(seed)).to(device)
-    seen = 0
-    for i in range(0, len(fs), batch):
-        idx = order[i : i + batch]
-        x, y = images[idx], labels[idx]
-        seen += x.shape[0]
+    once = time.perf_counter() - t0
+    shuffle = torch.Generator().manual_seed(seed)
+    t0 = time.perf_counter()
+    for _ in range(epochs):
+        order = torch.randperm(len(fs), generator=shuffle).to(device)
+        for i in range(0, len(fs), batch):
+            idx = order[i : i + batch]
+            x, y = images[idx], labels[idx]
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return seen
+    return once, (time.perf_counter() - t0) / epochs
+
+
+def naive_pipeline(loader, epochs: int) -> float:
+    """Seconds per epoch of the per-sample loader alone."""
+    t0 = time.perf_counter()
+    for _ in range(epochs):
+        for x, y in loader:
+            pass
+    return (time.perf_counter() - t0) / epochs
 
 
 def cpu_section(args) -> dict:
@@ -145,14 +158,13 @@ def cpu_section(args) -> dict:
     optimizer = torch.optim.Adam(model.parameters(), lr=6e-5)
     naive_epoch(model, DataLoader(PngDataset(blobs[:64], fs.labels[:64]), batch_size=32, shuffle=True), optimizer, device)
 
-    # Input pipeline only, both paths.
+    # Input pipeline only, both paths, on a larger set (it is cheap).
+    big = synthetic(args.input_samples, seed=3)
+    big_loader = DataLoader(PngDataset(png_bytes(big.images), big.labels), batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0))
+    pipe_naive = len(big) / naive_pipeline(big_loader, 3)
+    once, per_epoch = ours_pipeline(big, device, 3)
+    pipe_ours = len(big) / per_epoch
     loader = DataLoader(dataset, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0))
-    t0 = time.perf_counter()
-    seen = sum(x.shape[0] for x, _ in loader)
-    pipe_naive = seen / (time.perf_counter() - t0)
-    t0 = time.perf_counter()
-    seen = ours_pipeline(fs, device)
-    pipe_ours = seen / (time.perf_counter() - t0)
 
     # (a) naive training epoch
     torch.manual_seed(0)
@@ -174,6 +186,8 @@ def cpu_section(args) -> dict:
         "threads": args.threads,
         "samples": len(fs),
         "rows": rows,
+        "input_samples": len(big),
+        "ours_one_off_tensor_s": once,
         "train_speedup": ours_train / naive_train,
         "input_speedup": pipe_ours / pipe_naive,
     }
@@ -254,6 +268,7 @@ def table(rows: list[dict], columns: list[str]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=256, help="images for the CPU comparison (default 256)")
+    parser.add_argument("--input-samples", type=int, default=2048, help="images for the input-pipeline-only rows (default 2048)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--cuda-epochs", type=int, default=6, help="epochs per CUDA variant; the first is warm-up (default 6)")
     parser.add_argument("--skip-cpu", action="store_true", help="only the CUDA section")
@@ -268,7 +283,8 @@ def main() -> int:
         result["cpu"] = cpu
         print(f"CPU ({cpu['threads']} threads, {cpu['samples']} images 60x60, batch 32):")
         print(table(cpu["rows"], ["path", "train_samples_per_s", "input_only_samples_per_s"]))
-        print(f"speed-up: training x{cpu['train_speedup']:.2f}, input pipeline x{cpu['input_speedup']:.1f}\n")
+        print(f"input-only rows: {cpu['input_samples']} images, per epoch (ours also pays {cpu['ours_one_off_tensor_s']:.3f} s once to build the tensor)")
+        print(f"speed-up: training x{cpu['train_speedup']:.2f}, input pipeline x{cpu['input_speedup']:.0f}\n")
     if torch.cuda.is_available():
         gpu = cuda_section(args)
         result["cuda"] = gpu

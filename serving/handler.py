@@ -61,6 +61,13 @@ def _limit_threads(n: int) -> None:
         pass
 
 
+def _is_request_row(row) -> bool:
+    """A TorchServe request row: {"body": ...} or form fields, whose values are all bytes."""
+    if not isinstance(row, dict):
+        return False
+    return "body" in row or (bool(row) and all(isinstance(v, (bytes, bytearray)) for v in row.values()))
+
+
 def _headers(context, idx: int) -> dict[str, str]:
     """Request headers, lower-cased names (TorchServe passes them through to the handler)."""
     try:
@@ -113,8 +120,8 @@ class SerHandler(BaseHandler):
         )
         self.context = context
         self.manifest = manifest
-        # First calls compile librosa's numba kernels (seconds): pay that at load time,
-        # not on the first user's request.
+        # The first call imports librosa's lazy submodules (scipy.signal, numba caches):
+        # seconds. Pay that at load time, not on the first user's request.
         start = time.perf_counter()
         self.predictor.predict_many([serving.test_clip(3.0, self.predictor.spec.sample_rate or 16000)] * 2)
         logger.info("ser model %s v%s ready (%d threads, warm-up %.1f s)", self.predictor.name, self.predictor.version, threads, time.perf_counter() - start)
@@ -124,12 +131,12 @@ class SerHandler(BaseHandler):
     def handle(self, data, context):
         if self.predictor is None:
             raise PredictionException(json.dumps({"error": "not_ready", "status": 503, "message": "model not loaded"}), 503)
-        start = time.perf_counter()
         self.context = context
         rows = list(data or [])
-        # With TorchServe's KServe envelope several instances may share one request: then
-        # errors stay inline in the predictions and the request's status is 200.
-        per_request = len(rows) == len(getattr(context, "request_ids", None) or rows)
+        # Behind TorchServe's KServe envelope the rows are the JSON instances of one
+        # request, not requests: then results and errors stay inline as dicts (the
+        # envelope wraps them in {"predictions": [...]}) and the status is 200.
+        per_request = all(_is_request_row(r) for r in rows) and len(rows) == len(getattr(context, "request_ids", None) or rows)
         outputs: list = [None] * len(rows)
         plain: list[int] = []
         for i, row in enumerate(rows):
@@ -144,8 +151,7 @@ class SerHandler(BaseHandler):
             for i, result in zip(plain, results):
                 outputs[i] = result
         for i, out in enumerate(outputs):
-            outputs[i] = self._respond(context, i, out, per_request)
-        context.metrics.add_time("SerHandlerTime", round((time.perf_counter() - start) * 1000, 2), None, "ms")
+            outputs[i] = self._respond(context, i, out, per_request, len(rows))
         return outputs
 
     def _guarded_batch(self, bodies: list) -> list:
@@ -170,7 +176,7 @@ class SerHandler(BaseHandler):
             logger.exception("unexpected error while serving one request")
             return serving.RequestError(f"internal error: {type(exc).__name__}", status=500, reason="internal_error")
 
-    def _respond(self, context, idx: int, out, per_request: bool):
+    def _respond(self, context, idx: int, out, per_request: bool, batch: int):
         if isinstance(out, serving.RequestError):
             if out.status < 500:
                 try:
@@ -185,5 +191,6 @@ class SerHandler(BaseHandler):
         if not per_request:
             return body  # the KServe envelope wraps the dicts in {"predictions": [...]}
         context.set_response_content_type(idx, JSON)
+        context.set_response_header(idx, "X-Ser-Batch", str(batch))  # how many requests shared the call
         return json.dumps(body)
 

@@ -89,8 +89,11 @@ def test_demo_search_all_stages_then_resume(monkeypatch, tmp_path, features, cap
     assert calls == [] and "starting from" in capsys.readouterr().out
 
 
-def test_errors_a_user_can_fix(tmp_path, features, capsys):
+def test_errors_a_user_can_fix(monkeypatch, tmp_path, features, capsys):
     out = tmp_path / "out"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert cli.main(["search", "--features", str(features), "--recipe", "demo", "--mlflow", "--out", str(out)]) == 2
+    assert "MLFLOW_TRACKING_URI" in capsys.readouterr().err
     assert cli.main(["search", "--features", str(tmp_path / "nope.npz"), "--out", str(out)]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert cli.main(["search", "--features", str(features), "--recipe", "demo", "--stage", "3", "--out", str(out)]) == 2

@@ -4,6 +4,7 @@ table, and the four stages end to end on a tiny synthetic feature set."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -322,31 +323,42 @@ def test_a_b_stop_caps_the_later_folds(monkeypatch, tmp_path):
     assert result.complete and result.summary()["epochs"] == 68
 
 
+class FakeTracker:
+    """The tracker protocol (ser.tracking.Tracker's shape), recording what it is told."""
+
+    def __init__(self):
+        self.events = []
+
+    @contextlib.contextmanager
+    def run(self, name, kind, params, tags):
+        self.events.append(("start", kind, name))
+        yield self
+        self.events.append(("end", kind, name))
+
+    def log_metrics(self, metrics, step):
+        self.events.append(("metrics", tuple(sorted(metrics)), step))
+
+    def epoch_callback(self):
+        return lambda record: self.events.append(("epoch", record.epoch))
+
+    def runs(self):
+        return [(e[0], e[1]) for e in self.events if e[0] in ("start", "end")]
+
+
 def test_tracker_gets_one_run_per_vector_and_per_fold(tmp_path):
-    events = []
-
-    class Tracker:
-        def run(self, name, kind, params, tags):
-            import contextlib
-
-            @contextlib.contextmanager
-            def cm():
-                events.append(("start", kind, name))
-                yield self
-                events.append(("end", kind, name))
-            return cm()
-
-        def log_metrics(self, metrics, step):
-            events.append(("metrics", tuple(sorted(metrics)), step))
-
-        def epoch_callback(self):
-            return lambda record: events.append(("epoch", record.epoch))
-
-    search.score_vector(tiny_vector(), make_features(), None, stopping.NONE, folds=2, epochs=2, workdir=tmp_path, device="cpu", tracker=Tracker())
-    kinds = [(e[0], e[1]) for e in events if e[0] in ("start", "end")]
-    assert kinds == [("start", "vector"), ("start", "fold"), ("end", "fold"), ("start", "fold"), ("end", "fold"), ("end", "vector")]
-    assert [e[1] for e in events if e[0] == "epoch"] == [1, 2, 1, 2]
-    assert any(e[0] == "metrics" and "macro_f1" in e[1] for e in events)
+    tracker = FakeTracker()
+    search.score_vector(tiny_vector(), make_features(), None, stopping.NONE, folds=2, epochs=2, workdir=tmp_path, device="cpu", tracker=tracker)
+    assert tracker.runs() == [("start", "vector"), ("start", "fold"), ("end", "fold"), ("start", "fold"), ("end", "fold"), ("end", "vector")]
+    assert [e[1] for e in tracker.events if e[0] == "epoch"] == [1, 2, 1, 2]
+    assert any(e[0] == "metrics" and "macro_f1" in e[1] for e in tracker.events)
+    # a stage wraps its vectors in a "stage" run
+    tracker = FakeTracker()
+    recipe = tiny_recipe()
+    search.run_stage(recipe.stage(1), {("mel", 30): make_features()}, recipe=recipe, workdir=tmp_path / "s", device="cpu",
+                     tracker=tracker, progress=False)
+    runs = tracker.runs()
+    assert runs[0] == ("start", "stage") and runs[-1] == ("end", "stage") and runs.count(("start", "fold")) == recipe.folds
+    assert any(e[0] == "metrics" and "listed" in e[1] for e in tracker.events)
 
 
 # --------------------------------------------------------------------------- ranking table

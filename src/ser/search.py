@@ -1307,7 +1307,12 @@ def run_stage(
 ) -> StageResult:
     """Run one stage (see :class:`StageConfig`) on the training rows ``train_idx``
     of ``feature_sets`` (keyed by (kind, size); None: all rows). Folds land under
-    ``workdir/stage<n>/<vector id>/`` and are reused by a rerun."""
+    ``workdir/stage<n>/<vector id>/`` and are reused by a rerun.
+
+    ``tracker`` (optional; e.g. :class:`ser.tracking.Tracker`): an object with
+    ``run(name, kind, params, tags)`` (a context manager), ``log_metrics(dict, step)``
+    and ``epoch_callback()``; the stage opens a "stage" run, each vector a nested
+    "vector" run, each trained fold a nested "fold" run with per-epoch metrics."""
     from tqdm import tqdm
 
     log = log or (lambda _msg: None)
@@ -1347,21 +1352,30 @@ def run_stage(
     results: list[VectorResult] = []
     stage_dir = Path(workdir) / f"stage{st.number}"
     bar = tqdm(vectors, desc=f"stage {st.number} vectors", unit="vector", disable=not progress, dynamic_ncols=True)
-    for vector in bar:
-        fs = feature_sets[vector.key]
-        idx = None if train_idx is None else train_idx[vector.key]
-        result = score_vector(vector, fs, idx, st.rules, folds=recipe.folds, seed=recipe.seed, epochs=st.max_epochs, workdir=stage_dir,
-                              device=device, tracker=tracker, protocol=recipe.split, score_at=recipe.score_at,
-                              eval_every=recipe.eval_every, checkpoint_every=recipe.checkpoint_every, progress=progress,
-                              stage=st.number)
-        result.qualified = _qualify(result, st.thresholds)
-        results.append(result)
-        bar.set_postfix({"f1": f"{result.macro_f1:.3f}"}, refresh=False)
-    bar.close()
-    rows = [r.to_row() for r in results]
-    if st.kind in ("perturb",) or (st.kind == "random" and st.merge):
-        rows = list(previous or []) + rows
-    ranking = sort_ranking(rows)
+    stage_params = {"recipe": recipe.name, "recipe_hash": recipe.hash(), "stage": st.number, "kind": st.kind, "vectors": len(vectors),
+                    "folds": recipe.folds, "max_epochs": st.max_epochs, "rules": _rules_name(st.rules), "split": recipe.split,
+                    "seed": recipe.seed}
+    with _tracker_run(tracker, f"stage {st.number}", "stage", stage_params, {"stage": st.number}):
+        for vector in bar:
+            fs = feature_sets[vector.key]
+            idx = None if train_idx is None else train_idx[vector.key]
+            result = score_vector(vector, fs, idx, st.rules, folds=recipe.folds, seed=recipe.seed, epochs=st.max_epochs,
+                                  workdir=stage_dir, device=device, tracker=tracker, protocol=recipe.split, score_at=recipe.score_at,
+                                  eval_every=recipe.eval_every, checkpoint_every=recipe.checkpoint_every, progress=progress,
+                                  stage=st.number)
+            result.qualified = _qualify(result, st.thresholds)
+            results.append(result)
+            bar.set_postfix({"f1": f"{result.macro_f1:.3f}"}, refresh=False)
+        bar.close()
+        rows = [r.to_row() for r in results]
+        if st.kind in ("perturb",) or (st.kind == "random" and st.merge):
+            rows = list(previous or []) + rows
+        ranking = sort_ranking(rows)
+        if tracker is not None and ranking:
+            top = ranking[0]
+            tracker.log_metrics({"listed": sum(bool(r.get("qualified")) for r in ranking), "ranked": len(ranking),
+                                 "abandoned": sum(r.abandoned for r in results),
+                                 **({"best_macro_f1": top["macro_f1"]} if not math.isnan(_f(top.get("macro_f1"))) else {})}, st.number)
     winner = ranking[0] if st.kind == "final" and ranking else None
     return StageResult(st, results, ranking, skipped, winner)
 

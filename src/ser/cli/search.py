@@ -67,6 +67,9 @@ command to continue.""",
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to train: auto (CUDA if present, else CPU), cpu or cuda")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--top", type=int, default=10, help="ranking rows to print (default 10)")
+    p.add_argument("--mlflow", action="store_true",
+                   help="log to MLflow at $MLFLOW_TRACKING_URI: one run per stage, nested runs per vector and per fold "
+                   "with per-epoch metrics (fails at once if the server does not answer)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
     p.set_defaults(func=cmd_search)
 
@@ -185,10 +188,18 @@ def cmd_search(args: argparse.Namespace) -> int:
         if stages[0] not in recipe.stages:
             raise UserError(f"recipe {recipe.name} has no stage {stages[0]} (it has {sorted(recipe.stages)})")
     previous = _previous(args, stages[0], recipe)
+    tracker = None
+    if args.mlflow:
+        from ser import tracking
+
+        try:
+            tracker = tracking.Tracker.from_env(strict=True)
+        except tracking.TrackingError as exc:
+            raise UserError(str(exc)) from None
     try:
         outcome = search.run_search(
             recipe, feature_sets, stages, out=args.out, workdir=args.workdir, previous=previous, device=args.device,
-            progress=not args.no_progress, sources=sources,
+            tracker=tracker, progress=not args.no_progress, sources=sources,
             log=lambda msg: print(msg, file=sys.stderr),
         )
     except ValueError as exc:  # SearchError, SplitError, a foreign checkpoint

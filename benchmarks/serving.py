@@ -56,6 +56,30 @@ def make_model(arch: str, folder: Path) -> Path:
     return models.save_bundle(folder / "model.pt", net, labels.ENGLISH, FeatureSpec(kind="mel", size=spec.in_size).to_dict(), meta)
 
 
+def cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU time (user+system) used so far by the frontend (java) and by its workers."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        t = root.cpu_times()
+        out = {"frontend": t.user + t.system, "workers": 0.0}
+        for child in root.children(recursive=True):
+            try:
+                c = child.cpu_times()
+                out["workers"] += c.user + c.system
+            except psutil.Error:
+                pass
+        return out
+    except psutil.Error:
+        return {"frontend": 0.0, "workers": 0.0}
+
+
+def own_cpu() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
 def summarize(latencies: list[float], wall: float, errors: int) -> dict:
     ms = np.asarray(latencies) * 1000.0
     return {
@@ -145,11 +169,13 @@ def main() -> int:
     parser.add_argument("--arch", choices=sorted(ARCHS), default="tiny", help="model size (random weights)")
     parser.add_argument("--levels", default="1,4,16", help="client concurrency levels")
     parser.add_argument("--requests", type=int, default=300, help="requests per level (concurrency 16 gets twice as many)")
+    parser.add_argument("--warmup", type=int, default=500, help="requests sent before measuring")
     parser.add_argument("--workers", type=int, default=2, help="TorchServe workers (one single-threaded model each)")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--max-delay-ms", type=int, default=5)
     parser.add_argument("--inprocess-threads", type=int, default=1, help="torch threads for the in-process rows")
     parser.add_argument("--skip-inprocess", action="store_true")
+    parser.add_argument("--java-opts", default=None, help="JVM options for the TorchServe frontend (default: ser.torchserve's)")
     parser.add_argument("--out", type=Path, default=REPO / "build" / "bench" / "serving.json")
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",") if x.strip()]
@@ -181,18 +207,30 @@ def main() -> int:
         runtime = Runtime(workers=args.workers, batch_size=args.batch_size, max_batch_delay_ms=args.max_delay_ms)
         mar = build_mar(model_pt, tmp / f"bench-{args.arch}.mar", runtime=runtime)
         t0 = time.perf_counter()
-        server = start(mar, runtime=runtime, timeout=600)
+        extra = {"java_opts": tuple(args.java_opts.split())} if args.java_opts is not None else {}
+        server = start(mar, runtime=runtime, timeout=600, **extra)
         results["startup_s"] = round(time.perf_counter() - t0, 1)
         print(f"TorchServe ready in {results['startup_s']} s at {server.predict_url} "
               f"(workers {args.workers}, batch {args.batch_size}, delay {args.max_delay_ms} ms, token auth on)", flush=True)
         try:
             headers = {"Content-Type": "application/octet-stream", **server.headers()}
             factory = http_call_factory(server.predict_url, clip, headers)
-            run_clients(factory, max(levels), 4 * max(levels))  # warm the connections and workers
+            # Warm up: connections, workers, and above all the frontend's JIT (the first
+            # few hundred requests cost the JVM ~2x the CPU of later ones).
+            run_clients(factory, max(levels), args.warmup)
             for c in levels:
                 n = args.requests * (2 if c >= 16 else 1)
+                before, client0 = cpu_seconds(server.process.pid), own_cpu()
                 results["torchserve"][str(c)] = row = run_clients(factory, c, n)
-                print(f"  torchserve  c={c:<3d} {row['req_per_s']:7.1f} req/s  p50 {row['p50_ms']:6.1f} ms", flush=True)
+                after, client1 = cpu_seconds(server.process.pid), own_cpu()
+                row["cpu_ms_per_request"] = {
+                    "frontend": 1000 * (after["frontend"] - before["frontend"]) / n,
+                    "workers": 1000 * (after["workers"] - before["workers"]) / n,
+                    "client": 1000 * (client1 - client0) / n,
+                }
+                cpu = row["cpu_ms_per_request"]
+                print(f"  torchserve  c={c:<3d} {row['req_per_s']:7.1f} req/s  p50 {row['p50_ms']:6.1f} ms  "
+                      f"CPU ms/request: frontend {cpu['frontend']:.2f}, workers {cpu['workers']:.2f}, client {cpu['client']:.2f}", flush=True)
         finally:
             server.stop()
 
@@ -205,7 +243,8 @@ def main() -> int:
             torch.set_num_threads(args.inprocess_threads)
             threadpool_limits(args.inprocess_threads)
             predictor = serving.Predictor(load_bundle(model_pt))
-            predictor.predict(clip)
+            for _ in range(20):
+                predictor.predict(clip)
             factory = inprocess_factory(predictor, clip)
             for c in levels:
                 n = args.requests * (2 if c >= 16 else 1)

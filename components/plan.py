@@ -1,6 +1,6 @@
-"""Search set-up: the recipe with the pipeline's budgets, and each stage's parameter vectors."""
+"""Search set-up: the recipe with the pipeline's budgets, and stage 1's parameter vectors."""
 
-from typing import Dict, List, NamedTuple
+from typing import Dict, List
 
 from kfp.dsl import Artifact, Dataset, Input, Markdown, Output
 
@@ -18,41 +18,22 @@ def recipe_op(base_image: str = CPU_IMAGE):
         trials_stage3: int,
         search_epochs: int,
         stage4_epochs: int,
-        mlflow_uri: str,
-        mlflow_experiment: str,
+        parent_run: str,
+        features: Input[Dataset],
         resolved: Output[Artifact],
         summary: Output[Markdown],
-    ) -> NamedTuple("Outputs", [("run_id", str), ("name", str)]):
-        """recipe: a shipped name (study, demo) or YAML text; 0 (seed: -1) keeps the recipe's value.
-        Opens the MLflow run the later steps nest under (run_id "" when tracking is off)."""
-        from collections import namedtuple
-
+    ) -> List[Dict]:
+        """recipe: a shipped name (study, demo) or YAML text; trials/epochs/folds 0 and seed -1
+        keep the recipe's values. Returns stage 1's parameter vectors (the first
+        ParallelFor). The resolved recipe also carries ``parent_run`` (the MLflow run
+        the fold steps nest under), so steps inside a ParallelFor read it from there."""
         from ser import pipeline_steps as steps
 
-        steps.configure(mlflow_uri=mlflow_uri, experiment=mlflow_experiment)
         info = steps.resolve_recipe(recipe, resolved.path, seed=seed, folds=folds, trials=(trials_stage1, trials_stage2, trials_stage3),
-                                    search_epochs=search_epochs, final_stage_epochs=stage4_epochs)
-        steps.write_text(summary.path, info.pop("markdown"))
-        resolved.metadata.update({"recipe": info["name"], "hash": info["hash"]})
-        run_id = steps.open_pipeline_run(f"ser study ({info['name']})", {"recipe": info["name"], "recipe_hash": info["hash"]})
-        return namedtuple("Outputs", ["run_id", "name"])(run_id, info["name"])
+                                    search_epochs=search_epochs, final_stage_epochs=stage4_epochs, parent_run=parent_run)
+        vectors = steps.plan_stage(resolved.path, info["stages"][0], features.path)
+        steps.write_text(summary.path, info.pop("markdown") + f"\n\nStage {info['stages'][0]}: {len(vectors)} vectors.\n")
+        resolved.metadata.update({"recipe": info["name"], "hash": info["hash"], "stage1_vectors": len(vectors)})
+        return vectors
 
     return search_recipe
-
-
-def plan_op(base_image: str = CPU_IMAGE):
-    @component(base_image)
-    def plan_stage(
-        stage: int,
-        recipe: Input[Artifact],
-        features: Input[Dataset],
-        ranking: Input[Artifact] = None,
-    ) -> List[Dict]:
-        """The vectors stage ``stage`` scores: the items of the stage's ParallelFor."""
-        from ser import pipeline_steps as steps
-
-        items = steps.plan_stage(recipe.path, stage, features.path, ranking.path if ranking is not None else None)
-        print(f"stage {stage}: {len(items)} vectors: " + ", ".join(i["id"] for i in items))
-        return items
-
-    return plan_stage

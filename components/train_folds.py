@@ -16,18 +16,19 @@ def op(base_image: str = GPU_IMAGE):
         device: str,
         mlflow_uri: str,
         mlflow_experiment: str,
-        parent_run: str,
         result: Output[Artifact],
         metrics: Output[Metrics],
         curves: Output[HTML],
     ) -> float:
-        """``item``: {"stage", "id", "vector"} from plan_stage. Returns the mean macro F1 over folds."""
+        """``item``: {"stage", "id", "vector"} planned by the recipe or rank step. Returns the
+        mean macro F1 over folds. (The MLflow parent run comes from the recipe artifact:
+        kfp's local runner cannot pass a task's output parameter into a ParallelFor body.)"""
         from ser import gpu
         from ser import pipeline_steps as steps
 
         gpu.check_gpu_arch()
         steps.configure(mlflow_uri=mlflow_uri, experiment=mlflow_experiment)
-        info = steps.train_folds(features.path, recipe.path, item, result.path, device=device, parent_run=parent_run)
+        info = steps.train_folds(features.path, recipe.path, item, result.path, device=device)
         for key in ("macro_f1", "macro_f1_std", "accuracy", "accuracy_std", "val_loss", "epochs", "seconds"):
             if isinstance(info.get(key), (int, float)) and info[key] == info[key]:
                 metrics.log_metric(key, float(info[key]))

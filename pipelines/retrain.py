@@ -59,9 +59,9 @@ def build_retrain(cpu_image: str = CPU_IMAGE, gpu_image: str = GPU_IMAGE, **_ign
                          model_bucket=model_bucket, name=model_name, s3_endpoint=s3_endpoint)
         cmp.set_display_name("compare with champion").set_caching_options(False)
         with_s3_keys(cmp)
-        with dsl.If(cmp.outputs["promote"] == True, name="beats-champion"):  # noqa: E712 (a KFP condition, not a Python test)
-            pub = publish_op(model=final.outputs["model"], report=ev.outputs["report"], model_bucket=model_bucket, name=model_name,
-                             promote=True, champion=cmp.outputs["champion"], s3_endpoint=s3_endpoint, mlflow_uri=mlflow_uri,
+        with dsl.If(cmp.outputs["Output"] == True, name="beats-champion"):  # noqa: E712 (a KFP condition, not a Python test)
+            pub = publish_op(model=final.outputs["model"], report=ev.outputs["report"], verdict=cmp.outputs["verdict"],
+                             model_bucket=model_bucket, name=model_name, s3_endpoint=s3_endpoint, mlflow_uri=mlflow_uri,
                              mlflow_experiment=mlflow_experiment, parent_run="")
             pub.set_display_name("publish").set_caching_options(False)
             with_s3_keys(pub)

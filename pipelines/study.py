@@ -1,9 +1,9 @@
 """``ser_study``: the whole study as one Kubeflow pipeline (METHOD.md sections 1-7).
 
 ingest English + Greek corpora (S3) -> augment TESS -> features (English, Greek)
--> search recipe -> for stages 1..4: plan the stage's vectors, train their folds
-in a ParallelFor (at most ``parallelism`` at once, GPU node pool), rank the
-collected results -> final training of the winner -> evaluate -> Greek transfer
+-> search recipe (and stage 1's vectors) -> for stages 1..4: train each vector's
+folds in a ParallelFor (at most ``parallelism`` at once, GPU node pool), rank the
+collected results (and plan the next stage's vectors) -> final training of the winner -> evaluate -> Greek transfer
 -> evaluate -> compare with the published champion -> publish.
 
 Budgets are parameters: the recipe (``study`` or ``demo``, or YAML text), vectors
@@ -13,7 +13,7 @@ early-stopped stages), ``stage4_epochs``, ``final_epochs``, ``transfer_epochs``.
 
 from kfp import dsl
 
-from components import augment, evaluate, features, final_train, ingest, plan, publish, rank, train_folds, transfer
+from components import augment, evaluate, features, final_train, ingest, plan, publish, rank, track, train_folds, transfer
 from components._common import CPU_IMAGE, GPU_IMAGE, cpu_resources, on_v100, with_s3_keys
 
 #: Stages of the study's search (the recipe must have stages 1..STAGES).
@@ -28,7 +28,7 @@ DEFAULT_GREEK = "aesdd=corpora/aesdd"
 def build_study(cpu_image: str = CPU_IMAGE, gpu_image: str = GPU_IMAGE, parallelism: int = PARALLELISM, stages: int = STAGES):
     """The ``ser_study`` pipeline on these images, with this fan-out limit."""
     ingest_op, augment_op, features_op = ingest.op(cpu_image), augment.op(cpu_image), features.op(cpu_image)
-    recipe_op, plan_op, rank_op = plan.recipe_op(cpu_image), plan.plan_op(cpu_image), rank.op(cpu_image)
+    track_op, recipe_op, rank_op = track.op(cpu_image), plan.recipe_op(cpu_image), rank.op(cpu_image)
     folds_op, final_op, transfer_op = train_folds.op(gpu_image), final_train.op(gpu_image), transfer.op(gpu_image)
     evaluate_op, compare_op, publish_op = evaluate.op(cpu_image), publish.compare_op(cpu_image), publish.op(cpu_image)
 
@@ -84,26 +84,28 @@ def build_study(cpu_image: str = CPU_IMAGE, gpu_image: str = GPU_IMAGE, parallel
         for task in (en, gr, aug, en_feat, gr_feat):
             cpu_resources(task, cpu="2", memory="8G")
 
-        # ---- search: plan -> ParallelFor(train folds) -> rank, four times
+        # ---- search: ParallelFor(train folds) -> rank (which plans the next stage), four times
+        run = track_op(name="ser study", mlflow_uri=mlflow_uri, mlflow_experiment=mlflow_experiment)
+        run.set_display_name("MLflow run").set_caching_options(False)
+        parent = run.output
         rec = recipe_op(recipe=recipe, seed=seed, folds=folds, trials_stage1=trials_stage1, trials_stage2=trials_stage2,
-                        trials_stage3=trials_stage3, search_epochs=search_epochs, stage4_epochs=stage4_epochs,
-                        mlflow_uri=mlflow_uri, mlflow_experiment=mlflow_experiment)
-        rec.set_display_name("search recipe").set_caching_options(False)
-        parent = rec.outputs["run_id"]
-        ranking = None
+                        trials_stage3=trials_stage3, search_epochs=search_epochs, stage4_epochs=stage4_epochs, parent_run=parent,
+                        features=en_feat.outputs["features"])
+        rec.set_display_name("search recipe + stage 1 plan")
+        # Loop items come from a task's single return value ("Output"), and the loop body
+        # takes no output parameter of another task: the two forms kfp's local runner handles.
+        vectors, ranking = rec.outputs["Output"], None
         for stage in range(1, stages + 1):
-            extra = {"ranking": ranking} if ranking is not None else {}
-            planned = plan_op(stage=stage, recipe=rec.outputs["resolved"], features=en_feat.outputs["features"], **extra)
-            planned.set_display_name(f"stage {stage}: plan")
-            with dsl.ParallelFor(planned.output, parallelism=parallelism, name=f"stage-{stage}-vectors") as item:
+            with dsl.ParallelFor(vectors, parallelism=parallelism, name=f"stage-{stage}-vectors") as item:
                 fold_task = folds_op(item=item, recipe=rec.outputs["resolved"], features=en_feat.outputs["features"], device=device,
-                                     mlflow_uri=mlflow_uri, mlflow_experiment=mlflow_experiment, parent_run=parent)
+                                     mlflow_uri=mlflow_uri, mlflow_experiment=mlflow_experiment)
                 fold_task.set_display_name(f"stage {stage}: train folds")
                 on_v100(fold_task)
             extra = {"previous": ranking} if ranking is not None else {}
-            ranked = rank_op(stage=stage, recipe=rec.outputs["resolved"], results=dsl.Collected(fold_task.outputs["result"]), **extra)
-            ranked.set_display_name(f"stage {stage}: rank")
-            ranking = ranked.outputs["ranking"]
+            ranked = rank_op(stage=stage, next_stage=stage + 1 if stage < stages else 0, recipe=rec.outputs["resolved"],
+                             features=en_feat.outputs["features"], results=dsl.Collected(fold_task.outputs["result"]), **extra)
+            ranked.set_display_name(f"stage {stage}: rank" + (f" + stage {stage + 1} plan" if stage < stages else ""))
+            ranking, vectors = ranked.outputs["ranking"], ranked.outputs["Output"]
 
         # ---- final model, evaluation, transfer, publication
         final = final_op(features=en_feat.outputs["features"], config={}, feature="", size="0", epochs=final_epochs,
@@ -123,8 +125,8 @@ def build_study(cpu_image: str = CPU_IMAGE, gpu_image: str = GPU_IMAGE, parallel
         cmp = compare_op(model=final.outputs["model"], features=en_feat.outputs["features"], report=ev_en.outputs["report"],
                          model_bucket=model_bucket, name=model_name, s3_endpoint=s3_endpoint)
         cmp.set_display_name("compare with champion").set_caching_options(False)
-        pub = publish_op(model=final.outputs["model"], report=ev_en.outputs["report"], model_bucket=model_bucket, name=model_name,
-                         promote=cmp.outputs["promote"], champion=cmp.outputs["champion"], s3_endpoint=s3_endpoint,
+        pub = publish_op(model=final.outputs["model"], report=ev_en.outputs["report"], verdict=cmp.outputs["verdict"],
+                         model_bucket=model_bucket, name=model_name, s3_endpoint=s3_endpoint,
                          mlflow_uri=mlflow_uri, mlflow_experiment=mlflow_experiment, parent_run=parent)
         pub.set_display_name("publish").set_caching_options(False)
         pub.after(ev_gr)

@@ -61,6 +61,16 @@ def _limit_threads(n: int) -> None:
         pass
 
 
+def _quiet_worker_logs(level: str) -> None:
+    """TorchServe's worker logs a line per request at INFO ("Backend received inference
+    at ..."); each goes through a pipe to the frontend and into a file: CPU the model
+    does not get on a 2-core machine. Raise the root level, keep metrics flowing (they
+    travel as INFO lines of ts.metrics) and this handler's own messages."""
+    logging.getLogger().setLevel(getattr(logging, str(level).upper(), logging.WARNING))
+    logging.getLogger("ts.metrics").setLevel(logging.INFO)
+    logger.setLevel(logging.INFO)
+
+
 def _is_request_row(row) -> bool:
     """A TorchServe request row: {"body": ...} or form fields, whose values are all bytes."""
     if not isinstance(row, dict):
@@ -125,6 +135,7 @@ class SerHandler(BaseHandler):
         start = time.perf_counter()
         self.predictor.predict_many([serving.test_clip(3.0, self.predictor.spec.sample_rate or 16000)] * 2)
         logger.info("ser model %s v%s ready (%d threads, warm-up %.1f s)", self.predictor.name, self.predictor.version, threads, time.perf_counter() - start)
+        _quiet_worker_logs(os.environ.get("SER_WORKER_LOG_LEVEL", "WARNING"))
         self.initialized = True
 
     # TorchServe calls handle(data, context) with one row per request in the batch.

@@ -84,26 +84,31 @@ def test_bad_arguments(tmp_path: Path) -> None:
 
 
 def _stats(emotion: str, n: int = 12) -> tuple[float, float, float]:
-    """Mean RMS, median f0 and spectral centroid of n utterances of one speaker."""
+    """Mean RMS, median f0 and brightness (dB of 1-3 kHz over 0-1 kHz, voiced frames)."""
     voice = synthetic._voice(0, "ravdess", 2)
-    rms, f0s, cents = [], [], []
+    freqs = librosa.fft_frequencies(sr=16000, n_fft=1024)
+    rms, f0s, bright = [], [], []
     for i in range(n):
         wave = synthetic.synthesize(emotion, voice, np.random.default_rng([9, i]))
         rms.append(float(np.sqrt(np.mean(wave**2))))
-        f0 = librosa.yin(wave, fmin=80, fmax=600, sr=16000, frame_length=1024, hop_length=256)
-        voiced = librosa.feature.rms(y=wave, frame_length=1024, hop_length=256)[0][: f0.size] > 0.02
-        f0s.append(float(np.median(f0[voiced])))
-        cents.append(float(np.mean(librosa.feature.spectral_centroid(y=wave, sr=16000))))
-    return float(np.mean(rms)), float(np.mean(f0s)), float(np.mean(cents))
+        power = np.abs(librosa.stft(wave, n_fft=1024, hop_length=256)) ** 2
+        frame = power.sum(axis=0)
+        voiced = frame > 0.1 * frame.max()
+        f0 = librosa.yin(wave, fmin=80, fmax=600, sr=16000, frame_length=1024, hop_length=256, center=True)
+        f0s.append(float(np.median(f0[voiced[: f0.size]])))
+        high = power[(freqs > 1000) & (freqs < 3000)][:, voiced].sum()
+        bright.append(float(10 * np.log10(high / power[freqs < 1000][:, voiced].sum())))
+    return float(np.mean(rms)), float(np.mean(f0s)), float(np.mean(bright))
 
 
 def test_emotions_differ_measurably() -> None:
     stats = {e: _stats(e) for e in ("angry", "sad", "surprised", "neutral")}
-    rms, f0, centroid = ({e: s[i] for e, s in stats.items()} for i in range(3))
+    rms, f0, bright = ({e: s[i] for e, s in stats.items()} for i in range(3))
     assert rms["angry"] > 2 * rms["sad"]
     assert f0["surprised"] > 1.25 * f0["sad"]
     assert f0["angry"] > f0["neutral"] > f0["sad"]
-    assert centroid["angry"] > centroid["sad"]
+    assert bright["angry"] > bright["neutral"] > bright["sad"]  # spectral tilt
+    assert bright["angry"] - bright["sad"] > 5.0
 
 
 def test_files_are_plain_pcm16(tmp_path: Path) -> None:

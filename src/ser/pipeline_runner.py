@@ -220,7 +220,7 @@ def run_local(pipeline_fn: Any, arguments: Mapping[str, Any] | None = None, pipe
         else:
             log_path.parent.mkdir(parents=True, exist_ok=True)
             with open(log_path, "w", encoding="utf-8") as fh, _Echo(fh, echo) as sink:
-                with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), _logging_to(sink):
+                with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):  # kfp logs to sys.stdout
                     try:
                         pipeline_fn(**arguments)
                     except Exception as exc:
@@ -268,25 +268,6 @@ class _Echo(io.TextIOBase):
 
     def flush(self) -> None:
         self.fh.flush()
-
-
-@contextlib.contextmanager
-def _logging_to(stream: Any):
-    """Send kfp.local's log records (which go to stderr handlers) to ``stream``."""
-    import logging
-
-    targets = [logging.getLogger(), logging.getLogger("kfp"), logging.getLogger("kfp.local")]
-    saved = []
-    for logger in targets:
-        for handler in list(logger.handlers):
-            if isinstance(handler, logging.StreamHandler):
-                saved.append((handler, handler.stream))
-                handler.setStream(stream)
-    try:
-        yield
-    finally:
-        for handler, old in saved:
-            handler.setStream(old)
 
 
 # --------------------------------------------------------------------------- submit

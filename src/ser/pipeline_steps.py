@@ -348,13 +348,14 @@ RECIPE_FILE = "recipe.json"
 
 
 def resolve_recipe(recipe: str, out_dir: str | Path, *, seed: int = -1, folds: int = 0, trials: Sequence[int] = (0, 0, 0),
-                   search_epochs: int = 0, final_stage_epochs: int = 0) -> dict[str, Any]:
+                   search_epochs: int = 0, final_stage_epochs: int = 0, parent_run: str = "") -> dict[str, Any]:
     """The search recipe with the pipeline's budgets applied, written as JSON.
 
     ``recipe``: a shipped recipe name (study, demo) or YAML text. ``trials``: vectors
     per combination (stages 1-2) and per parent (stage 3), 0 keeps the recipe's;
     ``search_epochs``: maximum epochs of the early-stopped stages; ``final_stage_epochs``:
     the fixed epochs of the final stage; ``seed`` < 0 and ``folds`` 0 keep the recipe's.
+    ``parent_run``: the MLflow run the fold steps nest under, kept beside the recipe.
     """
     from dataclasses import replace
 
@@ -387,6 +388,7 @@ def resolve_recipe(recipe: str, out_dir: str | Path, *, seed: int = -1, folds: i
     out = Path(out_dir)
     data = {**resolved.to_dict(), "source": resolved.source, "hash": resolved.hash()}
     write_json(out / RECIPE_FILE, data)
+    write_json(out / "tracking.json", {"parent_run": parent_run or ""})
     (out / "recipe.yaml").write_text(yaml.safe_dump(search._jsonable(resolved.to_dict()), sort_keys=False), encoding="utf-8")
     lines = [{"stage": n, "kind": st.kind, "vectors": st.vectors if st.kind != "final" else f"best {st.take}",
               "epochs": st.max_epochs, "rules": search._rules_name(st.rules)} for n, st in sorted(stages.items())]
@@ -458,7 +460,7 @@ def _search_rows(features_dir: str | Path, key: tuple[str, int], recipe) -> tupl
 
 
 def train_folds(features_dir: str | Path, recipe_dir: str | Path, item: Mapping[str, Any], out_dir: str | Path, *,
-                device: str = "auto", parent_run: str = "") -> dict[str, Any]:
+                device: str = "auto", parent_run: str | None = None) -> dict[str, Any]:
     """k-fold cross-validation of one parameter vector with the stage's early stopping
     (:func:`ser.search.score_vector`). Writes ``out_dir/result.json`` (ranking row and
     fold details), ``out_dir/work/<id>/fold<k>.json`` and a learning-curve PNG per fold."""
@@ -470,6 +472,9 @@ def train_folds(features_dir: str | Path, recipe_dir: str | Path, item: Mapping[
     vector = search.Vector.from_dict(item["vector"])
     fs, idx, split = _search_rows(features_dir, vector.key, recipe)
     out = Path(out_dir)
+    if parent_run is None:
+        tracking_file = Path(recipe_dir) / "tracking.json"
+        parent_run = read_json(tracking_file).get("parent_run", "") if tracking_file.is_file() else ""
     with tracking_run(parent_run, f"stage {st.number} vector {vector.id}", "stage", {"stage": st.number, "vector_id": vector.id}) as tracker:
         result = search.score_vector(vector, fs, idx, st.rules, folds=recipe.folds, seed=recipe.seed, epochs=st.max_epochs,
                                      workdir=out / "work", device=device, tracker=tracker, protocol=recipe.split, score_at=recipe.score_at,

@@ -170,8 +170,8 @@ def coerce_body(body: Any) -> bytes:
     - bytes that parse as JSON, or an already parsed dict/list: :func:`_from_json`
       (base64 audio under ``audio_base64``/``b64``/``data`` is accepted, anything else
       is ``json_body``);
-    - text (a text/* content type): base64 audio if it decodes to an audio header,
-      else ``not_audio``;
+    - text (a text/* content type, or a KServe v1 instance): base64 is decoded and
+      judged like any upload, other text is ``not_audio``;
     - empty or ``None``: ``empty_body``.
     """
     if body is None:
@@ -190,10 +190,10 @@ def coerce_body(body: Any) -> bytes:
         try:
             decoded = base64.b64decode(text, validate=True)
         except (binascii.Error, ValueError):
-            decoded = b""
-        if _looks_like_audio(decoded):
-            return decoded
-        raise NotAudio(f"got text, not audio: {SEND_BYTES}")
+            raise NotAudio(f"got text, not audio: {SEND_BYTES}") from None
+        if not decoded:
+            raise EmptyBody("empty request body: no audio bytes")
+        return decoded  # base64 (KServe v1 instances): decode_body judges the bytes
     if isinstance(body, (bytearray, memoryview)):
         body = bytes(body)
     if not isinstance(body, bytes):

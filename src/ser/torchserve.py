@@ -37,6 +37,38 @@ from ser.package import Runtime, build_mar, config_properties, model_name_for, r
 JAVA_MAIN = "org.pytorch.serve.ModelServer"
 
 
+#: log4j2 config for the frontend. TorchServe's built-in one logs org.pytorch.serve at
+#: DEBUG, copies everything to stdout as well, and writes ~5 lines per request from
+#: its worker threads (wlm.*); on 2 cores that per-request logging is CPU taken from
+#: the workers. Here: INFO to the files except the per-request wlm chatter (WARN),
+#: warnings only on stdout, and the access log only when asked for.
+LOG4J2 = """<?xml version="1.0" encoding="UTF-8"?>
+<Configuration>
+  <Appenders>
+    <Console name="STDOUT" target="SYSTEM_OUT"><PatternLayout pattern="%d{{ISO8601}} [%-5p] %t %c - %m%n"/></Console>
+    <File name="access_log" fileName="{logs}/access_log.log"><PatternLayout pattern="%d{{ISO8601}} - %m%n"/></File>
+    <File name="model_log" fileName="{logs}/model_log.log"><PatternLayout pattern="%d{{ISO8601}} [%-5p] %t %c - %m%n"/></File>
+    <File name="model_metrics" fileName="{logs}/model_metrics.log"><PatternLayout pattern="%d{{ISO8601}} - %m%n"/></File>
+    <File name="ts_log" fileName="{logs}/ts_log.log"><PatternLayout pattern="%d{{ISO8601}} [%-5p] %t %c - %m%n"/></File>
+    <File name="ts_metrics" fileName="{logs}/ts_metrics.log"><PatternLayout pattern="%d{{ISO8601}} - %m%n"/></File>
+  </Appenders>
+  <Loggers>
+    <Logger name="ACCESS_LOG" level="{access}" additivity="false"><AppenderRef ref="access_log"/></Logger>
+    <Logger name="io.netty" level="error"/>
+    <Logger name="org.apache" level="off"/>
+    <Logger name="MODEL_LOG" level="info" additivity="false"><AppenderRef ref="model_log"/></Logger>
+    <Logger name="MODEL_METRICS" level="info" additivity="false"><AppenderRef ref="model_metrics"/></Logger>
+    <Logger name="TS_METRICS" level="info" additivity="false"><AppenderRef ref="ts_metrics"/></Logger>
+    <Logger name="org.pytorch.serve" level="info" additivity="false"><AppenderRef ref="ts_log"/></Logger>
+    <Logger name="org.pytorch.serve.wlm.WorkerThread" level="warn" additivity="false"><AppenderRef ref="ts_log"/></Logger>
+    <Logger name="org.pytorch.serve.wlm.BatchAggregator" level="warn" additivity="false"><AppenderRef ref="ts_log"/></Logger>
+    <Logger name="org.pytorch.serve.wlm.WorkerLifeCycle" level="warn" additivity="false"><AppenderRef ref="ts_log"/></Logger>
+    <Root level="warn"><AppenderRef ref="STDOUT"/><AppenderRef ref="ts_log"/></Root>
+  </Loggers>
+</Configuration>
+"""
+
+
 class ServeError(RuntimeError):
     """TorchServe could not be started (the message ends with the log's last lines)."""
 
@@ -206,7 +238,9 @@ def start(
     timeout: float = 180.0,
     token_expiration_min: int | None = None,
     env: dict[str, str] | None = None,
-    java_opts: tuple[str, ...] = ("-XX:+UseSerialGC", "-Xss1m", "-XX:TieredStopAtLevel=1"),
+    extra_config: dict[str, Any] | None = None,
+    access_log: bool = False,
+    java_opts: tuple[str, ...] = ("-XX:+UseSerialGC",),
 ) -> Server:
     """Start TorchServe serving ``model`` (a .mar, a training folder or model.pt) and wait
     until every worker is ready.
@@ -214,7 +248,9 @@ def start(
     Port 0 picks a free port. ``runtime`` (workers, batch size, batch delay) goes to
     config.properties' ``models=``; None takes the defaults stored in the .mar. A
     ``run_dir`` you pass is kept after :meth:`Server.stop` (logs!); a temporary one is
-    removed.
+    removed. ``extra_config`` adds config.properties keys (e.g. ``service_envelope``).
+    ``access_log`` writes one line per request to logs/access_log.log (off by default:
+    on 2 cores every per-request log line is CPU the workers do not get).
     """
     import requests
 
@@ -261,6 +297,7 @@ def start(
         }
         if token_expiration_min:
             extra["token_expiration_min"] = int(token_expiration_min)
+        extra.update(extra_config or {})
         models = {name: runtime.registration(mar.name)}
         config = run / "config.properties"
         config.write_text(
@@ -282,10 +319,13 @@ def start(
         raise
 
     home = ts_home()
+    log_config = run / "log4j2.xml"
+    log_config.write_text(LOG4J2.format(logs=logs, access="info" if access_log else "off"))
     cmd = [
         java_executable(),
         f"-Dmodel_server_home={home}",
         f"-Djava.io.tmpdir={tmp}",
+        f"-Dlog4j.configurationFile=file://{log_config}",
         *java_opts,
         "-cp",
         f".:{home / 'ts' / 'frontend' / '*'}",

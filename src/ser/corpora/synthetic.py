@@ -84,7 +84,7 @@ class _Voice:
     f0: float
     formant_scale: float
     noise: float  # background noise level (recording conditions differ per speaker)
-    table: np.ndarray  # white noise that utterances slice at random offsets (fast)
+    table: np.ndarray  # unit noise that utterances slice at random offsets (fast)
 
 
 def _voice(seed: int, layout: str, speaker: int) -> _Voice:
@@ -92,8 +92,11 @@ def _voice(seed: int, layout: str, speaker: int) -> _Voice:
     female = _gender(layout, speaker) == "female"
     f0 = rng.uniform(180, 240) if female else rng.uniform(95, 140)
     scale = rng.uniform(1.08, 1.22) if female else rng.uniform(0.92, 1.05)
-    noise = rng.uniform(0.0015, 0.006)
-    return _Voice(f0=f0, formant_scale=scale, noise=noise, table=rng.standard_normal(3 * 48000))
+    # background noise: speaker-specific level and colour (a room, a microphone)
+    noise = rng.uniform(0.0005, 0.002)
+    colour = rng.uniform(0.5, 0.95)
+    table = lfilter([1.0], [1.0, -colour], rng.standard_normal(3 * 48000))
+    return _Voice(f0=f0, formant_scale=scale, noise=noise, table=table / table.std())
 
 
 def _vowel_filter(f1: float, f2: float, tilt: float, rate: int) -> tuple[np.ndarray, np.ndarray]:
@@ -113,7 +116,7 @@ def _vowel_filter(f1: float, f2: float, tilt: float, rate: int) -> tuple[np.ndar
 
 
 def _noise(voice: _Voice, rng: np.random.Generator, size: int) -> np.ndarray:
-    """``size`` samples of white noise: a random slice of the speaker's noise table."""
+    """``size`` samples of the speaker's noise: a random slice of its table."""
     reps = -(-size // voice.table.size)
     table = np.tile(voice.table, reps) if reps > 1 else voice.table
     at = int(rng.integers(0, table.size - size + 1))
@@ -168,7 +171,7 @@ def synthesize(
             out[start + pos:start + pos + seg.size] = vowel * gain
         gap = min(syl - voiced, speech - pos - voiced)
         if gap > 16:  # a fricative-like consonant: high-passed noise burst
-            burst = np.diff(_noise(voice, rng, gap + 1)) * np.hanning(gap) * 0.25 * energy
+            burst = np.diff(_noise(voice, rng, gap + 1)) * np.hanning(gap) * 0.15 * energy
             at = start + pos + voiced
             out[at:at + gap] += burst
         pos += syl
@@ -224,6 +227,9 @@ def generate(
         raise ValueError("speakers must be 1..99 (two-digit actor numbers)")
     if per_class < 1:
         raise ValueError("per_class must be at least 1")
+    most = 396 if layout == "ravdess" else 520  # two-digit repetitions; takes a..z
+    if -(-per_class // speakers) > most:
+        raise ValueError(f"at most {most} files per class and speaker fit the {layout} names")
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     voices = {s: _voice(seed, layout, s) for s in range(1, speakers + 1)}

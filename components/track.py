@@ -1,0 +1,18 @@
+"""Tracking: the MLflow run a pipeline run's steps nest under (optional)."""
+
+from components._common import CPU_IMAGE, component
+
+
+def op(base_image: str = CPU_IMAGE):
+    @component(base_image)
+    def mlflow_run(name: str, mlflow_uri: str, mlflow_experiment: str) -> str:
+        """Opens (and closes) a parent run in ``mlflow_experiment``; returns its id, or ""
+        when MLflow is not configured or does not answer (the pipeline runs on untracked)."""
+        from ser import pipeline_steps as steps
+
+        steps.configure(mlflow_uri=mlflow_uri, experiment=mlflow_experiment)
+        run_id = steps.open_pipeline_run(name, {"experiment": mlflow_experiment})
+        print(f"MLflow parent run: {run_id or '(tracking off)'}")
+        return run_id
+
+    return mlflow_run

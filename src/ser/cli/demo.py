@@ -1,0 +1,127 @@
+"""`ser demo`: the whole product on one laptop, with real servers, then cleaned up.
+
+Starts a real S3 server (SeaweedFS) and a real MLflow server on 127.0.0.1, runs the
+`ser_study` Kubeflow pipeline locally through kfp's SubprocessRunner on the
+synthetic corpora, serves the published winner with TorchServe, posts one
+recording to the endpoint, prints every URL and artifact location, and stops what
+it started (unless --keep-running).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+from ser.cli import UserError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="run the whole study locally: S3 + MLflow + Kubeflow pipeline (kfp local) + TorchServe",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--workdir", type=Path, default=Path(".ser/demo"),
+                   help="where corpora, pipeline outputs, server data and logs go (default .ser/demo)")
+    p.add_argument("--budget", choices=("smoke", "demo"), default="demo",
+                   help="'demo' (default, a few minutes on 2 cores) or 'smoke' (the smallest budgets, for tests)")
+    p.add_argument("--parallelism", type=int, default=2, help="parallel fold-training tasks per stage (default 2)")
+    p.add_argument("--no-mlflow", action="store_true", help="run without the MLflow server (tracking skipped)")
+    p.add_argument("--no-serve", action="store_true", help="stop after the pipeline; do not start TorchServe")
+    p.add_argument("--keep-running", action="store_true",
+                   help="leave S3, MLflow and TorchServe running at the end (stop with `ser services down` / Ctrl-C)")
+    p.set_defaults(func=cmd_demo)
+
+
+#: Pipeline budgets per --budget. 'demo' trains long enough to learn the synthetic
+#: classes well above chance; 'smoke' only proves every step runs.
+BUDGETS: dict[str, dict] = {
+    "smoke": {},
+    "demo": {"search_epochs": 4, "stage4_epochs": 6, "final_epochs": 30, "final_eval_every": 5, "transfer_epochs": 15},
+}
+
+
+def _banner(text: str) -> None:
+    print(f"\n=== {text} ===", flush=True)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ser import pipeline_runner, services
+
+    workdir = args.workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with ExitStack() as stack:
+        _banner("starting a real S3 server (SeaweedFS) on 127.0.0.1")
+        s3 = services.LocalS3(workdir / "s3")
+        try:
+            s3.start()
+        except services.ServiceError as exc:
+            raise UserError(f"could not start the local S3 server: {exc}") from None
+        if not args.keep_running:
+            stack.callback(s3.stop)
+        print(f"S3 endpoint {s3.url} (data in {workdir / 's3'})")
+        mlflow_uri = None
+        if not args.no_mlflow:
+            _banner("starting a real MLflow server on 127.0.0.1 (artifacts in S3)")
+            mlflow = services.LocalMLflow(workdir / "mlflow", s3_env=s3.env())
+            try:
+                mlflow.start()
+            except services.ServiceError as exc:
+                raise UserError(f"could not start the local MLflow server: {exc}") from None
+            if not args.keep_running:
+                stack.callback(mlflow.stop)
+            mlflow_uri = mlflow.url
+            print(f"MLflow UI {mlflow_uri}")
+
+        _banner("running the ser_study Kubeflow pipeline locally (kfp SubprocessRunner) on SYNTHETIC corpora")
+        summary = pipeline_runner.run_demo(workdir, s3, mlflow_uri, BUDGETS[args.budget], parallelism=args.parallelism)
+        print(pipeline_runner.format_summary(summary))
+        (workdir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+
+        if not args.no_serve:
+            _banner("serving the winning English model with TorchServe")
+            answer = _serve_and_ask(summary, workdir, stack, keep=args.keep_running)
+            print(json.dumps(answer, indent=2))
+        if mlflow_uri:
+            print(f"\nMLflow: {mlflow_uri} (experiment ser-demo; registry ser-english, ser-greek)")
+        print(f"S3: {s3.url}; summary: {workdir / 'summary.json'}")
+        print(f"demo finished in {time.perf_counter() - started:.0f} s (results are on SYNTHETIC data)")
+        if args.keep_running:
+            print("servers left running: stop them with Ctrl-C here or `ser services down`")
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                pass
+        else:
+            print("stopping every server the demo started ...")
+    return 0
+
+
+def _serve_and_ask(summary: dict, workdir: Path, stack: ExitStack, keep: bool) -> dict:
+    """Package the pipeline's final model, start TorchServe, post one synthetic recording."""
+    import requests
+
+    from ser import package, torchserve
+
+    model_dir = summary.get("artifacts", {}).get("final_model")
+    if not model_dir:
+        raise UserError("the pipeline produced no final model to serve; see the runner log above")
+    mar = package.build_mar(model_dir, workdir / "serve" / "ser-english.mar", name="ser-english")
+    server = torchserve.start(mar, run_dir=workdir / "serve" / "run")
+    if not keep:
+        stack.callback(server.stop)
+    clip = next((workdir / "corpora" / "synthetic-ravdess").rglob("*.wav"))
+    response = requests.post(server.predict_url, data=clip.read_bytes(), timeout=30,
+                             headers={**server.headers(), "Content-Type": "application/octet-stream"})
+    print(f"TorchServe endpoint {server.predict_url}")
+    print(f"POST {clip.name} -> HTTP {response.status_code}")
+    print("call it yourself:\n  " + server.curl(str(clip)))
+    if response.status_code != 200:
+        raise UserError(f"the endpoint answered {response.status_code}: {response.text[:300]}")
+    return response.json()

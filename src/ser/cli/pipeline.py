@@ -1,0 +1,145 @@
+"""Pipeline commands: compile, run-local, submit (Kubeflow Pipelines v2).
+
+kfp is imported inside the handlers, so ``ser --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from ser.cli import UserError
+
+PIPELINES = ("ser_study", "ser_retrain")
+DEFAULT_SERVICE_ACCOUNT = "ser-pipeline-runner"  # manifests/base/pipeline-runs/pipeline-runner.yaml
+
+
+def _add_build_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cpu-image", default=None, help="image of the CPU steps (default: ser.images.CPU_IMAGE)")
+    p.add_argument("--gpu-image", default=None, help="image of the GPU steps (default: ser.images.GPU_IMAGE, V100)")
+    p.add_argument("--parallelism", type=int, default=None,
+                   help="parameter vectors trained at once per search stage (default 8 for compile/submit, 2 for run-local)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "pipeline",
+        help="Kubeflow pipelines: compile to YAML, run locally (kfp local), submit to a cluster",
+        description="The whole study (ser_study) and retraining (ser_retrain) as Kubeflow Pipelines v2. "
+        "`compile` writes the YAML a cluster takes; `run-local` runs a pipeline unchanged through kfp's "
+        "SubprocessRunner in this venv (S3 keys and MLflow URI from the environment); `submit` starts a run "
+        "on a KFP API endpoint.",
+    )
+    psub = p.add_subparsers(dest="pipeline_command", metavar="ACTION")
+    psub.required = True
+
+    c = psub.add_parser("compile", help="write build/pipelines/<name>.yaml for each pipeline",
+                        description="Compile ser_study and ser_retrain to YAML packages (upload them in the KFP UI, or "
+                        "use `ser pipeline submit`). GPU steps carry the V100 node-pool settings.")
+    c.add_argument("--out", type=Path, default=Path("build/pipelines"), help="output folder (default build/pipelines)")
+    c.add_argument("--pipeline", choices=PIPELINES, action="append", default=None, help="only this pipeline (repeatable)")
+    _add_build_options(c)
+    c.set_defaults(func=cmd_compile)
+
+    r = psub.add_parser("run-local", help="run a pipeline locally through kfp.local (no cluster, no Docker)",
+                        description="Run a pipeline with kfp.local.SubprocessRunner(use_venv=False): every step runs as a "
+                        "subprocess of this venv. S3 endpoint and keys come from S3_ENDPOINT_URL, AWS_ACCESS_KEY_ID and "
+                        "AWS_SECRET_ACCESS_KEY (`ser services up` prints them), MLflow from MLFLOW_TRACKING_URI (optional). "
+                        "Outputs land under ROOT/<pipeline>-<time>/<task>/.")
+    r.add_argument("--pipeline", choices=PIPELINES, default="ser_study", help="which pipeline (default ser_study)")
+    r.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="pipeline parameter (repeatable)")
+    r.add_argument("--root", type=Path, default=Path("local_outputs"), help="pipeline root for outputs (default local_outputs)")
+    r.add_argument("--log", type=Path, default=None, help="write the runner's detailed output here (default: print it)")
+    r.add_argument("--threads-per-task", type=int, default=None, help="torch/BLAS threads per step (default: cores / parallelism)")
+    r.add_argument("--json", action="store_true", help="print the outputs as JSON at the end")
+    _add_build_options(r)
+    r.set_defaults(func=cmd_run_local)
+
+    s = psub.add_parser("submit", help="start a pipeline run on a Kubeflow Pipelines endpoint",
+                        description="Compile the pipeline and start a run through kfp.Client().create_run_from_pipeline_package. "
+                        "Host and token come from --host / --token or KFP_HOST / KFP_TOKEN (or a token file named by "
+                        "KF_PIPELINES_SA_TOKEN_PATH).")
+    s.add_argument("--host", default=None, help="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline (default $KFP_HOST)")
+    s.add_argument("--token", default=None, help="bearer token (default $KFP_TOKEN); prefer the environment to the command line")
+    s.add_argument("--pipeline", choices=PIPELINES, default="ser_retrain", help="which pipeline (default ser_retrain)")
+    s.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="pipeline parameter (repeatable)")
+    s.add_argument("--experiment", default="ser", help="KFP experiment (default ser)")
+    s.add_argument("--namespace", default=None, help="Kubernetes namespace (multi-user Kubeflow)")
+    s.add_argument("--run-name", default=None, help="run name (default: pipeline and time)")
+    s.add_argument("--service-account", default=DEFAULT_SERVICE_ACCOUNT,
+                   help=f"service account of the run's pods (default {DEFAULT_SERVICE_ACCOUNT}; '' for KFP's default)")
+    s.add_argument("--no-cache", action="store_true", help="disable step caching for this run")
+    _add_build_options(s)
+    s.set_defaults(func=cmd_submit)
+
+
+def _options(args: argparse.Namespace) -> dict:
+    return {"cpu_image": args.cpu_image, "gpu_image": args.gpu_image, "parallelism": args.parallelism}
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from ser import pipeline_runner as pr
+
+    try:
+        paths = pr.compile_pipelines(args.out, tuple(args.pipeline or PIPELINES), **_options(args))
+    except pr.PipelineError as exc:
+        raise UserError(str(exc)) from None
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def cmd_run_local(args: argparse.Namespace) -> int:
+    from ser import pipeline_runner as pr
+
+    options = _options(args)
+    if options["parallelism"] is None:
+        options["parallelism"] = 2
+    try:
+        fn = pr.build(args.pipeline, **options)
+        params = pr.parse_params(args.param, fn)
+    except pr.PipelineError as exc:
+        raise UserError(str(exc)) from None
+    threads = args.threads_per_task or max(1, (os.cpu_count() or 2) // max(1, options["parallelism"]))
+    print(f"running {args.pipeline} locally (kfp SubprocessRunner, {options['parallelism']} vectors at once, "
+          f"{threads} thread(s) per step) -> {args.root}", flush=True)
+    try:
+        run = pr.run_local(fn, params, args.root, threads_per_task=threads, log=args.log)
+    except pr.PipelineError as exc:
+        raise UserError(str(exc)) from None
+    summary = pr.summarize_study(run) if args.pipeline == "ser_study" else run.to_dict()
+    if args.json:
+        print(json.dumps(summary, indent=1, default=str))
+    elif args.pipeline == "ser_study":
+        print(pr.format_summary(summary))
+    else:
+        print(f"{args.pipeline} ran locally in {run.seconds:.0f} s; run folder {run.run_dir}")
+        for task, outputs in run.tasks.items():
+            print(f"  {task}: " + ", ".join(f"{k}={v}" for k, v in outputs.items()))
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from ser import pipeline_runner as pr
+
+    host = args.host or os.environ.get("KFP_HOST")
+    if not host:
+        raise UserError("no KFP endpoint: pass --host URL or set KFP_HOST")
+    try:
+        fn = pr.build(args.pipeline, **_options(args))
+        params = pr.parse_params(args.param, fn)
+        info = pr.submit(host, fn, params, experiment=args.experiment, namespace=args.namespace, token=args.token,
+                         run_name=args.run_name, service_account=args.service_account or None,
+                         enable_caching=False if args.no_cache else None)
+    except pr.PipelineError as exc:
+        raise UserError(str(exc)) from None
+    print(f"submitted {info['pipeline']} to {host}: run {info['run_id']} in experiment {info['experiment']}")
+    if info.get("url"):
+        print(f"  {info['url']}")
+    if params:
+        print("  parameters: " + ", ".join(f"{k}={v}" for k, v in params.items()))
+    sys.stdout.flush()
+    return 0

@@ -16,7 +16,7 @@ concurrency 1, >= 150 req/s at concurrency 16 on 2 cores.
 
 Usage:
     .venv/bin/python benchmarks/serving.py [--arch tiny|optimal] [--requests 300]
-        [--workers 2] [--batch-size 1] [--max-delay-ms 5] [--out build/bench/serving.json]
+        [--workers 2] [--batch-size 4] [--max-delay-ms 1] [--out build/bench/serving.json]
 """
 
 from __future__ import annotations
@@ -169,10 +169,10 @@ def main() -> int:
     parser.add_argument("--arch", choices=sorted(ARCHS), default="tiny", help="model size (random weights)")
     parser.add_argument("--levels", default="1,4,16", help="client concurrency levels")
     parser.add_argument("--requests", type=int, default=300, help="requests per level (concurrency 16 gets twice as many)")
-    parser.add_argument("--warmup", type=int, default=500, help="requests sent before measuring")
+    parser.add_argument("--warmup", type=int, default=1000, help="requests sent before measuring")
     parser.add_argument("--workers", type=int, default=2, help="TorchServe workers (one single-threaded model each)")
-    parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--max-delay-ms", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=4, help="TorchServe batch size (ser's default)")
+    parser.add_argument("--max-delay-ms", type=int, default=1, help="TorchServe max batch delay (ser's default)")
     parser.add_argument("--inprocess-threads", type=int, default=1, help="torch threads for the in-process rows")
     parser.add_argument("--skip-inprocess", action="store_true")
     parser.add_argument("--java-opts", default=None, help="JVM options for the TorchServe frontend (default: ser.torchserve's)")

@@ -22,7 +22,7 @@ Batches
 
 Metric
     ``RejectedRequests`` (counter, dimension ``Reason``): requests refused with a
-    4xx, visible on the metrics endpoint (``ts_rejectedrequests`` in prometheus mode).
+    4xx, on the prometheus endpoint as ``RejectedRequests{Reason="not_audio",...}``.
 """
 
 from __future__ import annotations

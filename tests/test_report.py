@@ -65,7 +65,7 @@ def test_improvement_table_in_percent(tmp_path):
     assert rows[-1] == {"epoch": 400, "test_loss": 1.348, "accuracy": pytest.approx(81.88), "macro_f1": pytest.approx(81.83)}
     md, csv = report.write_improvements(recs, tmp_path / "improvements")
     assert md.name == "improvements.md" and csv.name == "improvements.csv"
-    assert "| 400 | 1.3480 | 81.8800 | 81.8300 |" in md.read_text()
+    assert "| 400 | 1.3480 | 81.88 | 81.83 |" in md.read_text()
 
 
 def test_summarise_seeds_mean_and_sample_std():
@@ -84,3 +84,8 @@ def test_summarise_seeds_mean_and_sample_std():
     rows = report.seeds_rows(runs, s)
     assert [r["seed"] for r in rows] == [0, 1, 2, "mean", "std"]
     assert rows[3]["accuracy"] == pytest.approx(82.0)
+
+
+def test_digits_per_column():
+    md = report.markdown_table([{"a": 1.23456, "b": 1.23456}], digits={"a": 2})
+    assert "| 1.23 | 1.2346 |" in md

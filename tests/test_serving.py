@@ -328,3 +328,24 @@ def test_timeline_resamples_to_the_spec_rate(tmp_path):
 def test_test_clip_is_a_3s_16k_wav():
     data, rate = sf.read(io.BytesIO(serving.test_clip()))
     assert rate == 16000 and data.shape == (48000,)
+
+
+# ------------------------------------------------------------------ shipped config files
+
+
+def test_config_template_and_kserve_examples_parse():
+    import yaml
+    from ts.model_server import load_properties
+
+    from tests.conftest import REPO
+
+    props = load_properties(str(REPO / "serving" / "config.properties"))
+    for key in ("inference_address", "management_address", "metrics_address"):
+        assert props[key].startswith("http://127.0.0.1:")
+    assert props["grpc_inference_address"] == props["grpc_management_address"] == "127.0.0.1"
+    assert "disable_token_authorization" not in props
+    entry = json.loads(props["models"])["ser"]["1.0"]
+    assert (entry["batchSize"], entry["maxBatchDelay"], entry["minWorkers"]) == (4, 1, 2)
+    docs = [yaml.safe_load((REPO / "serving" / "kserve" / name).read_text()) for name in ("inferenceservice.yaml", "servingruntime.yaml")]
+    isvc, runtime = docs
+    assert isvc["kind"] == "InferenceService" and isvc["spec"]["predictor"]["model"]["runtime"] == runtime["metadata"]["name"]

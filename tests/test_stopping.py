@@ -203,3 +203,22 @@ def test_a_rule_takes_precedence_over_b():
     assert stopping.check_b(hist) == StopDecision("B1", "fold")
     decision, at = run(FoldStopper(Rules(a=STAGE1.a[3:4], b=True)), hist)
     assert decision == StopDecision("A4", "vector") and at == 100
+
+
+def test_after_fold_reports_stops_the_stopper_never_saw():
+    # A fold resumed from a checkpoint that had already stopped by B1 at 60 never calls
+    # its stopper; after_fold carries the cap anyway, and a seen stop is not counted twice.
+    vs = VectorStopping(STAGE1)
+    vs.fold_stopper()
+    assert vs.after_fold(0.7, 0.7, stopped_by="B1", epoch=60) is None
+    assert vs.cap == 60 and vs.events == [("B1", 60)]
+    stopper = vs.fold_stopper()
+    decision, at = run(stopper, history(60, f1=healthy_f1, loss=lambda e: 0.5 + 0.01 * e))
+    assert decision.rule == "B1" and at == 52
+    vs.after_fold(0.7, 0.7, stopped_by="B1", epoch=52)
+    assert vs.cap == 52 and vs.events == [("B1", 60), ("B1", 52)]
+    # A replayed vector (no stoppers at all) gets the same cap.
+    replay = VectorStopping(STAGE1)
+    for stop, epoch in (("B1", 60), (None, 60), ("B3", 120)):
+        replay.after_fold(0.7, 0.7, stopped_by=stop, epoch=epoch)
+    assert replay.cap == 60

@@ -93,6 +93,7 @@ def test_package_outputs(built):
     props = (kserve / "config" / "config.properties").read_text()
     assert (kserve / "model-store" / "ser-tiny.mar").is_file()
     assert "inference_address=http://0.0.0.0:8085" in props and "service_envelope=kserve" in props
+    assert "model_store=/mnt/models/model-store" in props
     snapshot = json.loads(props.split("model_snapshot=", 1)[1].splitlines()[0])
     assert snapshot["models"]["ser-tiny"]["1.0"]["batchSize"] == BATCH
 

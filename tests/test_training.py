@@ -246,3 +246,10 @@ def test_numpy_scores_match_scikit_learn():
         assert np.array_equal(cm, confusion_matrix(y, pred, labels=range(5)))
         for mine, theirs in zip(_prf(cm), precision_recall_fscore_support(y, pred, labels=range(5), zero_division=0)):
             assert np.allclose(mine, theirs)
+
+
+def test_a_diverging_fit_stops_and_abandons():
+    data = patterned(40)
+    data.images[0, 0, 0] = np.inf  # a poisoned input makes the loss non-finite at once
+    result = fit(tiny(), data, data, TrainConfig(epochs=5, batch_size=40, lr=1e-3, device="cpu"), progress=False)
+    assert result.stopped_by == "diverged" and result.abandoned and len(result.history) == 1

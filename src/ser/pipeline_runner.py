@@ -123,13 +123,15 @@ def compile_pipelines(out_dir: str | Path, names: tuple[str, ...] = PIPELINE_NAM
 @dataclass
 class LocalRun:
     """Where a local run left its outputs: ``tasks`` maps a task path (``features``,
-    ``stage-1-vectors/iteration-0/train-folds``) to {output name: path}."""
+    ``for-loop-2-iteration-0/train-folds``) to {output name: path or value};
+    ``metadata`` to {artifact name: its metadata}."""
 
     pipeline: str
     run_dir: Path
     seconds: float
     log: Path | None
     tasks: dict[str, dict[str, str]] = field(default_factory=dict)
+    metadata: dict[str, dict[str, dict]] = field(default_factory=dict)
 
     def output(self, task: str, name: str) -> Path:
         try:
@@ -142,22 +144,30 @@ class LocalRun:
                 "log": str(self.log) if self.log else None, "tasks": self.tasks}
 
 
-def collect_outputs(run_dir: str | Path) -> dict[str, dict[str, str]]:
-    """Every task folder of a local run (one holding executor_output.json) and its outputs."""
+def collect_outputs(run_dir: str | Path) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, dict]]]:
+    """Every task folder of a local run (one holding executor_output.json): its outputs
+    (files and folders, and parameter values as text) and its artifacts' metadata
+    (what the KFP UI shows: Metrics scalars, ClassificationMetrics matrices ...)."""
     run_dir = Path(run_dir)
     tasks: dict[str, dict[str, str]] = {}
+    metadata: dict[str, dict[str, dict]] = {}
     for marker in sorted(run_dir.rglob("executor_output.json")):
         task_dir = marker.parent
         rel = task_dir.relative_to(run_dir).as_posix()
         outputs = {p.name: str(p) for p in sorted(task_dir.iterdir()) if p.name != "executor_output.json"}
         try:
-            params = json.loads(marker.read_text()).get("parameterValues", {})
+            data = json.loads(marker.read_text())
         except (OSError, ValueError):
-            params = {}
-        for key, value in params.items():
+            data = {}
+        for key, value in (data.get("parameterValues") or {}).items():
             outputs.setdefault(key, json.dumps(value) if not isinstance(value, str) else value)
-        tasks[rel] = outputs
-    return tasks
+        meta = {}
+        for key, value in (data.get("artifacts") or {}).items():
+            arts = value.get("artifacts") or [{}]
+            meta[key] = arts[0].get("metadata", {})
+            outputs.setdefault(key, arts[0].get("uri", ""))
+        tasks[rel], metadata[rel] = outputs, meta
+    return tasks, metadata
 
 
 def _default_arguments(pipeline_fn: Any, arguments: Mapping[str, Any]) -> dict[str, Any]:
@@ -228,7 +238,8 @@ def run_local(pipeline_fn: Any, arguments: Mapping[str, Any] | None = None, pipe
     seconds = time.perf_counter() - t0
     new = sorted((p for p in root.iterdir() if p.name not in before and p.is_dir()), key=lambda p: p.stat().st_mtime)
     run_dir = new[-1] if new else root
-    result = LocalRun(name, run_dir, seconds, log_path, collect_outputs(run_dir) if new else {})
+    tasks, metadata = collect_outputs(run_dir) if new else ({}, {})
+    result = LocalRun(name, run_dir, seconds, log_path, tasks, metadata)
     if failure is not None:
         where = f"; the runner's output is in {log_path}" if log_path else ""
         tail = _tail(log_path) if log_path else ""

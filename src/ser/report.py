@@ -99,14 +99,16 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
-def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None, digits: int = 4) -> str:
-    """A GitHub Markdown table of ``rows`` (dicts); columns default to the first row's keys."""
+def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None, digits: int | Mapping[str, int] = 4) -> str:
+    """A GitHub Markdown table of ``rows`` (dicts); columns default to the first row's
+    keys; ``digits`` after the point, one number or per column (default 4)."""
     if not rows:
         return "(no rows)\n"
     columns = list(columns or rows[0].keys())
+    places = {c: (digits.get(c, 4) if isinstance(digits, Mapping) else digits) for c in columns}
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     for row in rows:
-        lines.append("| " + " | ".join(_fmt(row.get(c), digits) for c in columns) + " |")
+        lines.append("| " + " | ".join(_fmt(row.get(c), places[c]) for c in columns) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -120,7 +122,7 @@ def csv_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = 
     return buf.getvalue()
 
 
-def write_table(rows: Sequence[Mapping[str, Any]], stem: str | Path, columns: Sequence[str] | None = None, title: str | None = None, digits: int = 4) -> tuple[Path, Path]:
+def write_table(rows: Sequence[Mapping[str, Any]], stem: str | Path, columns: Sequence[str] | None = None, title: str | None = None, digits: int | Mapping[str, int] = 4) -> tuple[Path, Path]:
     """Write ``stem``.md and ``stem``.csv; returns both paths."""
     stem = Path(stem)
     md = (f"# {title}\n\n" if title else "") + markdown_table(rows, columns, digits)
@@ -144,7 +146,8 @@ def improvement_rows(records: Iterable[Any]) -> list[dict[str, Any]]:
 
 
 def write_improvements(records: Iterable[Any], stem: str | Path) -> tuple[Path, Path]:
-    return write_table(improvement_rows(records), stem, IMPROVEMENT_COLUMNS, title="Test-loss improvements (accuracy and macro F1 in %)", digits=4)
+    return write_table(improvement_rows(records), stem, IMPROVEMENT_COLUMNS, title="Test-loss improvements (accuracy and macro F1 in %)",
+                       digits={"test_loss": 4, "accuracy": 2, "macro_f1": 2})
 
 
 def per_class_rows(per_class: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -163,9 +166,10 @@ def _pyplot():
     return plt
 
 
-def plot_learning_curve(history: Iterable[Any], path: str | Path, title: str | None = None, best_epoch: int | None = None) -> Path:
+def plot_learning_curve(history: Iterable[Any], path: str | Path, title: str | None = None, best_epoch: int | None = None, eval_name: str = "validation") -> Path:
     """Train and validation loss per epoch (left) and validation macro F1 and
-    accuracy per epoch (right), as a PNG."""
+    accuracy per epoch (right), as a PNG. ``eval_name`` names the evaluated set
+    ("test" in final training)."""
     plt = _pyplot()
     rows = history_rows(history)
     epochs = np.array([r["epoch"] for r in rows], dtype=float)
@@ -175,9 +179,9 @@ def plot_learning_curve(history: Iterable[Any], path: str | Path, title: str | N
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     left.plot(epochs, train_loss, label="train loss")
     if evaluated.any():
-        left.plot(epochs[evaluated], val_loss[evaluated], marker="." if evaluated.sum() < 60 else None, label="validation loss")
-        right.plot(epochs[evaluated], 100 * f1[evaluated], label="macro F1")
-        right.plot(epochs[evaluated], 100 * acc[evaluated], label="accuracy", alpha=0.7)
+        left.plot(epochs[evaluated], val_loss[evaluated], marker="." if evaluated.sum() < 60 else None, label=f"{eval_name} loss")
+        right.plot(epochs[evaluated], 100 * f1[evaluated], label=f"{eval_name} macro F1")
+        right.plot(epochs[evaluated], 100 * acc[evaluated], label=f"{eval_name} accuracy", alpha=0.7)
     for ax in (left, right):
         if best_epoch:
             ax.axvline(best_epoch, color="grey", linestyle=":", label=f"best epoch {best_epoch}")

@@ -251,8 +251,12 @@ class FoldStopper:
 class VectorStopping:
     """The early-stopping state of one parameter vector across its folds.
 
-    Use one :meth:`fold_stopper` per fold (it reports B stops back here, so the B
-    epoch cap carries over), then :meth:`after_fold` with the fold's F1 and accuracy.
+    Per fold: ``stopper = vs.fold_stopper()``, ``result = fit(..., stopper=stopper)``,
+    then ``vs.after_fold(f1, acc, stopped_by=result.stopped_by, epoch=result.epochs_run)``.
+    A B stop at epoch e makes e the cap of later folds: the fold's stopper reports
+    it as it happens, and ``after_fold`` reports it when the stopper never saw it
+    (a fit resumed from a checkpoint that had already stopped, or a vector replayed
+    from stored fold results); each fold's stop is counted once.
     """
 
     rules: Rules
@@ -261,9 +265,15 @@ class VectorStopping:
 
     def __post_init__(self) -> None:
         self.cap = int(self.cap) or self.rules.max_epochs
+        self._reported = False
 
     def fold_stopper(self) -> FoldStopper:
-        return FoldStopper(self.rules, self.cap, on_stop=self.record_stop)
+        self._reported = False
+        return FoldStopper(self.rules, self.cap, on_stop=self._on_stop)
+
+    def _on_stop(self, decision: StopDecision, epoch: int) -> None:
+        self._reported = True
+        self.record_stop(decision, epoch)
 
     def record_stop(self, decision: StopDecision | str | None, epoch: int) -> None:
         """Note how a fold ended; a B stop at epoch e makes e the cap of later folds."""
@@ -274,8 +284,12 @@ class VectorStopping:
         if rule.startswith("B"):
             self.cap = min(self.cap, int(epoch))
 
-    def after_fold(self, f1: float, acc: float) -> str | None:
-        """Rule C: the C rule id if the vector is abandoned after this fold, else None."""
+    def after_fold(self, f1: float, acc: float, *, stopped_by: str | None = None, epoch: int | None = None) -> str | None:
+        """End of a fold: record its stop if its stopper did not, then rule C: the C
+        rule id if the vector is abandoned after this fold, else None."""
+        if stopped_by is not None and epoch is not None and not self._reported:
+            self.record_stop(stopped_by, epoch)
+        self._reported = False
         if self.rules.c is None:
             return None
         min_f1, min_acc = self.rules.c

@@ -333,6 +333,14 @@ def _load_checkpoint(path: Path, cfg: TrainConfig, n_train: int, n_val: int) -> 
 # --------------------------------------------------------------------------- fit
 
 
+@dataclass(frozen=True)
+class _Diverged:
+    """fit's own stop: the training loss is not finite; the vector is abandoned."""
+
+    rule: str = "diverged"
+    scope: str = "vector"
+
+
 def fit(
     model: nn.Module,
     train: FeatureSet,
@@ -351,9 +359,11 @@ def fit(
 
     ``stopper`` is called with the history after every epoch and may return a
     decision with ``rule`` and ``scope`` ("vector" abandons, "fold" stops): see
-    :mod:`ser.stopping`. Returns the history and the best state (lowest validation
-    loss; the last state when there is no validation set). The model is left with
-    the weights of the last epoch run; load ``best_state`` for the best.
+    :mod:`ser.stopping`. A non-finite training loss stops the fit by itself
+    (``stopped_by="diverged"``, ``abandoned=True``). Returns the history and the best
+    state (lowest validation loss; the last state when there is no validation set).
+    The model is left with the weights of the last epoch run; load ``best_state``
+    for the best.
     """
     device = resolve_device(cfg.device)
     if len(train) == 0:
@@ -419,7 +429,6 @@ def fit(
 
     n = images.shape[0]
     bar = tqdm(total=cfg.epochs, initial=min(start - 1, cfg.epochs), desc=desc, unit="epoch", disable=not progress or done, leave=False, dynamic_ncols=True)
-    epoch = start - 1
     for epoch in range(start, cfg.epochs + 1) if not done else ():
         t0 = time.perf_counter()
         set_train_mode(model)
@@ -445,7 +454,10 @@ def fit(
             if vloss < best_val:
                 best_epoch, best_val, best_state = epoch, vloss, _cpu_state(model)
         history.append(record)
-        decision = stopper(history) if stopper is not None else None
+        if not math.isfinite(train_loss):  # diverged (an LR too high): nothing more to learn
+            decision = _Diverged()
+        else:
+            decision = stopper(history) if stopper is not None else None
         if decision is not None:
             stopped_by, abandoned = decision.rule, decision.scope == "vector"
         seconds += time.perf_counter() - t0
@@ -453,11 +465,11 @@ def fit(
             save(epoch)
         if on_epoch is not None:
             on_epoch(record)
-        bar.update()
         postfix = {"loss": f"{train_loss:.3f}"}
         if record.evaluated:
             postfix.update(val=f"{record.val_loss:.3f}", f1=f"{record.macro_f1:.3f}")
         bar.set_postfix(postfix, refresh=False)
+        bar.update()
         if decision is not None:
             break
     bar.close()

@@ -79,16 +79,25 @@ def parse_subsets(text: str | Sequence[str]) -> tuple[str, ...]:
     return tuple(s for s in SUBSETS if s in names)
 
 
+def subset_layers(model: nn.Module, subset: str | Sequence[str]) -> tuple[str, ...]:
+    """The module names ``subset`` (a letter a..g, or names) freezes in ``model``;
+    ValueError if the network has no such layer (BulbaNET has no dropout)."""
+    if isinstance(subset, str) and subset not in FREEZE_SUBSETS:
+        raise ValueError(f"unknown freeze subset {subset!r}; expected letters a..g")
+    names = FREEZE_SUBSETS[subset] if isinstance(subset, str) else tuple(subset)
+    order = getattr(model, "layer_order", ())
+    missing = [n for n in names if n not in order or not hasattr(model, n)]
+    if missing:
+        raise ValueError(f"{type(model).__name__} has no layer {missing} (its layers: {', '.join(order)})")
+    return names
+
+
 def freeze(model: nn.Module, subset: str | Sequence[str]) -> tuple[str, ...]:
     """Freeze the modules of ``subset`` (a letter, or module names); returns the names.
 
     Parameters get ``requires_grad=False``; the names go to ``model.frozen_modules``
     so training keeps those modules in eval mode. Everything else is unfrozen."""
-    names = FREEZE_SUBSETS[subset] if isinstance(subset, str) and subset in FREEZE_SUBSETS else tuple(subset)
-    order = getattr(model, "layer_order", ())
-    missing = [n for n in names if n not in order or not hasattr(model, n)]
-    if missing:
-        raise ValueError(f"{type(model).__name__} has no layer {missing} (its layers: {', '.join(order)})")
+    names = subset_layers(model, subset)
     for p in model.parameters():
         p.requires_grad_(True)
     for name in names:

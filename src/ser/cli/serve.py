@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _runtime_options(p: argparse.ArgumentParser, *, defaults: bool) -> None:
     if defaults:
         g = p.add_argument_group("TorchServe runtime (stored in the .mar's model-config.yaml)")
-        d = {"workers": 2, "batch": 1, "delay": 5}
+        d = {"workers": 2, "batch": 4, "delay": 1}
         tail = " (default: %(default)s)"
     else:
         g = p.add_argument_group("TorchServe runtime overrides (config.properties `models=`; default: what the .mar says)")

@@ -321,7 +321,7 @@ def _train_one(fs, arch, cfg, args, seed: int, out: Path, features_path: Path) -
             "metrics": {"accuracy": ev.accuracy, "macro_f1": ev.macro_f1, "loss": ev.loss}, "train": cfg.to_dict()}
     models.save_bundle(out / "model.pt", model, fs.label_names, fs.spec.to_dict(), meta)
     title = f"{models.DISPLAY[arch.cnn]} seed {seed}, {args.split} split"
-    report.plot_learning_curve(fitted.history, out / "learning_curve.png", title=title, best_epoch=fitted.best_epoch)
+    report.plot_learning_curve(fitted.history, out / "learning_curve.png", title=title, best_epoch=fitted.best_epoch, eval_name="test")
     report.plot_confusion(ev.confusion, ev.labels, out / "confusion_matrix.png", title=f"{title}: test set, best epoch {fitted.best_epoch}")
     report.write_improvements(result.improvements, out / "improvements")
     report.write_table(report.history_rows(fitted.history), out / "history")
@@ -358,7 +358,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         summary = report.summarise_seeds(runs)
         report.write_json(args.out / "seeds.json", {"summary": summary, "runs": [{k: r.get(k) for k in ("seed", "accuracy", "macro_f1", "loss", "best_epoch")} for r in runs]})
         report.write_table(report.seeds_rows(runs, summary), args.out / "seeds", ("seed", "accuracy", "macro_f1", "loss", "best_epoch"),
-                           title=f"{len(seeds)} seeds, {args.split} split (accuracy and macro F1 in %)")
+                           title=f"{len(seeds)} seeds, {args.split} split (accuracy and macro F1 in %)",
+                           digits={"accuracy": 2, "macro_f1": 2, "loss": 4, "best_epoch": 1})
         # The first seed's run also sits at the top level, so OUT/model.pt and OUT/metrics.json exist either way.
         first = args.out / f"seed-{seeds[0]}"
         for name in ("model.pt", "learning_curve.png", "confusion_matrix.png", "improvements.md", "improvements.csv", "config.json"):
@@ -453,7 +454,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:
         transfer.check_compatible(bundle, fs)
         subsets = transfer.parse_subsets(args.freeze or ["all"])
         for s in subsets:  # fail before training, not after hours of it
-            transfer.freeze(models.build(bundle.arch), s)
+            transfer.subset_layers(bundle.model, s)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     lrs = _floats(args.lrs, transfer.DEFAULT_LRS, "lrs")
@@ -476,7 +477,8 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     runs, best = transfer.run_grid(bundle, train, test, subsets, lrs, batches, args.epochs, seed=args.seed, device=str(device),
                                    eval_every=args.eval_every, scratch_lrs=scratch_lrs, progress=not args.no_progress, on_run=on_run)
     rows = transfer.summary(runs)
-    report.write_table(rows, out / "summary", title="Mean last-epoch test accuracy / macro F1 (%) over the LR x batch grid, per frozen subset")
+    report.write_table(rows, out / "summary", title="Mean last-epoch test accuracy / macro F1 (%) over the LR x batch grid, per frozen subset",
+                       digits={"mean_accuracy": 2, "std_accuracy": 2, "mean_macro_f1": 2, "best_accuracy": 2})
     if best is None:
         raise UserError("empty grid: nothing was trained")
     run = best["run"]
@@ -490,7 +492,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     report.write_metrics(out / "metrics.json", report.metrics(ev, best_epoch=run.best_epoch, seed=args.seed, split=args.split, transfer=run.to_dict(),
                                                              source_model=str(model_path), summary=rows, config_hash=meta["config_hash"]))
     title = f"transfer ({run.subset}) lr {run.lr:.3g} batch {run.batch_size}"
-    report.plot_learning_curve(best["history"], out / "learning_curve.png", title=title, best_epoch=run.best_epoch)
+    report.plot_learning_curve(best["history"], out / "learning_curve.png", title=title, best_epoch=run.best_epoch, eval_name="test")
     report.plot_confusion(ev.confusion, ev.labels, out / "confusion_matrix.png", title=f"{title}: test set")
     print(report.markdown_table(rows, ("subset", "frozen", "runs", "mean_accuracy", "mean_macro_f1", "best_accuracy", "best_lr", "best_batch"), digits=2), end="")
     print(f"best run: subset {run.subset}, lr {run.lr:.3g}, batch {run.batch_size}: accuracy {_fraction_pct(ev.accuracy)}, "

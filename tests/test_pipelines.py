@@ -1,0 +1,184 @@
+"""The pipelines: both compile, GPU steps (and only they) carry the V100 node-pool
+settings, S3 steps the artifact-store secret; and ser_study runs end to end locally
+(kfp SubprocessRunner) against a real S3 server and MLflow with the smallest budgets,
+then ser_retrain publishes only a model that beats the champion.
+(No `from __future__ import annotations` here: KFP reads the pipelines' annotations.)
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ser import gpu, images
+from ser import pipeline_runner as pr
+from ser.cli import main
+from tests.servers import mlflow_server, s3_server  # noqa: F401
+
+GPU_STEPS = {"train-folds", "final-train", "transfer"}
+S3_STEPS = {"ingest", "compare-champion", "publish"}
+
+
+def _load(path: Path) -> tuple[dict, dict]:
+    docs = list(yaml.safe_load_all(path.read_text()))
+    return docs[0], (docs[1] if len(docs) > 1 else {})
+
+
+def _component_of(executor: str) -> str:
+    """exec-train-folds-3 -> train-folds."""
+    name = executor.removeprefix("exec-")
+    parts = name.split("-")
+    return "-".join(parts[:-1]) if parts[-1].isdigit() else name
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    out = tmp_path_factory.mktemp("compiled")
+    assert main(["pipeline", "compile", "--out", str(out)]) == 0
+    return {name: _load(out / f"{name}.yaml") for name in pr.PIPELINE_NAMES}
+
+
+@pytest.mark.parametrize("name", pr.PIPELINE_NAMES)
+def test_gpu_steps_carry_the_v100_settings_and_cpu_steps_do_not(compiled, name):
+    spec, platform = compiled[name]
+    executors = spec["deploymentSpec"]["executors"]
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    seen_gpu = set()
+    for executor, body in executors.items():
+        component = _component_of(executor)
+        container = body["container"]
+        accel = (container.get("resources") or {}).get("accelerator")
+        settings = k8s.get(executor, {})
+        if component in GPU_STEPS:
+            seen_gpu.add(component)
+            assert container["image"] == images.GPU_IMAGE
+            assert accel["resourceType"] == gpu.GPU_RESOURCE and str(accel["resourceCount"]) == "1"
+            assert settings["nodeSelector"]["labels"] == gpu.V100_NODE_SELECTOR
+            assert settings["tolerations"] == [dict(t) for t in gpu.GPU_TOLERATIONS]
+        else:
+            assert container["image"] == images.CPU_IMAGE, executor
+            assert accel is None, executor
+            assert "nodeSelector" not in settings and "tolerations" not in settings, executor
+        if component in S3_STEPS:
+            (secret,) = settings["secretAsEnv"]
+            assert secret["secretName"] == "mlpipeline-minio-artifact"
+            assert {m["secretKey"]: m["envVar"] for m in secret["keyToEnv"]} == {"accesskey": "AWS_ACCESS_KEY_ID",
+                                                                                 "secretkey": "AWS_SECRET_ACCESS_KEY"}
+        else:
+            assert "secretAsEnv" not in settings, executor
+        command = " ".join(container["command"])
+        assert "pip install" not in command  # the images carry ser and kfp
+    assert seen_gpu == (GPU_STEPS if name == "ser_study" else {"final-train"})
+
+
+def test_study_fans_out_with_a_parallelism_limit_and_budget_parameters(compiled):
+    spec, _ = compiled["ser_study"]
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    for budget in ("recipe", "trials_stage1", "trials_stage2", "trials_stage3", "search_epochs", "stage4_epochs", "final_epochs",
+                   "transfer_epochs", "folds"):
+        assert budget in params
+    tasks = spec["root"]["dag"]["tasks"]
+    loops = {name: t for name, t in tasks.items() if "iteratorPolicy" in t}
+    assert len(loops) == 4  # one ParallelFor per search stage
+    assert {t["iteratorPolicy"]["parallelismLimit"] for t in loops.values()} == {8}
+    ranks = [t for name, t in tasks.items() if name.startswith("rank-stage")]
+    assert len(ranks) == 4
+
+
+def test_retrain_publishes_only_under_a_condition(compiled):
+    spec, _ = compiled["ser_retrain"]
+    tasks = spec["root"]["dag"]["tasks"]
+    (cond,) = [t for t in tasks.values() if "triggerPolicy" in t]
+    assert "compare-champion" in cond["triggerPolicy"]["condition"]
+    inner = spec["components"][cond["componentRef"]["name"]]["dag"]["tasks"]
+    assert set(inner) == {"publish"}
+
+
+def test_builders_take_images_and_parallelism(tmp_path):
+    fn = pr.build("ser_study", cpu_image="reg/cpu:1", gpu_image="reg/gpu:1", parallelism=3)
+    spec, _ = _load(pr.compile_pipeline(fn, tmp_path / "s.yaml"))
+    found = {b["container"]["image"] for b in spec["deploymentSpec"]["executors"].values()}
+    assert found == {"reg/cpu:1", "reg/gpu:1"}
+    assert {t["iteratorPolicy"]["parallelismLimit"] for t in spec["root"]["dag"]["tasks"].values() if "iteratorPolicy" in t} == {3}
+
+
+def test_unknown_pipeline_is_refused():
+    with pytest.raises(pr.PipelineError, match="unknown pipeline"):
+        pr.build("ser_nothing")
+
+
+# --------------------------------------------------------------------------- integration: the whole study, locally
+
+SMALLEST = {"trials_stage1": 1, "trials_stage2": 1, "trials_stage3": 1, "folds": 2, "search_epochs": 1, "stage4_epochs": 1,
+            "final_epochs": 2, "final_eval_every": 1, "transfer_epochs": 1, "transfer_eval_every": 1}
+DATA, MODELS = "ser-data-pipelines", "ser-models-pipelines"
+
+
+@pytest.fixture(scope="module")
+def study_run(s3_server, mlflow_server, tmp_path_factory):  # noqa: F811
+    """ser_study, run once through kfp.local on the tiny synthetic corpora."""
+    work = tmp_path_factory.mktemp("study")
+    store = s3_server.store()
+    corpora = pr.upload_demo_corpora(store, work, bucket=DATA, english_per_class=6, greek_per_class=5)
+    store.ensure_bucket(MODELS)
+    env = {**s3_server.env(), **mlflow_server.env(), "MLFLOW_EXPERIMENT_NAME": "pipelines-test"}
+    args = pr.demo_arguments(corpora, SMALLEST, model_bucket=MODELS, mlflow_uri=mlflow_server.url, mlflow_experiment="pipelines-test")
+    run = pr.run_local(pr.build("ser_study", parallelism=2), args, work / "local_outputs", env=env, threads_per_task=1,
+                       log=work / "study.log", echo=False)
+    return {"run": run, "summary": pr.summarize_study(run), "corpora": corpora, "store": store}
+
+
+@pytest.mark.integration
+def test_study_runs_end_to_end_locally(study_run, mlflow_server):  # noqa: F811
+    run, summary, store = study_run["run"], study_run["summary"], study_run["store"]
+    arts = summary["artifacts"]
+    assert set(arts) == set(pr._KEY_OUTPUTS)  # every step ran and left its outputs
+    for stage in (1, 2, 3, 4):
+        assert (Path(arts[f"ranking_stage{stage}"]) / "ranking.csv").is_file()
+    assert (Path(arts["ranking_stage4"]) / "winner.json").is_file()
+    assert (Path(arts["final_model"]) / "model.pt").is_file()
+    assert summary["english_scores"]["macro_f1"] is not None and summary["greek_scores"]["macro_f1"] is not None
+    gr = json.loads((Path(arts["greek_evaluation"]) / "metrics.json").read_text())
+    assert len(gr["labels"]) == 5
+    fan_out = [t for t in run.tasks if "/train-folds" in t]
+    assert len(fan_out) >= 4  # every stage trained at least one vector inside its ParallelFor
+    pub = summary["published"]
+    assert pub["promoted"] and pub["champion_uri"] == f"s3://{MODELS}/ser-english/champion"
+    keys = {k for k, _ in store.list(MODELS, "ser-english")}
+    assert "ser-english/champion/model-store/ser-english.mar" in keys and "ser-english/registry/champion.json" in keys
+    # MLflow: the parent run and the step runs nested under it
+    import mlflow
+
+    client = mlflow.MlflowClient(mlflow_server.url)
+    exp = client.get_experiment_by_name("pipelines-test")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("ser.pipeline")]
+    assert len(parents) == 1
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert {r.data.tags.get("ser.kind") for r in children} >= {"stage", "final", "transfer"}
+    text = pr.format_summary(summary)
+    assert "final_model" in text and "published ser-english" in text
+
+
+@pytest.mark.integration
+def test_retrain_publishes_only_a_better_model(study_run, s3_server, tmp_path):  # noqa: F811
+    """The champion the study published vs a retrained model of a fixed (tiny) config:
+    scored on the same test rows; the publish step runs only if the candidate wins."""
+    store, corpora = study_run["store"], study_run["corpora"]
+    before = {k for k, _ in store.list(MODELS, "ser-english")}
+    champion = json.loads(Path(study_run["summary"]["artifacts"]["published"], "champion.json").read_text())
+    args = {"data_bucket": corpora["data_bucket"], "english_corpora": corpora["english_corpora"], "select": "all",
+            "augment_corpora": "synthetic-ravdess", "feature_kind": "mel", "feature_size": "30",
+            "config": {"arch": {"cnn": "squirtle", "conv_channels": [4, 4, 4], "fc_features": [8, 8], "pool_kernels": [2, 3, 3]},
+                       "train": {"batch_size": 8, "lr": 1e-3}},
+            "epochs": 1, "eval_every": 1, "device": "cpu", "model_bucket": MODELS, "mlflow_uri": ""}
+    run = pr.run_local(pr.build("ser_retrain"), args, tmp_path / "out", env=s3_server.env(), threads_per_task=2,
+                       log=tmp_path / "retrain.log", echo=False)
+    verdict = json.loads(Path(run.tasks["compare-champion"]["verdict"]).read_text())
+    assert verdict["champion_version"] == champion["version"] and verdict["champion"] >= 0
+    after = {k for k, _ in store.list(MODELS, "ser-english")}
+    if verdict["promote"]:
+        assert "publish" in run.tasks and after > before
+    else:
+        assert "publish" not in run.tasks and after == before  # dsl.If skipped publish: nothing changed in S3

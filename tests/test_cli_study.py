@@ -196,14 +196,14 @@ def test_evaluate_user_errors(work, tmp_path, capsys, monkeypatch):
 def test_mlflow_uris_go_through_models_uri(work, tmp_path, monkeypatch, capsys):
     from ser.cli import study
 
+    from ser import models_uri
+
     calls = []
-    fake = types.ModuleType("ser.models_uri")
-    fake.resolve = lambda uri: calls.append(uri) or work.model_dir / "model.pt"
-    monkeypatch.setitem(sys.modules, "ser.models_uri", fake)
+    monkeypatch.setattr(models_uri, "resolve", lambda uri: calls.append(uri) or work.model_dir / "model.pt")
     assert study.resolve_model_path("models:/ser-english@champion") == work.model_dir / "model.pt"
     assert main(["evaluate", "--model", "runs:/abc/model", "--features", str(work.english), "--out", str(tmp_path), *FAST]) == 0
     assert calls == ["models:/ser-english@champion", "runs:/abc/model"]
-    fake.resolve = lambda uri: (_ for _ in ()).throw(LookupError("no such model"))
+    monkeypatch.setattr(models_uri, "resolve", lambda uri: (_ for _ in ()).throw(LookupError("no such model")))
     assert main(["evaluate", "--model", "models:/x/1", "--features", str(work.english), "--out", str(tmp_path), *FAST]) == 2
     assert "no such model" in capsys.readouterr().err
 

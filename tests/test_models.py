@@ -129,8 +129,6 @@ def test_bundle_round_trip(tmp_path):
         models.load_bundle(tmp_path / "junk.pt")
 
 
-@pytest.mark.xfail(reason="models.load_bundle does not catch pickle.UnpicklingError (raised by torch.load for non-zip "
-                   "bytes); reported to the owner of models.py", strict=False)
 def test_load_bundle_of_junk_is_a_clear_value_error(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a model")
     with pytest.raises(ValueError, match="not a ser model"):

@@ -9,6 +9,7 @@ inside the network and again in the loss, which is why its test loss floors near
 from __future__ import annotations
 
 import json
+import pickle
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -257,8 +258,10 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> ModelBu
     """Load model.pt written by :func:`save_bundle`, in eval mode on ``device``."""
     try:
         payload = torch.load(path, map_location=device, weights_only=True)
-    except (OSError, RuntimeError, EOFError) as exc:
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
         raise ValueError(f"{path}: not a ser model file ({exc})") from None
+    if not isinstance(payload, dict) or not {"arch", "state_dict", "labels"} <= set(payload):
+        raise ValueError(f"{path}: not a ser model file (missing arch, state_dict or labels)")
     arch = ArchSpec.from_dict(payload["arch"])
     model = build(arch)
     model.load_state_dict(payload["state_dict"])

@@ -151,8 +151,8 @@ def check_model(path: Path) -> dict[str, Any]:
 
     try:
         bundle = load_bundle(path)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise PackageError(f"{path}: not a ser model bundle ({exc})") from None
+    except Exception as exc:  # torch.load and friends raise many kinds on a foreign file
+        raise PackageError(f"{path}: not a ser model bundle ({type(exc).__name__}: {exc})") from None
     try:
         spec = FeatureSpec.from_dict(bundle.feature_spec)
     except (TypeError, ValueError) as exc:

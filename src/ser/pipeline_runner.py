@@ -221,6 +221,8 @@ def run_local(pipeline_fn: Any, arguments: Mapping[str, Any] | None = None, pipe
     with _environ(extra), warnings.catch_warnings():
         # the runner warns that a non-"python" image name may lack Python: our images have it
         warnings.filterwarnings("ignore", message=".*custom or non-Python base image.*", category=RuntimeWarning)
+        # cluster-only settings (display names, CPU/memory requests, GPUs) are ignored locally, as intended
+        warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*", category=UserWarning)
         local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
         if log_path is None:
             try:

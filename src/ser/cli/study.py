@@ -7,6 +7,8 @@ Heavy imports (torch, numpy, matplotlib) happen inside the handlers so that
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -163,10 +165,38 @@ def _fraction_pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.2f}%"
 
 
+def _open_tracking(args: argparse.Namespace):
+    """The MLflow session of a command (ser.track_runs); strict tracking that cannot track is a UserError."""
+    from ser import track_runs
+    from ser.tracking import TrackingError
+
+    try:
+        return track_runs.open_session(args.tracking, args.experiment)
+    except TrackingError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _tracking_errors(func):
+    """A strict-tracking failure during a command ends it as a UserError (exit 2), not a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(args: argparse.Namespace) -> int:
+        from ser.tracking import TrackingError
+
+        try:
+            return func(args)
+        except TrackingError as exc:
+            raise UserError(str(exc)) from None
+
+    return wrapper
+
+
 # --------------------------------------------------------------------------- register
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from ser.track_runs import add_arguments as add_tracking
+
     p = sub.add_parser(
         "train",
         help="train a model on the training split and evaluate it on the held-out test split",
@@ -177,7 +207,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "confusion_matrix, best_epoch, seed, split), learning_curve.png, confusion_matrix.png, "
         "improvements.md/.csv (the study's Table 5), history.csv and config.json. A killed run "
         "resumes from OUT/checkpoint.pt when rerun with the same arguments. With --seeds K, one "
-        "subfolder per seed plus seeds.md/.csv/.json (mean and standard deviation).",
+        "subfolder per seed plus seeds.md/.csv/.json (mean and standard deviation). MLflow (--tracking): one "
+        "'final' run per seed (nested under a parent with --seeds K) with per-epoch metrics, these files, the "
+        "feature spec and the model, registered as ser-english (ser-greek for Greek labels) with alias "
+        "challenger; it becomes champion only if it beats the champion's macro F1 on this run's test set.",
     )
     p.add_argument("--features", type=Path, required=True, help="feature set (.npz from `ser features`)")
     group = p.add_mutually_exclusive_group()
@@ -198,6 +231,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-checkpoint", action="store_true", help="keep OUT/checkpoint.pt after a finished run (default: delete it)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     _add_device(p)
+    add_tracking(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
@@ -206,7 +240,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Evaluate OUT/model.pt-style bundles on a feature set: loss, accuracy, macro F1, "
         "per-class precision/recall/F1, confusion matrix (metrics.json, confusion_matrix.png, "
         "per_class.md/.csv, predictions.csv). --rows test re-creates the training run's test split "
-        "from the bundle's metadata (split protocol, seed, test size).",
+        "from the bundle's metadata (split protocol, seed, test size). MLflow (--tracking): an 'evaluate' run "
+        "with the metrics and these files.",
     )
     p.add_argument("--model", default=None, help=f"model bundle (model.pt, a folder holding one, or models:/ / runs:/ URI); default ${MODEL_ENV}")
     p.add_argument("--features", type=Path, required=True, help="feature set (.npz)")
@@ -217,6 +252,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default 256)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     _add_device(p)
+    add_tracking(p, register=False)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser(
@@ -229,7 +265,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "batch-norm uses the English running statistics; a frozen dropout is off: the only "
         "difference between (a) and (b)). The test split serves as validation, as in the study. "
         "Writes runs.md/.csv (every cell), summary.md/.csv (mean accuracy per subset), and the best "
-        "run (lowest test loss): model.pt, metrics.json, learning_curve.png, confusion_matrix.png.",
+        "run (lowest test loss): model.pt, metrics.json, learning_curve.png, confusion_matrix.png. MLflow "
+        "(--tracking): a 'transfer' run with one child per (subset, LR, batch) cell and the best model, "
+        "registered as ser-greek (by label set) with alias challenger and the same promotion gate as train.",
     )
     p.add_argument("--model", default=None, help=f"English model bundle (path or models:/ URI); default ${MODEL_ENV}")
     p.add_argument("--features", type=Path, required=True, help="target-language feature set (.npz), same image size as the model")
@@ -246,6 +284,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the split, the new head and shuffling (default 0)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     _add_device(p)
+    add_tracking(p)
     p.set_defaults(func=cmd_transfer)
 
     p = sub.add_parser(
@@ -266,77 +305,92 @@ def register(sub: argparse._SubParsersAction) -> None:
 # --------------------------------------------------------------------------- train
 
 
-def _train_one(fs, arch, cfg, args, seed: int, out: Path, features_path: Path) -> dict[str, Any]:
+def _train_one(fs, arch, cfg, args, seed: int, out: Path, features_path: Path, session, register: str | None) -> dict[str, Any]:
     import torch
 
-    from ser import models, report, splits
+    from ser import models, report, splits, track_runs
     from ser.training import final_train, resolve_device, seed_everything
 
     cfg = cfg.with_(seed=seed)
     chash = config_hash(arch.to_dict(), {k: v for k, v in cfg.to_dict().items() if k != "device"}, args.split, args.test_size, fs.spec.key())
-    metrics_path = out / "metrics.json"
-    if metrics_path.is_file() and (out / "model.pt").is_file():
-        old = report.read_json(metrics_path)
-        if old.get("config_hash") == chash:
-            print(f"seed {seed}: {out} already holds this run (config {chash}); skipping", file=sys.stderr)
-            return old
     try:
         train_idx, test_idx = splits.train_test(fs, args.test_size, seed=seed, protocol=args.split)
     except ValueError as exc:
         raise UserError(f"cannot split {features_path}: {exc}") from None
     train, test = fs.subset(train_idx), fs.subset(test_idx)
+    sizes = splits.describe(fs, train_idx, test_idx)
+    run_args = dict(seed=seed, arch=arch, cfg=cfg, spec=fs.spec, labels=fs.label_names, split=args.split, test_size=args.test_size,
+                    features=features_path, config_hash=chash, sizes=sizes, out=out)
+    test_set = {"features": str(features_path), "split": args.split, "seed": seed, "test_size": args.test_size}
+    metrics_path = out / "metrics.json"
+    if metrics_path.is_file() and (out / "model.pt").is_file():
+        old = report.read_json(metrics_path)
+        if old.get("config_hash") == chash:
+            print(f"seed {seed}: {out} already holds this run (config {chash}); skipping", file=sys.stderr)
+            tracked = session.already_tracked(out, chash)
+            if tracked:
+                print(f"seed {seed}: already tracked as MLflow run {tracked}", file=sys.stderr)
+            elif session.enabled:  # finished while tracking was down: log it from its files now
+                with session.final_run(**run_args):
+                    session.log_final(out, history=track_runs.read_history(out / "history.csv"), test=test, metrics=old,
+                                      feature_spec=fs.spec.to_dict(), register=register, test_set=test_set, config_hash=chash)
+            return old
     seed_everything(seed)
     model = models.build(arch)
     out.mkdir(parents=True, exist_ok=True)
     report.write_json(out / "config.json", {"arch": arch.to_dict(), "train": cfg.to_dict(), "split": args.split, "test_size": args.test_size, "seed": seed, "features": str(features_path), "feature_spec": fs.spec.to_dict(), "config_hash": chash})
     ckpt = out / "checkpoint.pt"
-    try:
-        result = final_train(model, train, test, cfg, checkpoint=ckpt, progress=not args.no_progress, checkpoint_every=args.checkpoint_every, desc=f"train seed {seed}")
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    fitted, ev = result.fit, result.evaluation
-    device = resolve_device(cfg.device)
-    sizes = splits.describe(fs, train_idx, test_idx)
-    data = report.metrics(
-        ev,
-        best_epoch=fitted.best_epoch,
-        seed=seed,
-        split=args.split,
-        config_hash=chash,
-        test_size=args.test_size,
-        epochs=cfg.epochs,
-        epochs_run=fitted.epochs_run,
-        eval_every=cfg.eval_every,
-        train_seconds=fitted.seconds,
-        seconds_per_epoch=fitted.seconds / max(1, fitted.epochs_run),
-        device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        features=str(features_path),
-        feature_spec=fs.spec.to_dict(),
-        arch=arch.to_dict(),
-        train=cfg.to_dict(),
-        sizes=sizes,
-        loss_note="cross-entropy on logits (the study applied softmax twice; its losses floor near 1.35 and are not comparable)",
-    )
-    meta = {"seed": seed, "split": args.split, "test_size": args.test_size, "config_hash": chash, "best_epoch": fitted.best_epoch,
-            "metrics": {"accuracy": ev.accuracy, "macro_f1": ev.macro_f1, "loss": ev.loss}, "train": cfg.to_dict()}
-    models.save_bundle(out / "model.pt", model, fs.label_names, fs.spec.to_dict(), meta)
-    title = f"{models.DISPLAY[arch.cnn]} seed {seed}, {args.split} split"
-    report.plot_learning_curve(fitted.history, out / "learning_curve.png", title=title, best_epoch=fitted.best_epoch, eval_name="test")
-    report.plot_confusion(ev.confusion, ev.labels, out / "confusion_matrix.png", title=f"{title}: test set, best epoch {fitted.best_epoch}")
-    report.write_improvements(result.improvements, out / "improvements")
-    report.write_table(report.history_rows(fitted.history), out / "history")
-    report.write_table(report.per_class_rows(ev.per_class), out / "per_class", ("label", "precision", "recall", "f1", "support"))
-    report.write_metrics(metrics_path, data)
-    if not args.keep_checkpoint:
-        ckpt.unlink(missing_ok=True)
-    print(f"seed {seed}: accuracy {_fraction_pct(ev.accuracy)}, macro F1 {_fraction_pct(ev.macro_f1)}, test loss {ev.loss:.4f} "
-          f"at epoch {fitted.best_epoch} of {fitted.epochs_run} -> {out}")
+    with session.final_run(**run_args):
+        try:
+            result = final_train(model, train, test, cfg, checkpoint=ckpt, progress=not args.no_progress, checkpoint_every=args.checkpoint_every,
+                                 desc=f"train seed {seed}", on_epoch=session.epoch_callback())
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        fitted, ev = result.fit, result.evaluation
+        device = resolve_device(cfg.device)
+        data = report.metrics(
+            ev,
+            best_epoch=fitted.best_epoch,
+            seed=seed,
+            split=args.split,
+            config_hash=chash,
+            test_size=args.test_size,
+            epochs=cfg.epochs,
+            epochs_run=fitted.epochs_run,
+            eval_every=cfg.eval_every,
+            train_seconds=fitted.seconds,
+            seconds_per_epoch=fitted.seconds / max(1, fitted.epochs_run),
+            device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            features=str(features_path),
+            feature_spec=fs.spec.to_dict(),
+            arch=arch.to_dict(),
+            train=cfg.to_dict(),
+            sizes=sizes,
+            loss_note="cross-entropy on logits (the study applied softmax twice; its losses floor near 1.35 and are not comparable)",
+        )
+        meta = {"seed": seed, "split": args.split, "test_size": args.test_size, "config_hash": chash, "best_epoch": fitted.best_epoch,
+                "metrics": {"accuracy": ev.accuracy, "macro_f1": ev.macro_f1, "loss": ev.loss}, "train": cfg.to_dict()}
+        models.save_bundle(out / "model.pt", model, fs.label_names, fs.spec.to_dict(), meta)
+        title = f"{models.DISPLAY[arch.cnn]} seed {seed}, {args.split} split"
+        report.plot_learning_curve(fitted.history, out / "learning_curve.png", title=title, best_epoch=fitted.best_epoch, eval_name="test")
+        report.plot_confusion(ev.confusion, ev.labels, out / "confusion_matrix.png", title=f"{title}: test set, best epoch {fitted.best_epoch}")
+        report.write_improvements(result.improvements, out / "improvements")
+        report.write_table(report.history_rows(fitted.history), out / "history")
+        report.write_table(report.per_class_rows(ev.per_class), out / "per_class", ("label", "precision", "recall", "f1", "support"))
+        report.write_metrics(metrics_path, data)
+        if not args.keep_checkpoint:
+            ckpt.unlink(missing_ok=True)
+        print(f"seed {seed}: accuracy {_fraction_pct(ev.accuracy)}, macro F1 {_fraction_pct(ev.macro_f1)}, test loss {ev.loss:.4f} "
+              f"at epoch {fitted.best_epoch} of {fitted.epochs_run} -> {out}")
+        session.log_final(out, history=fitted.history, test=test, metrics=data, feature_spec=fs.spec.to_dict(), register=register,
+                          test_set=test_set, config_hash=chash)
     return data
 
 
+@_tracking_errors
 def cmd_train(args: argparse.Namespace) -> int:
     _setup_torch(args)
-    from ser import report
+    from ser import report, track_runs
 
     fs = _load_features(args.features)
     if args.seeds < 1:
@@ -349,27 +403,38 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = cfg.with_(device=args.device, **{k: v for k, v in overrides.items() if v is not None})
     except ValueError as exc:
         raise UserError(str(exc)) from None
+    session = _open_tracking(args)  # strict: fails here, before any training
+    register = track_runs.registry_name(fs.label_names, args.register, args.no_register)
     seeds = [args.seed + i for i in range(args.seeds)]
     runs = []
-    for seed in seeds:
-        out = args.out if len(seeds) == 1 else args.out / f"seed-{seed}"
-        runs.append(_train_one(fs, arch, cfg, args, seed, out, args.features))
-    if len(seeds) > 1:
-        summary = report.summarise_seeds(runs)
-        report.write_json(args.out / "seeds.json", {"summary": summary, "runs": [{k: r.get(k) for k in ("seed", "accuracy", "macro_f1", "loss", "best_epoch")} for r in runs]})
-        report.write_table(report.seeds_rows(runs, summary), args.out / "seeds", ("seed", "accuracy", "macro_f1", "loss", "best_epoch"),
-                           title=f"{len(seeds)} seeds, {args.split} split (accuracy and macro F1 in %)",
-                           digits={"accuracy": 2, "macro_f1": 2, "loss": 4, "best_epoch": 1})
-        # The first seed's run also sits at the top level, so OUT/model.pt and OUT/metrics.json exist either way.
-        first = args.out / f"seed-{seeds[0]}"
-        for name in ("model.pt", "learning_curve.png", "confusion_matrix.png", "improvements.md", "improvements.csv", "config.json"):
-            shutil.copyfile(first / name, args.out / name)
-        top = dict(runs[0])
-        top["seeds_summary"] = summary
-        report.write_metrics(args.out / "metrics.json", top)
-        acc, f1 = summary["accuracy"], summary["macro_f1"]
-        print(f"{len(seeds)} seeds: accuracy {100 * acc['mean']:.2f} +- {100 * acc['std']:.2f}%, "
-              f"macro F1 {100 * f1['mean']:.2f} +- {100 * f1['std']:.2f}% -> {args.out / 'seeds.md'}")
+    parent = (session.run(f"final {len(seeds)} seeds", "final", params={"seeds": seeds, "arch": arch.to_dict(), "train": cfg.to_dict(),
+                                                                         "feature_spec": fs.spec.to_dict(), "split": args.split,
+                                                                         "test_size": args.test_size, "features": str(args.features)},
+                          tags={"ser.command": "train", "ser.role": "seeds", "ser.out": str(args.out)})
+              if len(seeds) > 1 else contextlib.nullcontext())
+    with parent:
+        for i, seed in enumerate(seeds):
+            out = args.out if len(seeds) == 1 else args.out / f"seed-{seed}"
+            # Only the first seed's model (the one OUT/model.pt is) goes to the registry.
+            runs.append(_train_one(fs, arch, cfg, args, seed, out, args.features, session, register if i == 0 else None))
+        if len(seeds) > 1:
+            summary = report.summarise_seeds(runs)
+            report.write_json(args.out / "seeds.json", {"summary": summary, "runs": [{k: r.get(k) for k in ("seed", "accuracy", "macro_f1", "loss", "best_epoch")} for r in runs]})
+            report.write_table(report.seeds_rows(runs, summary), args.out / "seeds", ("seed", "accuracy", "macro_f1", "loss", "best_epoch"),
+                               title=f"{len(seeds)} seeds, {args.split} split (accuracy and macro F1 in %)",
+                               digits={"accuracy": 2, "macro_f1": 2, "loss": 4, "best_epoch": 1})
+            # The first seed's run also sits at the top level, so OUT/model.pt and OUT/metrics.json exist either way.
+            first = args.out / f"seed-{seeds[0]}"
+            for name in ("model.pt", "learning_curve.png", "confusion_matrix.png", "improvements.md", "improvements.csv", "config.json"):
+                shutil.copyfile(first / name, args.out / name)
+            top = dict(runs[0])
+            top["seeds_summary"] = summary
+            report.write_metrics(args.out / "metrics.json", top)
+            acc, f1 = summary["accuracy"], summary["macro_f1"]
+            session.log_metrics({f"test_{name}_{stat}": summary[name][stat] for name in ("accuracy", "macro_f1") for stat in ("mean", "std")})
+            session.log_files(args.out, ("seeds.md", "seeds.csv", "seeds.json"))
+            print(f"{len(seeds)} seeds: accuracy {100 * acc['mean']:.2f} +- {100 * acc['std']:.2f}%, "
+                  f"macro F1 {100 * f1['mean']:.2f} +- {100 * f1['std']:.2f}% -> {args.out / 'seeds.md'}")
     return 0
 
 
@@ -386,6 +451,7 @@ def _check_labels(bundle, fs, model_path: Path, features: Path) -> None:
         print(f"warning: {features} was extracted with {fs.spec.to_dict()}, the model with {bundle.feature_spec}", file=sys.stderr)
 
 
+@_tracking_errors
 def cmd_evaluate(args: argparse.Namespace) -> int:
     _setup_torch(args)
     import numpy as np
@@ -410,20 +476,31 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise UserError(f"cannot split {args.features}: {exc}") from None
         rows = test_idx if args.rows == "test" else train_idx
     part = fs.subset(rows)
-    ev = evaluate(bundle.model, part, batch_size=args.batch_size, device=device)
-    data = report.metrics(ev, best_epoch=meta.get("best_epoch"), seed=seed if seed is not None else meta.get("seed"), split=split or meta.get("split"),
-                          rows=args.rows, test_size=test_size, model=str(model_path), features=str(args.features), config_hash=meta.get("config_hash"))
-    out = args.out
-    report.write_metrics(out / "metrics.json", data)
-    report.plot_confusion(ev.confusion, ev.labels, out / "confusion_matrix.png", title=f"{model_path.parent.name or model_path.name} on {args.features.name} ({args.rows})")
-    report.write_table(report.per_class_rows(ev.per_class), out / "per_class", ("label", "precision", "recall", "f1", "support"))
-    pred_rows = [
-        {"source_id": part.source_id[i], "speaker": part.speaker[i], "corpus": part.corpus[i], "true": part.label_names[part.labels[i]],
-         "predicted": ev.labels[ev.predictions[i]], **{f"p_{name}": float(ev.probabilities[i, j]) for j, name in enumerate(ev.labels)}}
-        for i in range(len(part))
-    ]
-    (out / "predictions.csv").write_text(report.csv_text(pred_rows), encoding="utf-8")
-    print(f"{len(part)} rows: accuracy {_fraction_pct(ev.accuracy)}, macro F1 {_fraction_pct(ev.macro_f1)}, loss {ev.loss:.4f} -> {out}")
+    session = _open_tracking(args)
+    model_ref = args.model or os.environ.get(MODEL_ENV) or str(model_path)
+    params = {"model": model_ref, "features": str(args.features), "rows": args.rows, "split": split, "seed": seed, "test_size": test_size,
+              "batch_size": args.batch_size, "feature_spec": fs.spec.to_dict(), "model_config_hash": meta.get("config_hash")}
+    shown = model_ref if model_ref.startswith(("models:/", "runs:/")) else (model_path.parent.name or model_path.name)
+    with session.run(f"evaluate {shown} on {args.features.name}", "evaluate", params=params,
+                     tags={"ser.command": "evaluate", "ser.model": model_ref, "ser.out": str(args.out)}):
+        ev = evaluate(bundle.model, part, batch_size=args.batch_size, device=device)
+        data = report.metrics(ev, best_epoch=meta.get("best_epoch"), seed=seed if seed is not None else meta.get("seed"), split=split or meta.get("split"),
+                              rows=args.rows, test_size=test_size, model=str(model_path), features=str(args.features), config_hash=meta.get("config_hash"))
+        out = args.out
+        report.write_metrics(out / "metrics.json", data)
+        report.plot_confusion(ev.confusion, ev.labels, out / "confusion_matrix.png", title=f"{model_path.parent.name or model_path.name} on {args.features.name} ({args.rows})")
+        report.write_table(report.per_class_rows(ev.per_class), out / "per_class", ("label", "precision", "recall", "f1", "support"))
+        pred_rows = [
+            {"source_id": part.source_id[i], "speaker": part.speaker[i], "corpus": part.corpus[i], "true": part.label_names[part.labels[i]],
+             "predicted": ev.labels[ev.predictions[i]], **{f"p_{name}": float(ev.probabilities[i, j]) for j, name in enumerate(ev.labels)}}
+            for i in range(len(part))
+        ]
+        (out / "predictions.csv").write_text(report.csv_text(pred_rows), encoding="utf-8")
+        print(f"{len(part)} rows: accuracy {_fraction_pct(ev.accuracy)}, macro F1 {_fraction_pct(ev.macro_f1)}, loss {ev.loss:.4f} -> {out}")
+        session.log_metrics({"accuracy": ev.accuracy, "macro_f1": ev.macro_f1, "loss": ev.loss, "n": len(part),
+                             **{f"f1_{label}": values.get("f1") for label, values in ev.per_class.items()}})
+        session.log_files(out, ("metrics.json", "confusion_matrix.png", "per_class.md", "per_class.csv", "predictions.csv"))
+        session.log_dict(fs.spec.to_dict(), "feature_spec.json")
     return 0
 
 
@@ -442,9 +519,10 @@ def _floats(text: str | None, default, name: str) -> tuple:
     return values
 
 
+@_tracking_errors
 def cmd_transfer(args: argparse.Namespace) -> int:
     _setup_torch(args)
-    from ser import models, report, splits, transfer
+    from ser import models, report, splits, track_runs, transfer
     from ser.training import evaluate, resolve_device
 
     device = resolve_device(args.device)
@@ -465,38 +543,61 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UserError(f"cannot split {args.features}: {exc}") from None
     train, test = fs.subset(train_idx), fs.subset(test_idx)
+    session = _open_tracking(args)  # strict: fails here, before any training
+    register = track_runs.registry_name(fs.label_names, args.register, args.no_register)
+    source = args.model or os.environ.get(MODEL_ENV) or str(model_path)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     done: list = []
+    best = None
     columns = ("subset", "lr", "batch_size", "epochs", "accuracy", "macro_f1", "test_loss", "best_epoch", "best_accuracy", "best_macro_f1", "best_test_loss", "trainable", "seconds")
-
-    def on_run(run) -> None:  # results so far stay on disk if the grid is interrupted
-        done.append(run)
-        report.write_table([r.to_dict() for r in done], out / "runs", columns, title=f"Transfer grid: {model_path} -> {args.features.name}")
-
-    runs, best = transfer.run_grid(bundle, train, test, subsets, lrs, batches, args.epochs, seed=args.seed, device=str(device),
-                                   eval_every=args.eval_every, scratch_lrs=scratch_lrs, progress=not args.no_progress, on_run=on_run)
-    rows = transfer.summary(runs)
-    report.write_table(rows, out / "summary", title="Mean last-epoch test accuracy / macro F1 (%) over the LR x batch grid, per frozen subset",
-                       digits={"mean_accuracy": 2, "std_accuracy": 2, "mean_macro_f1": 2, "best_accuracy": 2})
-    if best is None:
-        raise UserError("empty grid: nothing was trained")
-    run = best["run"]
-    model = models.build(best["arch"])
-    model.load_state_dict(best["state"])
-    ev = evaluate(model, test, device=device)
-    meta = {"seed": args.seed, "split": args.split, "test_size": args.test_size, "source_model": str(model_path), "transfer": run.to_dict(),
-            "best_epoch": run.best_epoch, "metrics": {"accuracy": ev.accuracy, "macro_f1": ev.macro_f1, "loss": ev.loss},
-            "config_hash": config_hash(best["arch"].to_dict(), run.to_dict(), args.split, args.test_size, fs.spec.key())}
-    models.save_bundle(out / "model.pt", model, fs.label_names, fs.spec.to_dict(), meta)
-    report.write_metrics(out / "metrics.json", report.metrics(ev, best_epoch=run.best_epoch, seed=args.seed, split=args.split, transfer=run.to_dict(),
-                                                             source_model=str(model_path), summary=rows, config_hash=meta["config_hash"]))
-    title = f"transfer ({run.subset}) lr {run.lr:.3g} batch {run.batch_size}"
-    report.plot_learning_curve(best["history"], out / "learning_curve.png", title=title, best_epoch=run.best_epoch, eval_name="test")
-    report.plot_confusion(ev.confusion, ev.labels, out / "confusion_matrix.png", title=f"{title}: test set")
-    print(report.markdown_table(rows, ("subset", "frozen", "runs", "mean_accuracy", "mean_macro_f1", "best_accuracy", "best_lr", "best_batch"), digits=2), end="")
-    print(f"best run: subset {run.subset}, lr {run.lr:.3g}, batch {run.batch_size}: accuracy {_fraction_pct(ev.accuracy)}, "
-          f"macro F1 {_fraction_pct(ev.macro_f1)} at epoch {run.best_epoch} -> {out}")
+    cells = transfer.grid(subsets, lrs, batches, scratch_lrs)
+    params = {"source_model": source, "features": str(args.features), "freeze": ",".join(subsets), "lrs": list(lrs), "batches": list(batches),
+              "scratch_lrs": list(scratch_lrs), "epochs": args.epochs, "eval_every": args.eval_every, "split": args.split,
+              "test_size": args.test_size, "seed": args.seed, "cells": len(cells), "feature_spec": fs.spec.to_dict(), "labels": list(fs.label_names)}
+    with session.run(f"transfer {model_path.parent.name or model_path.name} -> {args.features.name}", "transfer", params=params,
+                     tags={"ser.command": "transfer", "ser.role": "grid", "ser.source_model": source, "ser.out": str(out)}):
+        for i, (subset, lr, batch) in enumerate(cells, 1):  # one grid cell at a time: a child run each
+            scratch = subset == transfer.SCRATCH
+            with session.run(f"{subset} lr {lr:.3g} batch {batch}", "transfer", params={"subset": subset, "lr": lr, "batch_size": batch,
+                             "epochs": args.epochs, "eval_every": args.eval_every, "seed": args.seed}, tags={"ser.role": "cell", "ser.cell": f"{i}/{len(cells)}"}):
+                cell_runs, cell_best = transfer.run_grid(bundle, train, test, () if scratch else (subset,), (lr,), (batch,), args.epochs, seed=args.seed,
+                                                         device=str(device), eval_every=args.eval_every, scratch_lrs=(lr,) if scratch else (),
+                                                         scratch_batch=batch, progress=not args.no_progress)
+                run = cell_runs[0]
+                session.log_history(cell_best["history"])
+                session.log_metrics({"final_accuracy": run.accuracy, "final_macro_f1": run.macro_f1, "final_test_loss": run.test_loss,
+                                     **{k: getattr(run, k) for k in ("best_epoch", "best_accuracy", "best_macro_f1", "best_test_loss", "trainable", "seconds")}})
+            done.append(run)  # results so far stay on disk if the grid is interrupted
+            report.write_table([r.to_dict() for r in done], out / "runs", columns, title=f"Transfer grid: {model_path} -> {args.features.name}")
+            if best is None or run.best_test_loss < best["run"].best_test_loss:
+                best = cell_best
+        rows = transfer.summary(done)
+        report.write_table(rows, out / "summary", title="Mean last-epoch test accuracy / macro F1 (%) over the LR x batch grid, per frozen subset",
+                           digits={"mean_accuracy": 2, "std_accuracy": 2, "mean_macro_f1": 2, "best_accuracy": 2})
+        if best is None:
+            raise UserError("empty grid: nothing was trained")
+        run = best["run"]
+        model = models.build(best["arch"])
+        model.load_state_dict(best["state"])
+        ev = evaluate(model, test, device=device)
+        meta = {"seed": args.seed, "split": args.split, "test_size": args.test_size, "source_model": str(model_path), "transfer": run.to_dict(),
+                "best_epoch": run.best_epoch, "metrics": {"accuracy": ev.accuracy, "macro_f1": ev.macro_f1, "loss": ev.loss},
+                "config_hash": config_hash(best["arch"].to_dict(), run.to_dict(), args.split, args.test_size, fs.spec.key())}
+        models.save_bundle(out / "model.pt", model, fs.label_names, fs.spec.to_dict(), meta)
+        data = report.metrics(ev, best_epoch=run.best_epoch, seed=args.seed, split=args.split, transfer=run.to_dict(),
+                              source_model=str(model_path), summary=rows, config_hash=meta["config_hash"])
+        report.write_metrics(out / "metrics.json", data)
+        title = f"transfer ({run.subset}) lr {run.lr:.3g} batch {run.batch_size}"
+        report.plot_learning_curve(best["history"], out / "learning_curve.png", title=title, best_epoch=run.best_epoch, eval_name="test")
+        report.plot_confusion(ev.confusion, ev.labels, out / "confusion_matrix.png", title=f"{title}: test set")
+        print(report.markdown_table(rows, ("subset", "frozen", "runs", "mean_accuracy", "mean_macro_f1", "best_accuracy", "best_lr", "best_batch"), digits=2), end="")
+        print(f"best run: subset {run.subset}, lr {run.lr:.3g}, batch {run.batch_size}: accuracy {_fraction_pct(ev.accuracy)}, "
+              f"macro F1 {_fraction_pct(ev.macro_f1)} at epoch {run.best_epoch} -> {out}")
+        session.set_tags({"ser.best_cell": f"{run.subset} lr {run.lr:.3g} batch {run.batch_size}"})
+        session.log_final(out, history=best["history"], test=test, metrics=data, feature_spec=fs.spec.to_dict(), register=register,
+                          test_set={"features": str(args.features), "split": args.split, "seed": args.seed, "test_size": args.test_size},
+                          config_hash=meta["config_hash"])
     return 0
 
 

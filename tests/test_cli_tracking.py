@@ -118,7 +118,7 @@ def test_unreachable_server_auto_goes_on_strict_fails_before_training(data, tmp_
 
 
 @pytest.mark.integration
-def test_train_tracks_registers_and_gates_promotion_then_predict_uses_the_champion(data, tracking_env, tmp_path, capsys):
+def test_train_tracks_registers_and_gates_promotion_then_predict_uses_the_champion(data, tracking_env, tmp_path, capsys):  # noqa: F811
     from mlflow import MlflowClient
 
     client = MlflowClient()
@@ -154,11 +154,20 @@ def test_train_tracks_registers_and_gates_promotion_then_predict_uses_the_champi
     champion = alias_version(client, name, "champion")
     assert champion is not None
 
-    # 2. a worse model (1 epoch at a tiny LR) on the same held-out rows: challenger, not champion
+    # 2. a worse model (1 epoch at a tiny LR), two seeds: final runs nested under a parent; seed 0's
+    #    model (OUT/model.pt) is registered and scored against the champion on the same held-out rows
     second = tmp_path / "second"
-    assert main(train_args(data, second, "--epochs", "1", "--lr", "1e-7", "--tracking", "strict")) == 0
+    assert main(train_args(data, second, "--epochs", "1", "--lr", "1e-7", "--seeds", "2", "--tracking", "strict")) == 0
     out = capsys.readouterr().out
-    v2 = json.loads((second / "tracking.json").read_text())["version"]
+    seed0, seed1 = (json.loads((second / f"seed-{s}" / "tracking.json").read_text()) for s in (0, 1))
+    assert seed1.get("version") is None and seed1["model_uri"].startswith("models:/")  # logged, not registered
+    runs = [client.get_run(r["run_id"]) for r in (seed0, seed1)]
+    parent_id = runs[0].data.tags["mlflow.parentRunId"]
+    assert runs[1].data.tags["mlflow.parentRunId"] == parent_id and [r.data.params["seed"] for r in runs] == ["0", "1"]
+    parent = client.get_run(parent_id)
+    assert parent.data.tags["ser.role"] == "seeds" and "test_macro_f1_mean" in parent.data.metrics
+    assert {"seeds.md", "seeds.json"} <= artifact_names(client, parent_id)
+    v2 = seed0["version"]
     assert int(v2) > int(v1) and alias_version(client, name, "challenger") == v2
     assert alias_version(client, name, "champion") == champion, "a worse model must not become champion"
     tags = client.get_model_version(name, v2).tags
@@ -168,7 +177,7 @@ def test_train_tracks_registers_and_gates_promotion_then_predict_uses_the_champi
     assert "split=random" in tags["promotion.test_set"] and f"rows={metrics['n']}" in tags["promotion.test_set"]
     if champion == v1:  # the champion was scored on the very rows of its own test set: the same number
         assert float(tags["promotion.champion_value"]) == pytest.approx(metrics["macro_f1"], abs=1e-5)
-    assert client.get_run(json.loads((second / "tracking.json").read_text())["run_id"]).data.tags["promotion.decision"] == "kept champion"
+    assert runs[0].data.tags["promotion.decision"] == "kept champion"
 
     # 3. ser predict --model models:/ser-english@champion FILE
     rate = 16000
@@ -183,12 +192,20 @@ def test_train_tracks_registers_and_gates_promotion_then_predict_uses_the_champi
 
 
 @pytest.mark.integration
-def test_transfer_and_evaluate_runs(data, tracking_env, tmp_path, capsys):
+def test_transfer_and_evaluate_runs(data, tracking_env, tmp_path, capsys):  # noqa: F811
     from mlflow import MlflowClient
 
     client = MlflowClient()
     source = tmp_path / "english"
     assert main(train_args(data, source, "--epochs", "2", "--tracking", "off")) == 0
+    # trained while not tracking: the same command with tracking logs the finished run from its files, once
+    assert main(train_args(data, source, "--epochs", "2", "--tracking", "strict", "--no-register")) == 0
+    record = json.loads((source / "tracking.json").read_text())
+    assert record["version"] is None and "skipping" in capsys.readouterr().err
+    assert [m.step for m in client.get_metric_history(record["run_id"], "val_loss")] == [1, 2]
+    assert FINAL_ARTIFACTS <= artifact_names(client, record["run_id"])
+    assert main(train_args(data, source, "--epochs", "2", "--tracking", "strict", "--no-register")) == 0
+    assert f"already tracked as MLflow run {record['run_id']}" in capsys.readouterr().err
     greek_champion_before = alias_version(client, "ser-greek", "champion")
 
     out = tmp_path / "transfer"
@@ -222,3 +239,29 @@ def test_transfer_and_evaluate_runs(data, tracking_env, tmp_path, capsys):
     assert run.data.params["rows"] == "test" and run.data.metrics["macro_f1"] == pytest.approx(metrics["macro_f1"])
     assert run.data.metrics["n"] == metrics["n"]
     assert {"metrics.json", "confusion_matrix.png", "per_class.csv", "predictions.csv"} <= artifact_names(client, run.info.run_id)
+
+
+@pytest.mark.integration
+def test_a_failing_tracking_step_is_reported_never_silent(data, tracking_env, tmp_path, monkeypatch, capsys):  # noqa: F811
+    from mlflow import MlflowClient
+
+    from ser.tracking import Tracker
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("artifact store is down")
+
+    monkeypatch.setattr(Tracker, "log_model", broken)
+    client = MlflowClient()
+    auto = tmp_path / "auto"
+    assert main(train_args(data, auto, "--epochs", "1")) == 0  # training finishes, results on disk
+    experiment = client.get_experiment_by_name(tracking_env["MLFLOW_EXPERIMENT_NAME"])
+    err = capsys.readouterr().err
+    assert "tracking failed while trying to log the model: RuntimeError: artifact store is down" in err and "is incomplete" in err
+    assert (auto / "model.pt").is_file() and not (auto / "tracking.json").exists()
+    run = client.search_runs([experiment.experiment_id], "tags.`ser.tracking` = 'incomplete'")[0]
+    assert run.data.tags["ser.kind"] == "final" and "artifact store is down" in run.data.tags["ser.tracking_error"]
+
+    assert main(train_args(data, tmp_path / "strict", "--epochs", "1", "--tracking", "strict")) == 2
+    assert "tracking failed (strict) while trying to log the model" in capsys.readouterr().err
+    failed = client.search_runs([experiment.experiment_id], "attributes.status = 'FAILED'")
+    assert len(failed) == 1 and failed[0].data.tags["ser.kind"] == "final"

@@ -81,7 +81,10 @@ def test_unreachable_server_strict_fails_fast(monkeypatch):
 
 
 def test_unset_uri(monkeypatch, capsys):
+    from ser import tracking
+
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr(tracking, "_warned", set())  # the warning is once per process; start afresh
     assert isinstance(Tracker.from_env(), NullTracker)
     assert "tracking skipped: MLFLOW_TRACKING_URI is not set" in capsys.readouterr().err
     with pytest.raises(TrackingError, match="MLFLOW_TRACKING_URI is not set"):

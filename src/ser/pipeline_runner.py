@@ -16,6 +16,7 @@ this module puts the checkout on ``sys.path`` to import them.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import io
 import json
@@ -218,7 +219,8 @@ def run_local(pipeline_fn: Any, arguments: Mapping[str, Any] | None = None, pipe
     name = pipeline_fn.name
     t0 = time.perf_counter()
     failure: BaseException | None = None
-    with _environ(extra), warnings.catch_warnings():
+    saved_print = builtins.print
+    with _environ(extra), warnings.catch_warnings(), _restore_print(saved_print):
         # the runner warns that a non-"python" image name may lack Python: our images have it
         warnings.filterwarnings("ignore", message=".*custom or non-Python base image.*", category=RuntimeWarning)
         # cluster-only settings (display names, CPU/memory requests, GPUs) are ignored locally, as intended
@@ -247,6 +249,17 @@ def run_local(pipeline_fn: Any, arguments: Mapping[str, Any] | None = None, pipe
         tail = _tail(log_path) if log_path else ""
         raise PipelineError(f"local run of {name} failed after {seconds:.0f} s: {failure}{where}\n{tail}".rstrip()) from failure
     return result
+
+
+@contextlib.contextmanager
+def _restore_print(original: Callable):
+    """kfp.local indents subprocess output by swapping ``builtins.print``; iterations of a
+    ParallelFor running in threads can interleave the swaps and leave it swapped after
+    the run (numba, imported later by librosa, then fails on it). Put it back."""
+    try:
+        yield
+    finally:
+        builtins.print = original
 
 
 def _tail(path: Path | None, lines: int = 40) -> str:

@@ -33,11 +33,12 @@ from __future__ import annotations
 
 import csv
 import json
-import math
+import os
 import sys
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 from ser.labels import GREEK
 from ser.tracking import KINDS, NullTracker, Tracker, TrackingError, unreachable_reason
@@ -79,7 +80,7 @@ def registry_name(labels: Sequence[str], register: str | None = None, no_registe
     return GREEK_MODEL if tuple(labels) == GREEK else ENGLISH_MODEL
 
 
-def open_session(mode: str = "auto", experiment: str | None = None) -> "Session":
+def open_session(mode: str = "auto", experiment: str | None = None) -> Session:
     """A :class:`Session` for ``mode`` (see the module doc); strict raises TrackingError at once."""
     if mode not in MODES:
         raise ValueError(f"tracking mode must be one of {MODES}, got {mode!r}")
@@ -87,6 +88,7 @@ def open_session(mode: str = "auto", experiment: str | None = None) -> "Session"
         return Session(NullTracker("tracking off (--tracking off)"))
     tracker = Tracker.from_env(strict=mode == "strict", experiment=experiment)
     if tracker.enabled:
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # bars per model upload are noise here
         print(f"tracking: MLflow at {tracker.uri}, experiment {tracker.experiment!r}", file=sys.stderr)
     return Session(tracker, strict=mode == "strict")
 
@@ -129,12 +131,12 @@ class Session:
         run_id = None
         try:
             run_id = self.tracker.active_run_id()
-        except Exception:  # noqa: BLE001 - only for the message
+        except Exception:  # noqa: BLE001, S110 - only for the message
             pass
         where = f"MLflow run {run_id}" if run_id else "the MLflow run"
         if self.strict:
             raise TrackingError(f"tracking failed (strict) while trying to {what}: {_first_line(exc)}; "
-                                f"{where} is incomplete (the files on disk are complete)") from exc
+                                f"stopped here, {where} ends as failed") from exc
         self.broken = f"{what}: {_first_line(exc)}"
         print(f"tracking failed while trying to {what}: {_first_line(exc)}; {where} is incomplete and nothing more "
               "is logged by this command (the files on disk are complete)", file=sys.stderr)
@@ -142,7 +144,7 @@ class Session:
         if run_id and uri and unreachable_reason(uri, timeout=2) is None:  # the server answers: mark the run
             try:
                 self.tracker.set_tags({"ser.tracking": "incomplete", "ser.tracking_error": self.broken[:500]})
-            except Exception:  # noqa: BLE001 - best effort, already reported
+            except Exception:  # noqa: BLE001, S110 - best effort, already reported
                 pass
 
     def call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[bool, Any]:
@@ -177,7 +179,7 @@ class Session:
             exc_info = sys.exc_info()
             try:
                 context.__exit__(*exc_info)  # the run ends FAILED (KILLED on Ctrl-C)
-            except Exception:  # noqa: BLE001 - the body's exception is the one to see
+            except Exception:  # noqa: BLE001, S110 - the body's exception is the one to see
                 pass
             raise
         else:

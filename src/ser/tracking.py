@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
-KINDS = ("stage", "vector", "fold", "final", "transfer")
+KINDS = ("stage", "vector", "fold", "final", "transfer", "evaluate")
 SYSTEM_METRIC_KINDS = frozenset({"final", "transfer"})
 EPOCH_FIELDS = ("train_loss", "val_loss", "accuracy", "macro_f1")
 CHALLENGER, CHAMPION = "challenger", "champion"

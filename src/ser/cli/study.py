@@ -305,6 +305,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 # --------------------------------------------------------------------------- train
 
 
+def _run_hash(fs, arch, cfg, args) -> str:
+    """What identifies a finished final run on disk (cfg carries the seed; the device does not count)."""
+    return config_hash(arch.to_dict(), {k: v for k, v in cfg.to_dict().items() if k != "device"}, args.split, args.test_size, fs.spec.key())
+
+
 def _train_one(fs, arch, cfg, args, seed: int, out: Path, features_path: Path, session, register: str | None) -> dict[str, Any]:
     import torch
 
@@ -312,15 +317,15 @@ def _train_one(fs, arch, cfg, args, seed: int, out: Path, features_path: Path, s
     from ser.training import final_train, resolve_device, seed_everything
 
     cfg = cfg.with_(seed=seed)
-    chash = config_hash(arch.to_dict(), {k: v for k, v in cfg.to_dict().items() if k != "device"}, args.split, args.test_size, fs.spec.key())
+    chash = _run_hash(fs, arch, cfg, args)
     try:
         train_idx, test_idx = splits.train_test(fs, args.test_size, seed=seed, protocol=args.split)
     except ValueError as exc:
         raise UserError(f"cannot split {features_path}: {exc}") from None
     train, test = fs.subset(train_idx), fs.subset(test_idx)
     sizes = splits.describe(fs, train_idx, test_idx)
-    run_args = dict(seed=seed, arch=arch, cfg=cfg, spec=fs.spec, labels=fs.label_names, split=args.split, test_size=args.test_size,
-                    features=features_path, config_hash=chash, sizes=sizes, out=out)
+    run_args = {"seed": seed, "arch": arch, "cfg": cfg, "spec": fs.spec, "labels": fs.label_names, "split": args.split,
+                "test_size": args.test_size, "features": features_path, "config_hash": chash, "sizes": sizes, "out": out}
     test_set = {"features": str(features_path), "split": args.split, "seed": seed, "test_size": args.test_size}
     metrics_path = out / "metrics.json"
     if metrics_path.is_file() and (out / "model.pt").is_file():
@@ -406,17 +411,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     session = _open_tracking(args)  # strict: fails here, before any training
     register = track_runs.registry_name(fs.label_names, args.register, args.no_register)
     seeds = [args.seed + i for i in range(args.seeds)]
+    outs = {seed: args.out if len(seeds) == 1 else args.out / f"seed-{seed}" for seed in seeds}
     runs = []
+    tracked = all(session.already_tracked(outs[s], _run_hash(fs, arch, cfg.with_(seed=s), args)) for s in seeds)
     parent = (session.run(f"final {len(seeds)} seeds", "final", params={"seeds": seeds, "arch": arch.to_dict(), "train": cfg.to_dict(),
                                                                          "feature_spec": fs.spec.to_dict(), "split": args.split,
                                                                          "test_size": args.test_size, "features": str(args.features)},
                           tags={"ser.command": "train", "ser.role": "seeds", "ser.out": str(args.out)})
-              if len(seeds) > 1 else contextlib.nullcontext())
+              if len(seeds) > 1 and not tracked else contextlib.nullcontext())  # nothing new to track: no empty parent
     with parent:
         for i, seed in enumerate(seeds):
-            out = args.out if len(seeds) == 1 else args.out / f"seed-{seed}"
             # Only the first seed's model (the one OUT/model.pt is) goes to the registry.
-            runs.append(_train_one(fs, arch, cfg, args, seed, out, args.features, session, register if i == 0 else None))
+            runs.append(_train_one(fs, arch, cfg, args, seed, outs[seed], args.features, session, register if i == 0 else None))
         if len(seeds) > 1:
             summary = report.summarise_seeds(runs)
             report.write_json(args.out / "seeds.json", {"summary": summary, "runs": [{k: r.get(k) for k in ("seed", "accuracy", "macro_f1", "loss", "best_epoch")} for r in runs]})

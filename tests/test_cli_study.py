@@ -99,7 +99,7 @@ def test_help_explains_every_command_and_option(capsys):
             parser.parse_args([command, "--help"])
         assert exc.value.code == 0
         text = capsys.readouterr().out
-        assert "--device" in text and "--model" in text or command == "train"
+        assert ("--device" in text or command == "predict") and "--model" in text or command == "train"
     # Every option carries help text.
     sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
     for command in ("train", "evaluate", "transfer", "predict"):
@@ -237,13 +237,33 @@ def test_predict_prints_probabilities_per_file(work, tmp_path, capsys):
     sf.write(good, (0.3 * np.sin(2 * np.pi * 220 * t) * np.hanning(rate)).astype(np.float32), rate)
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"this is not audio")
-    assert main(["predict", str(good), "--model", str(work.model_dir), *FAST]) == 0
+    threads = ["--threads", "1"]
+    assert main(["predict", str(good), "--model", str(work.model_dir), *threads]) == 0
     line = capsys.readouterr().out.strip()
     assert line.startswith(f"{good}: ") and all(name in line for name in ENGLISH)
     probs = [float(part.rsplit(" ", 1)[1]) for part in line.split(": ", 1)[1].split(", ")]
     assert probs == sorted(probs, reverse=True) and sum(probs) == pytest.approx(1.0, abs=0.01)
-    assert main(["predict", str(good), str(bad), "--model", str(work.model_dir), "--json", "--top", "2", *FAST]) == 1
+    assert main(["predict", str(good), str(bad), "--model", str(work.model_dir), "--json", *threads]) == 1
     captured = capsys.readouterr()
     record = json.loads(captured.out.strip())
-    assert record["file"] == str(good) and len(record["probabilities"]) == 2 and record["emotion"] in ENGLISH
-    assert "bad.wav: cannot decode" in captured.err
+    assert record["file"] == str(good) and record["label"] in ENGLISH
+    assert sum(record["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert "bad.wav: cannot predict" in captured.err
+
+
+def test_predict_timeline_gives_an_emotion_per_window(work, tmp_path, capsys):
+    """A long recording: one line per sliding window, silent windows marked."""
+    rate = 16000
+    t = np.arange(3 * rate) / rate
+    voiced = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    long = tmp_path / "long.wav"
+    sf.write(long, np.concatenate([voiced, np.zeros(2 * rate, np.float32), voiced]), rate)
+    assert main(["predict", str(long), "--model", str(work.model_dir), "--timeline", "--window", "1", "--hop", "1", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    segments = record["segments"]
+    assert len(segments) == 8 and segments[0]["start_s"] == 0 and segments[-1]["end_s"] == pytest.approx(8.0)
+    assert [s["silent"] for s in segments] == [False] * 3 + [True] * 2 + [False] * 3
+    assert all(s["label"] in ENGLISH for s in segments if not s["silent"])
+    assert main(["predict", str(long), "--model", str(work.model_dir), "--timeline", "--window", "2", "--hop", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"{long}: ") and len(lines) == 1 + 4 and "(silence)" not in lines[1]

@@ -297,9 +297,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("files", nargs="+", type=Path, metavar="FILE", help="audio files (wav, flac, ogg, aiff)")
     p.add_argument("--model", default=None, help=f"model bundle (path, folder, or models:/ / runs:/ URI); default ${MODEL_ENV}")
     p.add_argument("--top", type=int, default=None, help="print only the K most likely emotions")
-    p.add_argument("--json", action="store_true", help="print one JSON object per file instead of text")
-    _add_device(p)
-    p.set_defaults(func=cmd_predict)
+    p.add_argument("--json", action="store_true", help="print one JSON object per file (the endpoint's answer) instead of text")
+    p.add_argument("--timeline", action="store_true",
+                   help="long recordings: slide a window over the file and print an emotion per window")
+    p.add_argument("--window", type=float, default=2.0, help="timeline window length in seconds (default 2)")
+    p.add_argument("--hop", type=float, default=1.0, help="timeline hop between windows in seconds (default 1)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.set_defaults(func=cmd_predict, device="cpu")
 
 
 # --------------------------------------------------------------------------- train
@@ -611,34 +615,37 @@ def cmd_transfer(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    """The serving handler's own Predictor, run in-process: same decode, same checks,
+    same features, same JSON as the endpoint."""
     _setup_torch(args)
-    import numpy as np
-    import torch
-
-    from ser import audio
-    from ser.features import FeatureSpec, extract_file
+    from ser import serving
     from ser.training import resolve_device
 
-    device = resolve_device(args.device)
-    model_path, bundle = _load_bundle(args.model, device=device)
+    model_path, bundle = _load_bundle(args.model, device=resolve_device("cpu"))
+    unlimited = serving.Limits(max_seconds=float("inf"), max_timeline_seconds=float("inf"), max_windows=10**9)
     try:
-        spec = FeatureSpec.from_dict(bundle.feature_spec)
+        predictor = serving.Predictor(bundle, name=model_path.parent.name or "ser", limits=unlimited)
     except (ValueError, TypeError) as exc:
-        raise UserError(f"{model_path} carries no usable feature spec ({exc})") from None
+        raise UserError(f"{model_path}: {exc}") from None
     failed = 0
     for path in args.files:
         try:
-            image = extract_file(str(path), spec)
-        except (audio.AudioError, OSError, ValueError) as exc:
-            print(f"{path}: cannot decode ({exc})", file=sys.stderr)
+            data = path.read_bytes()
+            if args.timeline:
+                result = predictor.timeline(data, window_s=args.window, hop_s=args.hop)
+            else:
+                result = predictor.predict(data)
+        except (serving.RequestError, OSError) as exc:
+            print(f"{path}: cannot predict ({exc})", file=sys.stderr)
             failed += 1
             continue
-        with torch.no_grad():
-            logits = bundle.model(torch.from_numpy(np.ascontiguousarray(image, np.float32))[None].to(device))
-        probs = torch.softmax(logits.float(), dim=1)[0].cpu().numpy()
-        order = np.argsort(-probs)[: args.top or len(probs)]
         if args.json:
-            print(json.dumps({"file": str(path), "emotion": bundle.labels[order[0]], "probabilities": {bundle.labels[i]: round(float(probs[i]), 6) for i in order}}))
-        else:
-            print(f"{path}: " + ", ".join(f"{bundle.labels[i]} {probs[i]:.3f}" for i in order))
+            print(json.dumps({"file": str(path), **result}))
+            continue
+        probs = result["probabilities"]
+        order = sorted(probs, key=probs.get, reverse=True)[: args.top or len(probs)]
+        print(f"{path}: " + ", ".join(f"{label} {probs[label]:.3f}" for label in order))
+        for seg in result.get("segments", []):
+            what = "(silence)" if seg["silent"] else f"{seg['label']} {seg['probabilities'][seg['label']]:.3f}"
+            print(f"  {seg['start_s']:8.2f}-{seg['end_s']:8.2f} s  {what}")
     return 1 if failed else 0

@@ -3,8 +3,9 @@
 ingest English + Greek corpora (S3) -> augment TESS -> features (English, Greek)
 -> search recipe (and stage 1's vectors) -> for stages 1..4: train each vector's
 folds in a ParallelFor (at most ``parallelism`` at once, GPU node pool), rank the
-collected results (and plan the next stage's vectors) -> final training of the winner -> evaluate -> Greek transfer
--> evaluate -> compare with the published champion -> publish.
+collected results (and plan the next stage's vectors) -> final training of the
+winner -> evaluate -> Greek transfer -> evaluate -> for each language: compare with
+its published champion -> publish (ser-english, ser-greek).
 
 Budgets are parameters: the recipe (``study`` or ``demo``, or YAML text), vectors
 per stage (``trials_stage1..3``, 0 = the recipe's), ``search_epochs`` (maximum of the
@@ -35,7 +36,7 @@ def build_study(cpu_image: str = CPU_IMAGE, gpu_image: str = GPU_IMAGE, parallel
     @dsl.pipeline(
         name="ser-study",
         description="Speech emotion recognition study: corpora from S3 -> features -> four-stage random search with "
-        "k-fold CV and early stopping -> final training -> Greek transfer -> publish the winner.",
+        "k-fold CV and early stopping -> final training -> Greek transfer -> publish both models.",
     )
     def ser_study(
         data_bucket: str = "ser-data",
@@ -64,6 +65,7 @@ def build_study(cpu_image: str = CPU_IMAGE, gpu_image: str = GPU_IMAGE, parallel
         device: str = "auto",
         model_bucket: str = "ser-models",
         model_name: str = "ser-english",
+        greek_model_name: str = "ser-greek",
         s3_endpoint: str = "http://seaweedfs.kubeflow:8333",
         mlflow_uri: str = "http://mlflow.kubeflow:5000",
         mlflow_experiment: str = "ser",
@@ -122,16 +124,21 @@ def build_study(cpu_image: str = CPU_IMAGE, gpu_image: str = GPU_IMAGE, parallel
         on_v100(tr)
         ev_gr = evaluate_op(model=tr.outputs["tuned"], features=gr_feat.outputs["features"], rows="test")
         ev_gr.set_display_name("evaluate Greek")
-        cmp = compare_op(model=final.outputs["model"], features=en_feat.outputs["features"], report=ev_en.outputs["report"],
-                         model_bucket=model_bucket, name=model_name, s3_endpoint=s3_endpoint)
-        cmp.set_display_name("compare with champion").set_caching_options(False)
-        pub = publish_op(model=final.outputs["model"], report=ev_en.outputs["report"], verdict=cmp.outputs["verdict"],
-                         model_bucket=model_bucket, name=model_name, s3_endpoint=s3_endpoint,
-                         mlflow_uri=mlflow_uri, mlflow_experiment=mlflow_experiment, parent_run=parent)
-        pub.set_display_name("publish").set_caching_options(False)
-        pub.after(ev_gr)
-        for task in (cmp, pub):
-            with_s3_keys(task)
+        # each language's model against its own champion, then archived and registered
+        published = []
+        for lang, model, feats, report, name in (("English", final.outputs["model"], en_feat, ev_en, model_name),
+                                                 ("Greek", tr.outputs["tuned"], gr_feat, ev_gr, greek_model_name)):
+            cmp = compare_op(model=model, features=feats.outputs["features"], report=report.outputs["report"],
+                             model_bucket=model_bucket, name=name, s3_endpoint=s3_endpoint)
+            cmp.set_display_name(f"compare {lang} with champion").set_caching_options(False)
+            pub = publish_op(model=model, report=report.outputs["report"], verdict=cmp.outputs["verdict"],
+                             model_bucket=model_bucket, name=name, s3_endpoint=s3_endpoint,
+                             mlflow_uri=mlflow_uri, mlflow_experiment=mlflow_experiment, parent_run=parent)
+            pub.set_display_name(f"publish {lang}").set_caching_options(False)
+            pub.after(*published)  # one publication at a time: the registry sees them in order
+            published.append(pub)
+            for task in (cmp, pub):
+                with_s3_keys(task)
 
     return ser_study
 

@@ -21,7 +21,9 @@ import contextlib
 import io
 import json
 import os
+import re
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -240,7 +242,8 @@ def run_local(pipeline_fn: Any, arguments: Mapping[str, Any] | None = None, pipe
                     except Exception as exc:
                         failure = exc
     seconds = time.perf_counter() - t0
-    new = sorted((p for p in root.iterdir() if p.name not in before and p.is_dir()), key=lambda p: p.stat().st_mtime)
+    new = sorted((p for p in root.iterdir() if p.name not in before and p.is_dir() and p.name.startswith(f"{name}-")),
+                 key=lambda p: p.name)  # <pipeline name>-<timestamp>
     run_dir = new[-1] if new else root
     tasks, metadata = collect_outputs(run_dir) if new else ({}, {})
     result = LocalRun(name, run_dir, seconds, log_path, tasks, metadata)
@@ -269,12 +272,11 @@ def _tail(path: Path | None, lines: int = 40) -> str:
 
 
 class _Echo(io.TextIOBase):
-    """A text sink that writes everything to a file and echoes task status lines."""
-
-    KEYS = ("Executing task", "finished with status", "Pipeline")
+    """A text sink that writes everything to a file and echoes each finished task as one line."""
 
     def __init__(self, fh: Any, echo: bool) -> None:
-        self.fh, self.echo, self._out = fh, echo, sys.__stdout__
+        self.fh, self.echo, self._out, self._partial = fh, echo, sys.__stdout__, ""
+        self._lock = threading.Lock()  # ParallelFor iterations log from threads
 
     def __enter__(self) -> "_Echo":
         return self
@@ -283,13 +285,15 @@ class _Echo(io.TextIOBase):
         self.fh.flush()
 
     def write(self, text: str) -> int:
-        self.fh.write(text)
-        if self.echo:
-            for line in text.splitlines():
-                if "finished with status" in line:
-                    clean = "".join(ch for ch in line if ch.isprintable())
-                    clean = clean.replace("[96m", "").replace("[92m", "").replace("[91m", "").replace("[95m", "").replace("[0m", "")
-                    print("  " + clean.split(" - INFO - ")[-1].split(" - ERROR - ")[-1], file=self._out, flush=True)
+        with self._lock:
+            self.fh.write(text)
+            if self.echo:
+                lines = (self._partial + text).split("\n")
+                self._partial = lines.pop()
+                for line in lines:
+                    if "finished with status" in line:
+                        clean = re.sub(r"\x1b\[[0-9;]*m", "", line)
+                        print("  " + clean.split(" - INFO - ")[-1].split(" - ERROR - ")[-1].strip(), file=self._out, flush=True)
         return len(text)
 
     def flush(self) -> None:
@@ -361,7 +365,9 @@ def submit(host: str, pipeline: str | Any, arguments: Mapping[str, Any] | None =
 # --------------------------------------------------------------------------- demo
 
 
-#: The smallest budgets that still run every step of ser_study (2 cores: a few minutes).
+#: Small budgets that run every step of ser_study on 2 cores in a few minutes: the demo
+#: recipe (SquirtleNET at 5% width), one vector per combination and stage, 2 folds, a
+#: few epochs. Training is cheap at this size (~0.1 s an epoch); steps' start-up is not.
 DEMO_BUDGETS: dict[str, Any] = {
     "recipe": "demo",
     "feature_kinds": "mel",
@@ -370,17 +376,23 @@ DEMO_BUDGETS: dict[str, Any] = {
     "trials_stage1": 1,
     "trials_stage2": 1,
     "trials_stage3": 1,
-    "search_epochs": 2,
-    "stage4_epochs": 2,
-    "final_epochs": 4,
-    "final_eval_every": 2,
+    "search_epochs": 6,
+    "stage4_epochs": 8,
+    "final_epochs": 40,
+    "final_eval_every": 5,
     "transfer_freeze": "g",
     "transfer_lrs": "1e-3",
     "transfer_batches": "16",
-    "transfer_epochs": 3,
-    "transfer_eval_every": 1,
+    "transfer_epochs": 15,
+    "transfer_eval_every": 5,
     "device": "cpu",
 }
+#: The smallest budgets: every step runs, nothing is learnt (tests, smoke runs).
+SMOKE_BUDGETS: dict[str, Any] = {**DEMO_BUDGETS, "search_epochs": 1, "stage4_epochs": 1, "final_epochs": 2, "final_eval_every": 1,
+                                 "transfer_epochs": 1, "transfer_eval_every": 1}
+#: Files per emotion of the demo corpora (7 English classes, 5 Greek ones).
+DEMO_ENGLISH_PER_CLASS = 16
+DEMO_GREEK_PER_CLASS = 10
 
 #: Demo corpora: the synthetic corpus in RAVDESS and AESDD layouts (NOT real speech).
 DEMO_DATA_BUCKET = "ser-data"
@@ -389,20 +401,25 @@ DEMO_ENGLISH_PREFIX = "corpora/synthetic-ravdess"
 DEMO_GREEK_PREFIX = "corpora/synthetic-aesdd"
 
 
-def upload_demo_corpora(store: Any, workdir: str | Path, *, bucket: str = DEMO_DATA_BUCKET, english_per_class: int = 12,
-                        greek_per_class: int = 10, seed: int = 0) -> dict[str, str]:
+def upload_demo_corpora(store: Any, workdir: str | Path, *, bucket: str = DEMO_DATA_BUCKET, english_per_class: int = DEMO_ENGLISH_PER_CLASS,
+                        greek_per_class: int = DEMO_GREEK_PER_CLASS, seed: int = 0) -> dict[str, str]:
     """Generate the synthetic corpora (RAVDESS and AESDD layouts) under ``workdir`` and
-    upload them to ``s3://bucket/corpora/...``; returns the pipeline's corpora parameters."""
+    upload them to ``s3://bucket/corpora/synthetic-<layout>-<per class>x-seed<seed>/``
+    (one prefix per corpus made, so a rerun with other sizes never mixes files);
+    returns the pipeline's corpora parameters."""
     from ser.corpora import synthetic
 
     workdir = Path(workdir)
     store.ensure_bucket(bucket)
-    for layout, prefix, per_class in (("ravdess", DEMO_ENGLISH_PREFIX, english_per_class), ("aesdd", DEMO_GREEK_PREFIX, greek_per_class)):
-        folder = workdir / "corpora" / f"synthetic-{layout}"
+    prefixes = {}
+    for layout, base, per_class in (("ravdess", DEMO_ENGLISH_PREFIX, english_per_class), ("aesdd", DEMO_GREEK_PREFIX, greek_per_class)):
+        tag = f"{per_class}x-seed{seed}"
+        folder = workdir / "corpora" / f"synthetic-{layout}-{tag}"
         if not (folder / "SYNTHETIC.txt").is_file():
             synthetic.generate(folder, layout=layout, per_class=per_class, seed=seed)
-        store.upload_dir(folder, bucket, prefix, progress=False)
-    return {"data_bucket": bucket, "english_corpora": f"synthetic={DEMO_ENGLISH_PREFIX}", "greek_corpora": f"synthetic={DEMO_GREEK_PREFIX}"}
+        prefixes[layout] = f"{base}-{tag}"
+        store.upload_dir(folder, bucket, prefixes[layout], progress=False)
+    return {"data_bucket": bucket, "english_corpora": f"synthetic={prefixes['ravdess']}", "greek_corpora": f"synthetic={prefixes['aesdd']}"}
 
 
 def demo_arguments(corpora: Mapping[str, str], budgets: Mapping[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
@@ -417,7 +434,8 @@ def demo_arguments(corpora: Mapping[str, str], budgets: Mapping[str, Any] | None
 
 
 def run_demo(workdir: str | Path, s3: Any, mlflow_uri: str | None = None, budgets: Mapping[str, Any] | None = None, *,
-             parallelism: int = 2, echo: bool = True) -> dict[str, Any]:
+             parallelism: int = 2, echo: bool = True, english_per_class: int = DEMO_ENGLISH_PER_CLASS,
+             greek_per_class: int = DEMO_GREEK_PER_CLASS) -> dict[str, Any]:
     """Run ``ser_study`` locally on the synthetic corpora with small budgets.
 
     ``s3``: a running :class:`ser.services.LocalS3` (or anything with ``env()`` and
@@ -427,7 +445,7 @@ def run_demo(workdir: str | Path, s3: Any, mlflow_uri: str | None = None, budget
     ``{"run_dir", "log", "seconds", "artifacts": {...}, "published": {...}, "tasks": {...}}``."""
     workdir = Path(workdir).resolve()
     store = s3.store()
-    corpora = upload_demo_corpora(store, workdir)
+    corpora = upload_demo_corpora(store, workdir, english_per_class=english_per_class, greek_per_class=greek_per_class)
     store.ensure_bucket(DEMO_MODEL_BUCKET)
     env = dict(s3.env())
     env["MLFLOW_TRACKING_URI"] = mlflow_uri or ""
@@ -457,6 +475,8 @@ _KEY_OUTPUTS = {
     "greek_evaluation": ("evaluate-2", "report"),
     "champion_verdict": ("compare-champion", "verdict"),
     "published": ("publish", "published"),
+    "greek_champion_verdict": ("compare-champion-2", "verdict"),
+    "greek_published": ("publish-2", "published"),
 }
 
 
@@ -468,9 +488,10 @@ def summarize_study(run: LocalRun) -> dict[str, Any]:
         if path:
             artifacts[key] = path
     out: dict[str, Any] = {**run.to_dict(), "artifacts": artifacts}
-    published = Path(artifacts.get("published", "")) / "published.json"
-    if published.is_file():
-        out["published"] = json.loads(published.read_text(encoding="utf-8"))
+    for key in ("published", "greek_published"):
+        published = Path(artifacts.get(key, "")) / "published.json"
+        if published.is_file():
+            out[key] = json.loads(published.read_text(encoding="utf-8"))
     for key in ("english_evaluation", "greek_evaluation"):
         metrics = Path(artifacts.get(key, "")) / "metrics.json"
         if metrics.is_file():
@@ -490,8 +511,9 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         if key in summary:
             s = summary[key]
             lines.append(f"  {key:<20} accuracy {100 * (s.get('accuracy') or 0):.1f}%, macro F1 {100 * (s.get('macro_f1') or 0):.1f}% (synthetic data)")
-    pub = summary.get("published")
-    if pub:
-        lines.append(f"  published {pub.get('name')} {pub.get('version')} -> {pub.get('uri')}"
-                     + (f"; champion -> {pub['champion_uri']}" if pub.get("champion_uri") else " (not promoted)"))
+    for key in ("published", "greek_published"):
+        pub = summary.get(key)
+        if pub:
+            lines.append(f"  published {pub.get('name')} {pub.get('version')} -> {pub.get('uri')}"
+                         + (f"; champion -> {pub['champion_uri']}" if pub.get("champion_uri") else " (not promoted)"))
     return "\n".join(lines)

@@ -85,7 +85,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
         if not args.no_serve:
             _banner("serving the winning English model with TorchServe")
-            answer = _serve_and_ask(summary, workdir, stack, keep=args.keep_running)
+            answer = _serve_and_ask(summary, workdir, s3, stack, keep=args.keep_running)
             print(json.dumps(answer, indent=2))
         if mlflow_uri:
             print(f"\nMLflow: {mlflow_uri} (experiment ser-demo; registry ser-english, ser-greek)")
@@ -103,25 +103,45 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve_and_ask(summary: dict, workdir: Path, stack: ExitStack, keep: bool) -> dict:
-    """Package the pipeline's final model, start TorchServe, post one synthetic recording."""
+def _serve_and_ask(summary: dict, workdir: Path, s3, stack: ExitStack, keep: bool) -> dict:
+    """Fetch the published model from the S3 model bucket (its KServe layout), serve
+    its .mar with TorchServe, and post one fresh synthetic recording to the endpoint."""
     import requests
 
-    from ser import package, torchserve
+    from ser import store as s3store
+    from ser import torchserve
+    from ser.corpora import synthetic
 
-    model_dir = summary.get("artifacts", {}).get("final_model")
-    if not model_dir:
-        raise UserError("the pipeline produced no final model to serve; see the runner log above")
-    mar = package.build_mar(model_dir, workdir / "serve" / "ser-english.mar", name="ser-english")
+    published = summary.get("published") or {}
+    uri = published.get("champion_uri") or published.get("uri")
+    if not uri:
+        raise UserError("the pipeline published no model to serve; see the runner log above")
+    bucket, prefix = s3store.parse_uri(uri)
+    local = workdir / "serve" / "published"
+    s3.store().download_prefix(bucket, prefix, local, progress=False)
+    mar = next(iter(sorted(local.rglob("*.mar"))), None)
+    if mar is None:
+        raise UserError(f"no .mar archive under {uri}")
+    print(f"model archive {uri} -> {mar}")
     server = torchserve.start(mar, run_dir=workdir / "serve" / "run")
     if not keep:
         stack.callback(server.stop)
-    clip = next((workdir / "corpora" / "synthetic-ravdess").rglob("*.wav"))
-    response = requests.post(server.predict_url, data=clip.read_bytes(), timeout=30,
+    # A recording the model has never seen: same generator, another seed.
+    fresh = synthetic.generate(workdir / "serve" / "fresh", layout="ravdess", per_class=1, speakers=1, seed=2026)
+    clip = fresh[0]
+    truth = _true_label(clip)
+    response = requests.post(server.predict_url, data=clip.read_bytes(), timeout=60,
                              headers={**server.headers(), "Content-Type": "application/octet-stream"})
     print(f"TorchServe endpoint {server.predict_url}")
-    print(f"POST {clip.name} -> HTTP {response.status_code}")
-    print("call it yourself:\n  " + server.curl(str(clip)))
+    print(f"POST {clip.name} (synthetic, true emotion: {truth}) -> HTTP {response.status_code}")
+    print("call it yourself (while it runs, e.g. with --keep-running):\n  " + server.curl(str(clip)))
     if response.status_code != 200:
         raise UserError(f"the endpoint answered {response.status_code}: {response.text[:300]}")
     return response.json()
+
+
+def _true_label(path: Path) -> str:
+    from ser.corpora import ravdess
+
+    parsed = ravdess.parse_name(f"{path.parent.name}/{path.name}")
+    return parsed.emotion if parsed else "unknown"

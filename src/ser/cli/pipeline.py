@@ -52,7 +52,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--pipeline", choices=PIPELINES, default="ser_study", help="which pipeline (default ser_study)")
     r.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="pipeline parameter (repeatable)")
     r.add_argument("--root", type=Path, default=Path("local_outputs"), help="pipeline root for outputs (default local_outputs)")
-    r.add_argument("--log", type=Path, default=None, help="write the runner's detailed output here (default: print it)")
+    r.add_argument("--log", type=Path, default=None,
+                   help="file for the runner's detailed output (default ROOT/logs/<pipeline>-<time>.log; the console shows one line per step)")
+    r.add_argument("--verbose", action="store_true", help="stream the runner's detailed output to the console instead of a log file")
+    r.add_argument("--demo", action="store_true",
+                   help="ser_study on the synthetic demo corpora (generated and uploaded to the S3 of the environment) with the "
+                   "demo budgets; --param still overrides")
     r.add_argument("--threads-per-task", type=int, default=None, help="torch/BLAS threads per step (default: cores / parallelism)")
     r.add_argument("--json", action="store_true", help="print the outputs as JSON at the end")
     _add_build_options(r)
@@ -93,21 +98,36 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def cmd_run_local(args: argparse.Namespace) -> int:
+    import time
+
     from ser import pipeline_runner as pr
 
     options = _options(args)
     if options["parallelism"] is None:
         options["parallelism"] = 2
+    if args.demo and args.pipeline != "ser_study":
+        raise UserError("--demo runs ser_study")
     try:
         fn = pr.build(args.pipeline, **options)
         params = pr.parse_params(args.param, fn)
+        if args.demo:
+            from ser.store import S3Store, StoreError
+
+            try:
+                store = S3Store.from_env()
+                corpora = pr.upload_demo_corpora(store, args.root / "demo-data")
+                store.ensure_bucket(pr.DEMO_MODEL_BUCKET)
+            except StoreError as exc:
+                raise UserError(str(exc)) from None
+            params = pr.demo_arguments(corpora, params)
     except pr.PipelineError as exc:
         raise UserError(str(exc)) from None
     threads = args.threads_per_task or max(1, (os.cpu_count() or 2) // max(1, options["parallelism"]))
+    log = None if args.verbose else (args.log or args.root / "logs" / f"{args.pipeline}-{time.strftime('%Y%m%d-%H%M%S')}.log")
     print(f"running {args.pipeline} locally (kfp SubprocessRunner, {options['parallelism']} vectors at once, "
-          f"{threads} thread(s) per step) -> {args.root}", flush=True)
+          f"{threads} thread(s) per step) -> {args.root}" + (f"; details in {log}" if log else ""), flush=True)
     try:
-        run = pr.run_local(fn, params, args.root, threads_per_task=threads, log=args.log)
+        run = pr.run_local(fn, params, args.root, threads_per_task=threads, log=log)
     except pr.PipelineError as exc:
         raise UserError(str(exc)) from None
     summary = pr.summarize_study(run) if args.pipeline == "ser_study" else run.to_dict()

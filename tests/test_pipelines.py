@@ -1,7 +1,8 @@
 """The pipelines: both compile, GPU steps (and only they) carry the V100 node-pool
 settings, S3 steps the artifact-store secret; and ser_study runs end to end locally
-(kfp SubprocessRunner) against a real S3 server and MLflow with the smallest budgets,
-then ser_retrain publishes only a model that beats the champion.
+(kfp SubprocessRunner) against a real S3 server and MLflow with the smallest budgets
+(publishing and registering both models), then ser_retrain publishes only a model
+that beats the champion.
 (No `from __future__ import annotations` here: KFP reads the pipelines' annotations.)
 """
 
@@ -110,9 +111,8 @@ def test_unknown_pipeline_is_refused():
 
 # --------------------------------------------------------------------------- integration: the whole study, locally
 
-SMALLEST = {"trials_stage1": 1, "trials_stage2": 1, "trials_stage3": 1, "folds": 2, "search_epochs": 1, "stage4_epochs": 1,
-            "final_epochs": 2, "final_eval_every": 1, "transfer_epochs": 1, "transfer_eval_every": 1}
 DATA, MODELS = "ser-data-pipelines", "ser-models-pipelines"
+EN, GR = "ser-english-pt", "ser-greek-pt"  # names of their own on the session's shared MLflow
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +123,8 @@ def study_run(s3_server, mlflow_server, tmp_path_factory):  # noqa: F811
     corpora = pr.upload_demo_corpora(store, work, bucket=DATA, english_per_class=6, greek_per_class=5)
     store.ensure_bucket(MODELS)
     env = {**s3_server.env(), **mlflow_server.env(), "MLFLOW_EXPERIMENT_NAME": "pipelines-test"}
-    args = pr.demo_arguments(corpora, SMALLEST, model_bucket=MODELS, mlflow_uri=mlflow_server.url, mlflow_experiment="pipelines-test")
+    args = pr.demo_arguments(corpora, pr.SMOKE_BUDGETS, model_bucket=MODELS, model_name=EN, greek_model_name=GR,
+                             mlflow_uri=mlflow_server.url, mlflow_experiment="pipelines-test")
     run = pr.run_local(pr.build("ser_study", parallelism=2), args, work / "local_outputs", env=env, threads_per_task=1,
                        log=work / "study.log", echo=False)
     return {"run": run, "summary": pr.summarize_study(run), "corpora": corpora, "store": store}
@@ -143,10 +144,11 @@ def test_study_runs_end_to_end_locally(study_run, mlflow_server):  # noqa: F811
     assert len(gr["labels"]) == 5
     fan_out = [t for t in run.tasks if "/train-folds" in t]
     assert len(fan_out) >= 4  # every stage trained at least one vector inside its ParallelFor
-    pub = summary["published"]
-    assert pub["promoted"] and pub["champion_uri"] == f"s3://{MODELS}/ser-english/champion"
-    keys = {k for k, _ in store.list(MODELS, "ser-english")}
-    assert "ser-english/champion/model-store/ser-english.mar" in keys and "ser-english/registry/champion.json" in keys
+    for key, name in (("published", EN), ("greek_published", GR)):
+        pub = summary[key]
+        assert pub["promoted"] and pub["champion_uri"] == f"s3://{MODELS}/{name}/champion"
+        keys = {k for k, _ in store.list(MODELS, name)}
+        assert f"{name}/champion/model-store/{name}.mar" in keys and f"{name}/registry/champion.json" in keys
     # MLflow: the parent run and the step runs nested under it
     import mlflow
 
@@ -157,8 +159,10 @@ def test_study_runs_end_to_end_locally(study_run, mlflow_server):  # noqa: F811
     assert len(parents) == 1
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     assert {r.data.tags.get("ser.kind") for r in children} >= {"stage", "final", "transfer"}
+    for name in (EN, GR):  # registered, and champion since there was none
+        assert client.get_model_version_by_alias(name, "champion").version == "1"
     text = pr.format_summary(summary)
-    assert "final_model" in text and "published ser-english" in text
+    assert "final_model" in text and f"published {EN}" in text and f"published {GR}" in text
 
 
 @pytest.mark.integration
@@ -166,18 +170,18 @@ def test_retrain_publishes_only_a_better_model(study_run, s3_server, tmp_path): 
     """The champion the study published vs a retrained model of a fixed (tiny) config:
     scored on the same test rows; the publish step runs only if the candidate wins."""
     store, corpora = study_run["store"], study_run["corpora"]
-    before = {k for k, _ in store.list(MODELS, "ser-english")}
+    before = {k for k, _ in store.list(MODELS, EN)}
     champion = json.loads(Path(study_run["summary"]["artifacts"]["published"], "champion.json").read_text())
     args = {"data_bucket": corpora["data_bucket"], "english_corpora": corpora["english_corpora"], "select": "all",
             "augment_corpora": "synthetic-ravdess", "feature_kind": "mel", "feature_size": "30",
             "config": {"arch": {"cnn": "squirtle", "conv_channels": [4, 4, 4], "fc_features": [8, 8], "pool_kernels": [2, 3, 3]},
                        "train": {"batch_size": 8, "lr": 1e-3}},
-            "epochs": 1, "eval_every": 1, "device": "cpu", "model_bucket": MODELS, "mlflow_uri": ""}
+            "epochs": 1, "eval_every": 1, "device": "cpu", "model_bucket": MODELS, "model_name": EN, "mlflow_uri": ""}
     run = pr.run_local(pr.build("ser_retrain"), args, tmp_path / "out", env=s3_server.env(), threads_per_task=2,
                        log=tmp_path / "retrain.log", echo=False)
     verdict = json.loads(Path(run.tasks["compare-champion"]["verdict"]).read_text())
     assert verdict["champion_version"] == champion["version"] and verdict["champion"] >= 0
-    after = {k for k, _ in store.list(MODELS, "ser-english")}
+    after = {k for k, _ in store.list(MODELS, EN)}
     if verdict["promote"]:
         assert "publish" in run.tasks and after > before
     else:

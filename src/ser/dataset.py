@@ -146,6 +146,14 @@ class FeatureCache:
         os.replace(tmp, path)
 
 
+def _one_thread() -> None:
+    """Each worker is one of the cores: BLAS threads inside it only fight the others
+    (a 60-band mel projection took 12 ms instead of 0.1 ms on two busy cores)."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+
+
 def _work(args: tuple[str, dict]) -> tuple[np.ndarray | None, str]:
     path, spec_dict = args
     try:
@@ -201,7 +209,7 @@ def build(
     jobs = [(_field(rows[i], "path"), spec.to_dict()) for i in todo]
     bar = tqdm(total=len(todo), desc=f"features {spec.kind} {spec.size}x{spec.size}", unit="clip", disable=not progress or not todo)
     if workers > 1 and len(todo) > 32:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=_one_thread) as pool:
             results = pool.map(_work, jobs, chunksize=16)
             for i, (image, error) in zip(todo, results):
                 _collect(i, image, error, rows, images, problems, cache)

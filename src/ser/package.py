@@ -4,8 +4,8 @@ The .mar holds three things:
 
 - ``model.pt`` exactly as training wrote it (weights, ArchSpec, labels, and the
   FeatureSpec, so serving extracts the very features the model was trained on);
-- the handler, ``serving/handler.py`` (it imports :mod:`ser.serving`: the serving
-  image needs ``ser`` installed);
+- the handler, ``ser/ts_handler.py`` (``serving/handler.py`` subclasses it); it
+  imports :mod:`ser.serving`, so the serving image needs ``ser`` installed;
 - ``model-config.yaml``: worker count, batch size, max batch delay, response
   timeout, and a ``ser:`` section the handler reads (request limits, torch threads).
 
@@ -24,8 +24,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-#: Where the handler lives in a source checkout (src/ser/package.py -> serving/handler.py).
-HANDLER = Path(__file__).resolve().parents[2] / "serving" / "handler.py"
+#: The handler that goes into every archive: installed with the package (ser/ts_handler.py),
+#: so an image without the source checkout builds the same .mar.
+HANDLER = Path(__file__).resolve().with_name("ts_handler.py")
 SERIALIZED = "model.pt"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _ARCHIVER_LOCK = threading.Lock()
@@ -188,7 +189,7 @@ def build_mar(
         raise PackageError(f"model name {name!r}: use letters, digits, '-', '_' and '.'")
     handler = Path(handler) if handler else HANDLER
     if not handler.is_file():
-        raise PackageError(f"handler {handler} not found (pass --handler PATH to serving/handler.py)")
+        raise PackageError(f"handler {handler} not found (pass --handler PATH to a handler file)")
     runtime = runtime or Runtime()
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="ser-mar-") as tmp:

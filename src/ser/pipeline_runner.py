@@ -276,7 +276,10 @@ class _Echo(io.TextIOBase):
 
     def __init__(self, fh: Any, echo: bool) -> None:
         self.fh, self.echo, self._out, self._partial = fh, echo, sys.__stdout__, ""
-        self._lock = threading.Lock()  # ParallelFor iterations log from threads
+        # ParallelFor iterations log from threads. Re-entrant, and the echo writes to the
+        # real stdout directly: kfp.local swaps builtins.print for one that writes to
+        # sys.stdout (this object), so calling print here would re-enter and deadlock.
+        self._lock = threading.RLock()
 
     def __enter__(self) -> "_Echo":
         return self
@@ -293,7 +296,8 @@ class _Echo(io.TextIOBase):
                 for line in lines:
                     if "finished with status" in line:
                         clean = re.sub(r"\x1b\[[0-9;]*m", "", line)
-                        print("  " + clean.split(" - INFO - ")[-1].split(" - ERROR - ")[-1].strip(), file=self._out, flush=True)
+                        self._out.write("  " + clean.split(" - INFO - ")[-1].split(" - ERROR - ")[-1].strip() + "\n")
+                        self._out.flush()
         return len(text)
 
     def flush(self) -> None:

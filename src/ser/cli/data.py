@@ -27,6 +27,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser(
+        "upload",
+        help="upload a corpus folder to S3 (the bucket the pipelines' ingest step reads)",
+        description="Copy a local folder to s3://BUCKET/PREFIX through the minio SDK. The endpoint and "
+        "keys come from the environment (S3_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), "
+        "as `ser services env` prints them locally or KFP's mlpipeline-minio-artifact secret holds them.",
+    )
+    p.add_argument("folder", type=Path, help="local folder, e.g. a corpus as distributed")
+    p.add_argument("dest", help="destination s3://BUCKET/PREFIX, e.g. s3://ser-data/corpora/tess")
+    p.set_defaults(func=cmd_upload)
+
+    p = sub.add_parser(
         "ingest",
         help="scan corpus folders into an utterance table (CSV)",
         description="Scan one or more corpus folders as distributed and write the utterance table "
@@ -79,6 +90,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--out", type=Path, required=True, help="feature set to write (.npz)")
     p.set_defaults(func=cmd_features)
+
+
+def cmd_upload(args: argparse.Namespace) -> int:
+    from ser.store import S3Store, StoreError, parse_uri
+
+    if not args.folder.is_dir():
+        raise UserError(f"folder not found: {args.folder}")
+    try:
+        bucket, prefix = parse_uri(args.dest)
+        store = S3Store.from_env()
+        store.ensure_bucket(bucket)
+        keys = store.upload_dir(args.folder, bucket, prefix)
+    except StoreError as exc:
+        raise UserError(str(exc)) from None
+    print(f"uploaded {len(keys)} files from {args.folder} to {args.dest}")
+    return 0
 
 
 def cmd_synth(args: argparse.Namespace) -> int:

@@ -37,14 +37,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_demo)
 
 
-#: Pipeline budgets per --budget. 'demo' trains long enough to learn the synthetic
-#: classes well above chance; 'smoke' only proves every step runs.
-BUDGETS: dict[str, dict] = {
-    "smoke": {},
-    "demo": {"search_epochs": 4, "stage4_epochs": 6, "final_epochs": 30, "final_eval_every": 5, "transfer_epochs": 15},
-}
-
-
 def _banner(text: str) -> None:
     print(f"\n=== {text} ===", flush=True)
 
@@ -79,7 +71,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(f"MLflow UI {mlflow_uri}")
 
         _banner("running the ser_study Kubeflow pipeline locally (kfp SubprocessRunner) on SYNTHETIC corpora")
-        summary = pipeline_runner.run_demo(workdir, s3, mlflow_uri, BUDGETS[args.budget], parallelism=args.parallelism)
+        budgets = pipeline_runner.SMOKE_BUDGETS if args.budget == "smoke" else pipeline_runner.DEMO_BUDGETS
+        summary = pipeline_runner.run_demo(workdir, s3, mlflow_uri, budgets, parallelism=args.parallelism)
         print(pipeline_runner.format_summary(summary))
         (workdir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
 

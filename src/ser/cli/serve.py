@@ -58,7 +58,7 @@ def _register_package(sub) -> None:
     p.add_argument("--name", help="model name (default: from --out)")
     p.add_argument("--version", default="1.0", help="model version reported in every response")
     p.add_argument("--max-seconds", type=float, default=30.0, help="longest clip one request may send (longer -> 413 too_long)")
-    p.add_argument("--handler", metavar="PATH", help="handler file (default: serving/handler.py of this checkout)")
+    p.add_argument("--handler", metavar="PATH", help="handler file (default: ser/ts_handler.py of the installed package; serving/handler.py is the same)")
     _runtime_options(p, defaults=True)
     p.set_defaults(func=run_package)
 

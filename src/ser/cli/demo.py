@@ -30,6 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--budget", choices=("smoke", "demo"), default="demo",
                    help="'demo' (default, a few minutes on 2 cores) or 'smoke' (the smallest budgets, for tests)")
     p.add_argument("--parallelism", type=int, default=2, help="parallel fold-training tasks per stage (default 2)")
+    p.add_argument("--per-class", type=int, default=40,
+                   help="synthetic English recordings per emotion (default 40; Greek gets 60%% of that)")
     p.add_argument("--no-mlflow", action="store_true", help="run without the MLflow server (tracking skipped)")
     p.add_argument("--no-serve", action="store_true", help="stop after the pipeline; do not start TorchServe")
     p.add_argument("--keep-running", action="store_true",
@@ -72,7 +74,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
         _banner("running the ser_study Kubeflow pipeline locally (kfp SubprocessRunner) on SYNTHETIC corpora")
         budgets = pipeline_runner.SMOKE_BUDGETS if args.budget == "smoke" else pipeline_runner.DEMO_BUDGETS
-        summary = pipeline_runner.run_demo(workdir, s3, mlflow_uri, budgets, parallelism=args.parallelism)
+        summary = pipeline_runner.run_demo(workdir, s3, mlflow_uri, budgets, parallelism=args.parallelism,
+                                           english_per_class=args.per_class,
+                                           greek_per_class=max(2, round(0.6 * args.per_class)))
         print(pipeline_runner.format_summary(summary))
         (workdir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
 
@@ -119,18 +123,22 @@ def _serve_and_ask(summary: dict, workdir: Path, s3, stack: ExitStack, keep: boo
     server = torchserve.start(mar, run_dir=workdir / "serve" / "run")
     if not keep:
         stack.callback(server.stop)
-    # A recording the model has never seen: same generator, another seed.
+    # Recordings the model has never seen: same generator, another seed, one per emotion.
     fresh = synthetic.generate(workdir / "serve" / "fresh", layout="ravdess", per_class=1, speakers=1, seed=2026)
-    clip = fresh[0]
-    truth = _true_label(clip)
-    response = requests.post(server.predict_url, data=clip.read_bytes(), timeout=60,
-                             headers={**server.headers(), "Content-Type": "application/octet-stream"})
+    headers = {**server.headers(), "Content-Type": "application/octet-stream"}
     print(f"TorchServe endpoint {server.predict_url}")
-    print(f"POST {clip.name} (synthetic, true emotion: {truth}) -> HTTP {response.status_code}")
-    print("call it yourself (while it runs, e.g. with --keep-running):\n  " + server.curl(str(clip)))
-    if response.status_code != 200:
-        raise UserError(f"the endpoint answered {response.status_code}: {response.text[:300]}")
-    return response.json()
+    answers, right = [], 0
+    for clip in fresh:
+        response = requests.post(server.predict_url, data=clip.read_bytes(), headers=headers, timeout=60)
+        if response.status_code != 200:
+            raise UserError(f"the endpoint answered {response.status_code} for {clip.name}: {response.text[:300]}")
+        answer, truth = response.json(), _true_label(clip)
+        right += answer["label"] == truth
+        answers.append(answer)
+        print(f"  POST {clip.name}  true {truth:<10} -> {answer['label']:<10} p={answer['probabilities'][answer['label']]:.2f}")
+    print(f"{right} of {len(fresh)} fresh synthetic recordings right (chance: 1 in {len(fresh)})")
+    print("call it yourself (while it runs, e.g. with --keep-running):\n  " + server.curl(str(fresh[0])))
+    return answers[0]
 
 
 def _true_label(path: Path) -> str:

@@ -9,6 +9,7 @@ import pytest
 
 from ser.cli import main
 from ser.dataset import FeatureSet
+from tests.servers import s3_env, s3_server  # noqa: F401  (real SeaweedFS fixtures)
 
 
 def _rows(path):
@@ -101,3 +102,17 @@ def test_real_tess_ingest_and_features(tess_dir, tmp_path, capsys):
     fs = FeatureSet.load(feats)
     assert len(fs) == len(picked) and np.isfinite(fs.images).all()
     assert set(fs.speaker) == {"tess-OAF", "tess-YAF"} or len(set(fs.speaker)) == 2
+
+
+@pytest.mark.integration
+def test_upload_puts_a_corpus_where_ingest_reads_it(s3_env, s3_server, tmp_path, capsys):
+    corpus = tmp_path / "synth"
+    main(["synth", "--out", str(corpus), "--per-class", "1", "--speakers", "1"])
+    assert main(["upload", str(corpus), "s3://ser-upload-test/corpora/synthetic"]) == 0
+    assert "uploaded 8 files" in capsys.readouterr().out  # 7 recordings + the SYNTHETIC.txt marker
+    keys = {key for key, _ in s3_server.store().list("ser-upload-test", "corpora/synthetic")}
+    assert "corpora/synthetic/SYNTHETIC.txt" in keys and len(keys) == 8
+    assert main(["upload", str(tmp_path / "missing"), "s3://ser-upload-test/x"]) == 2
+    assert "folder not found" in capsys.readouterr().err
+    assert main(["upload", str(corpus), "not-a-uri"]) == 2
+    assert "not an S3 URI" in capsys.readouterr().err

@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from ser.cli import UserError
+from ser.cli import UserError, load_feature_set
 
 STAGES = ("1", "2", "3", "4", "all")
 
@@ -86,18 +86,9 @@ def _load_recipe(args: argparse.Namespace):
 
 
 def _feature_sets(paths: list[Path]):
-    from ser.dataset import FeatureSet
-
     sets, sources = {}, {}
     for path in paths:
-        if not path.is_file():
-            raise UserError(f"feature set {path} does not exist (make one with `ser features`)")
-        try:
-            fs = FeatureSet.load(path)
-        except (ValueError, KeyError) as exc:
-            raise UserError(f"{path} is not a feature set file: {exc}") from None
-        if len(fs) == 0:
-            raise UserError(f"feature set {path} holds no rows")
+        fs = load_feature_set(path)
         key = (fs.spec.kind, int(fs.images.shape[-1]))
         if key in sets:
             raise UserError(f"{path} and {sources[key]} are both {key[0]} {key[1]}x{key[1]}: give one file per kind and size")

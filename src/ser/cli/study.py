@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ser.cli import UserError
+from ser.cli import UserError, load_feature_set
 
 MODEL_ENV = "SER_MODEL"
 DEVICES = ("auto", "cpu", "cuda")
@@ -47,20 +47,6 @@ def _setup_torch(args: argparse.Namespace) -> None:
         torch.set_num_threads(int(args.threads))
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda, but torch sees no CUDA GPU; use --device cpu or auto")
-
-
-def _load_features(path: Path):
-    from ser.dataset import FeatureSet
-
-    if not Path(path).is_file():
-        raise UserError(f"feature set {path} does not exist (make one with `ser features`)")
-    try:
-        fs = FeatureSet.load(path)
-    except (ValueError, KeyError) as exc:
-        raise UserError(f"{path} is not a feature set file: {exc}") from None
-    if len(fs) == 0:
-        raise UserError(f"feature set {path} holds no rows")
-    return fs
 
 
 def resolve_model_path(text: str | None) -> Path:
@@ -401,7 +387,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     _setup_torch(args)
     from ser import report, track_runs
 
-    fs = _load_features(args.features)
+    fs = load_feature_set(args.features)
     if args.seeds < 1:
         raise UserError("--seeds must be at least 1")
     config = _read_config(args.config) if args.config else None
@@ -471,7 +457,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     model_path, bundle = _load_bundle(args.model, device=device)
-    fs = _load_features(args.features)
+    fs = load_feature_set(args.features)
     _check_labels(bundle, fs, model_path, args.features)
     meta = bundle.meta or {}
     split = seed = test_size = None
@@ -537,7 +523,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     model_path, bundle = _load_bundle(args.model, device="cpu")
-    fs = _load_features(args.features)
+    fs = load_feature_set(args.features)
     try:
         transfer.check_compatible(bundle, fs)
         subsets = transfer.parse_subsets(args.freeze or ["all"])

@@ -20,10 +20,10 @@ import soundfile as sf
 import torch
 
 from ser.cli import UserError, study
-from ser.dataset import FeatureSet
 from ser.features import FeatureSpec
 from ser.labels import ENGLISH, GREEK
 from ser.services import free_port
+from tests.helpers import banded_feature_set
 from tests.servers import mlflow_server, s3_server, tracking_env  # noqa: F401  (fixtures)
 
 torch.set_num_threads(1)
@@ -48,18 +48,7 @@ def main(argv: list[str]) -> int:
         return 2
 
 
-def feature_set(labels: tuple[str, ...], n: int, seed: int = 0) -> FeatureSet:
-    """Images with one bright band per class: learnable in a few epochs."""
-    rng = np.random.default_rng(seed)
-    k = len(labels)
-    y = rng.permutation(np.arange(n) % k)
-    images = rng.random((n, 30, 30)).astype(np.float32) * 0.6
-    band = 30 // k
-    for i, c in enumerate(y):
-        images[i, c * band : (c + 1) * band, :] += 0.4
-    ids = np.array([f"{seed}-{i}" for i in range(n)])
-    return FeatureSet(images, y.astype(np.int64), labels, SPEC, speaker=np.array([f"spk{i % 6}" for i in range(n)]),
-                      corpus=np.array(["synthetic"] * n), source_id=ids, group=ids.copy(), augment=np.array([""] * n))
+feature_set = banded_feature_set
 
 
 @pytest.fixture(scope="module")

@@ -107,10 +107,12 @@ def test_resolve_local_paths(tmp_path):
 
 
 def test_resolve_registry_uri_needs_a_server(monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
     import mlflow
 
+    # First forget a URI an earlier test set: mlflow.set_tracking_uri(None) also unsets
+    # the MLFLOW_TRACKING_URI variable, so it must come before setenv.
     mlflow.set_tracking_uri(None)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
     with pytest.raises(models_uri.ModelURIError, match="cannot reach the MLflow server"):
         models_uri.resolve("models:/ser-english@champion")
 

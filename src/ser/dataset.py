@@ -215,10 +215,13 @@ def build(
                 _collect(i, image, error, rows, images, problems, cache)
                 bar.update()
     else:
-        for i, job in zip(todo, jobs):
-            image, error = _work(job)
-            _collect(i, image, error, rows, images, problems, cache)
-            bar.update()
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(1):  # as in the workers, so both paths give identical bits
+            for i, job in zip(todo, jobs):
+                image, error = _work(job)
+                _collect(i, image, error, rows, images, problems, cache)
+                bar.update()
     bar.close()
     ok = [i for i in keep if images[i] is not None]
     size = spec.size

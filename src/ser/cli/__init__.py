@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import warnings
 
@@ -67,6 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"ser {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # `ser predict *.wav | head`: the reader went away; stop quietly, like other CLIs
+        # (stdout goes to /dev/null so the interpreter's final flush does not fail again).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:
         print(f"ser {args.command}: interrupted; finished work is kept, rerun to resume", file=sys.stderr)
         return 130

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import types
 
 import numpy as np
@@ -13,7 +12,7 @@ import soundfile as sf
 import torch
 
 from ser import models
-from ser.cli import UserError
+from ser.cli import run
 from ser.cli import build_parser as full_parser
 from ser.cli import study
 from ser.features import FeatureSpec
@@ -46,13 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    """As ser.cli.main: a UserError becomes one line on stderr and exit status 2."""
-    args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except UserError as exc:
-        print(f"ser {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    """As ser.cli.main, with the study group alone."""
+    return run(build_parser().parse_args(argv))
 
 
 feature_set = banded_feature_set

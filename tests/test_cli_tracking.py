@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 import types
 
@@ -19,7 +18,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from ser.cli import UserError, study
+from ser.cli import run, study
 from ser.features import FeatureSpec
 from ser.labels import ENGLISH, GREEK
 from ser.services import free_port
@@ -40,12 +39,7 @@ def main(argv: list[str]) -> int:
     """As ser.cli.main for the study group: a UserError is one stderr line and exit status 2."""
     parser = argparse.ArgumentParser(prog="ser")
     study.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except UserError as exc:
-        print(f"ser {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    return run(parser.parse_args(argv))
 
 
 feature_set = banded_feature_set

@@ -22,6 +22,7 @@ optional: with ``MLFLOW_TRACKING_URI`` unset, or the server down, steps still ru
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import json
 import math
@@ -441,29 +442,11 @@ def plan_stage(recipe_dir: str | Path, stage: int, features_dir: str | Path, ran
     st = recipe.stage(as_int(stage))
     available = feature_keys(features_dir)
     previous = search.load_ranking(ranking_dir) if ranking_dir else None
-    vectors: list = []
-    if st.kind == "random":
-        combos, _missing = st.combinations(available)
-        if not combos:
-            raise search.SearchError(f"stage {st.number}: none of its combinations has a feature set (given: {available}); "
-                                     "add the kinds/sizes to the features step")
-        n_classes = len(label_names(features_dir))
-        for combo in combos:
-            vectors += search.sample_vectors(recipe.grid, combo.vectors, recipe.seed, combo.cnn, combo.size, feature=combo.feature,
-                                             n_classes=n_classes, leaky_slope=combo.leaky_slope, stream=st.stream)
-    else:
-        if not previous:
-            raise search.SearchError(f"stage {st.number} ({st.kind}) starts from the previous stage's ranking: none given")
-        parents = [search.vector_from_row(r) for r in search.best(previous, st.take)]
-        if st.kind == "perturb":
-            seen = {r["id"] for r in previous}
-            for parent in parents:
-                children = search.perturbations(parent, st.vectors, recipe.seed + 1000 * st.stream, recipe.perturbation, recipe.scale, exclude=seen)
-                seen.update(c.id for c in children)
-                vectors += children
-        else:
-            vectors = parents
-    vectors = list({v.id: v for v in vectors}.values())
+    n_classes = functools.cache(lambda: len(label_names(features_dir)))
+    vectors, combos, _missing = search.plan_vectors(st, recipe, available, lambda _key: n_classes(), previous)
+    if st.kind == "random" and not combos:
+        raise search.SearchError(f"stage {st.number}: none of its combinations has a feature set (given: {available}); "
+                                 "add the kinds/sizes to the features step")
     if not vectors:
         raise search.SearchError(f"stage {st.number}: no vectors to score")
     return [{"stage": st.number, "id": v.id, "vector": v.to_dict()} for v in vectors]

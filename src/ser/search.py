@@ -1292,6 +1292,41 @@ def _qualify(result: VectorResult, thresholds: tuple[float, float]) -> bool:
     return result.complete and not math.isnan(f1) and f1 >= thresholds[0] and acc >= thresholds[1]
 
 
+def plan_vectors(
+    st: StageConfig,
+    recipe: Recipe,
+    available: Sequence[tuple[str, int]],
+    n_classes: Callable[[tuple[str, int]], int],
+    previous: Sequence[Mapping[str, Any]] | None = None,
+) -> tuple[list[Vector], list[Any], list[Any]]:
+    """The vectors stage ``st`` scores, without duplicates: new random draws for each of
+    its combinations that has a feature set in ``available``, perturbations of the best
+    of ``previous``, or (final stage) the best of ``previous`` again. Also returns the
+    random combinations used and those left out for want of a feature set. The local
+    search and the pipeline's plan step both pick vectors here."""
+    vectors: list[Vector] = []
+    combos: list[Any] = []
+    missing: list[Any] = []
+    if st.kind == "random":
+        combos, missing = st.combinations(available)
+        for combo in combos:
+            vectors += sample_vectors(recipe.grid, combo.vectors, recipe.seed, combo.cnn, combo.size, feature=combo.feature,
+                                      n_classes=n_classes(combo.key), leaky_slope=combo.leaky_slope, stream=st.stream)
+    else:
+        if not previous:
+            raise SearchError(f"stage {st.number} ({st.kind}) starts from the previous stage's ranking: none given")
+        parents = [vector_from_row(r) for r in best(previous, st.take)]
+        if st.kind == "perturb":
+            seen = {r["id"] for r in previous}
+            for parent in parents:
+                children = perturbations(parent, st.vectors, recipe.seed + 1000 * st.stream, recipe.perturbation, recipe.scale, exclude=seen)
+                seen.update(c.id for c in children)
+                vectors += children
+        else:
+            vectors = parents
+    return list({v.id: v for v in vectors}.values()), combos, missing
+
+
 def run_stage(
     stage_cfg: StageConfig,
     feature_sets: Mapping[tuple[str, int], FeatureSet],
@@ -1318,36 +1353,16 @@ def run_stage(
     log = log or (lambda _msg: None)
     st = stage_cfg
     available = list(feature_sets)
-    skipped: list[str] = []
-    vectors: list[Vector] = []
-    if st.kind == "random":
-        combos, missing = st.combinations(available)
-        skipped = [f"{c.label()}: no {c.feature} {c.size}x{c.size} feature set given" for c in missing]
-        if not combos:
-            msg = f"stage {st.number}: none of its combinations has a feature set (given: {sorted(available)})"
-            if not st.merge or previous is None:
-                raise SearchError(msg)
-            log(msg + "; keeping the previous ranking")
-        for combo in combos:
-            n_classes = len(feature_sets[combo.key].label_names)
-            vectors += sample_vectors(recipe.grid, combo.vectors, recipe.seed, combo.cnn, combo.size, feature=combo.feature,
-                                      n_classes=n_classes, leaky_slope=combo.leaky_slope, stream=st.stream)
-    else:
-        if not previous:
-            raise SearchError(f"stage {st.number} ({st.kind}) starts from the previous stage's ranking: none given")
-        parents = [vector_from_row(r) for r in best(previous, st.take)]
-        if st.kind == "perturb":
-            seen = {r["id"] for r in previous}
-            for parent in parents:
-                children = perturbations(parent, st.vectors, recipe.seed + 1000 * st.stream, recipe.perturbation, recipe.scale, exclude=seen)
-                seen.update(c.id for c in children)
-                vectors += children
-        else:
-            vectors = parents
-        for v in vectors:
-            if v.key not in feature_sets:
-                raise SearchError(f"stage {st.number}: vector {v.id} trains on {v.feature} {v.size}x{v.size}, which was not given")
-    vectors = list({v.id: v for v in vectors}.values())
+    vectors, combos, missing = plan_vectors(st, recipe, available, lambda key: len(feature_sets[key].label_names), previous)
+    skipped = [f"{c.label()}: no {c.feature} {c.size}x{c.size} feature set given" for c in missing]
+    if st.kind == "random" and not combos:
+        msg = f"stage {st.number}: none of its combinations has a feature set (given: {sorted(available)})"
+        if not st.merge or previous is None:
+            raise SearchError(msg)
+        log(msg + "; keeping the previous ranking")
+    for v in vectors if st.kind != "random" else ():
+        if v.key not in feature_sets:
+            raise SearchError(f"stage {st.number}: vector {v.id} trains on {v.feature} {v.size}x{v.size}, which was not given")
     log(f"stage {st.number} ({st.kind}): {len(vectors)} vectors, {recipe.folds}-fold CV, up to {st.max_epochs} epochs, rules {_rules_name(st.rules)}")
     results: list[VectorResult] = []
     stage_dir = Path(workdir) / f"stage{st.number}"

@@ -23,7 +23,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ser.package import Runtime, build_mar, config_properties, model_name_for, read_runtime
+from ser.services import free_ports, port_is_free
 
 JAVA_MAIN = "org.pytorch.serve.ModelServer"
 
@@ -71,21 +71,6 @@ LOG4J2 = """<?xml version="1.0" encoding="UTF-8"?>
 
 class ServeError(RuntimeError):
     """TorchServe could not be started (the message ends with the log's last lines)."""
-
-
-def port_free(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-        return True
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def ts_home() -> Path:
@@ -258,7 +243,7 @@ def start(
         # This helper is for local runs and tests; a cluster uses the KServe layout.
         raise ServeError(f"refusing to listen on {host}: ser serve binds to 127.0.0.1 only")
     for label, number in (("inference", port), ("management", management_port), ("metrics", metrics_port)):
-        if number and not port_free(number, host):
+        if number and not port_is_free(number, host):
             raise ServeError(f"{label} port {number} on {host} is in use: pick another (0 = any free port)")
     cleanup = run_dir is None
     run = Path(run_dir or tempfile.mkdtemp(prefix="ser-ts-")).resolve()
@@ -282,12 +267,13 @@ def start(
             mar = build_mar(model, store / "ser.mar", runtime=runtime)
         runtime = runtime or read_runtime(mar)
         name = model_name_for(mar)
+        spare = iter(free_ports(5, host))  # distinct, unlike five separate picks
         ports = {
-            "inference": port or free_port(host),
-            "management": management_port or free_port(host),
-            "metrics": metrics_port or free_port(host),
-            "grpc_inference": free_port(host),
-            "grpc_management": free_port(host),
+            "inference": port or next(spare),
+            "management": management_port or next(spare),
+            "metrics": metrics_port or next(spare),
+            "grpc_inference": next(spare),
+            "grpc_management": next(spare),
         }
         extra: dict[str, Any] = {
             "grpc_inference_address": host,

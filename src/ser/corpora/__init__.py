@@ -26,11 +26,11 @@ import csv
 import os
 import random
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import astuple, dataclass, field, fields
+from dataclasses import astuple, dataclass, field
 from pathlib import Path
 from types import ModuleType
 
-from .. import audio
+from .. import audio, tables
 
 #: Extensions of files that are meant to be recordings. Anything else in a corpus
 #: folder is documentation or metadata. .mp3 is listed so an MP3 is reported as a
@@ -243,14 +243,7 @@ def read_table(path: Path) -> list[Utterance]:
 
 def write_problems(problems: Iterable[Problem], path: Path) -> Path:
     """Write the problems CSV (path, reason) that sits beside a table."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow([f.name for f in fields(Problem)])
-        for p in problems:
-            writer.writerow(astuple(p))
-    return path
+    return tables.write_problems(((p.path, p.reason) for p in problems), path)
 
 
 def read_problems(path: Path) -> list[Problem]:

@@ -56,3 +56,36 @@ def test_sha256_file(tmp_path):
     p = tmp_path / "x.bin"
     p.write_bytes(b"abc")
     assert audio.sha256_file(p) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def test_preemphasis_is_the_first_order_filter():
+    wave = np.random.default_rng(0).standard_normal(1000).astype(np.float32)
+    y = audio.preemphasis(wave, 0.97)
+    assert y.dtype == np.float32 and y[0] == wave[0]
+    np.testing.assert_array_equal(y[1:], wave[1:] - np.float32(0.97) * wave[:-1])
+    assert audio.preemphasis(np.zeros(0, np.float32)).size == 0
+
+
+
+def _assert_trims_like_librosa(waves):
+    # The running-sum trim is only allowed because it cuts where librosa's does.
+    import librosa
+
+    for wave in waves:
+        ref = librosa.effects.trim(wave, top_db=60)[0]
+        assert np.array_equal(audio.trim(wave, top_db=60), ref if ref.size else wave)
+
+
+def test_trim_cuts_where_librosa_trim_cuts():
+    rng = np.random.default_rng(3)
+    waves = [np.zeros(3000, np.float32), np.ones(10, np.float32)]
+    for _ in range(40):
+        quiet = rng.standard_normal(rng.integers(0, 20000)) * 10 ** -rng.uniform(2, 5)
+        loud = rng.standard_normal(rng.integers(1, 40000)) * rng.uniform(0.01, 1)
+        waves.append(np.concatenate([quiet, loud, quiet[::-1]]).astype(np.float32))
+    _assert_trims_like_librosa(waves)
+
+
+def test_trim_cuts_real_speech_where_librosa_trim_cuts(tess_dir):
+    files = sorted(p for p in tess_dir.rglob("*") if p.suffix in (".wav", ".flac"))[::50]
+    _assert_trims_like_librosa([audio.preemphasis(audio.decode(p)[0]) for p in files])

@@ -1,3 +1,5 @@
+import sys
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -40,12 +42,20 @@ def test_second_run_is_served_from_cache(table, tmp_path):
     assert np.array_equal(first.images, second.images)
 
 
-def test_parallel_and_serial_extraction_agree(table, tmp_path):
+@pytest.mark.parametrize("torch_loaded", [False, True], ids=["fork", "spawn"])
+def test_parallel_workers_agree_with_serial_and_fill_the_cache(table, tmp_path, monkeypatch, torch_loaded):
     rows = table[:3] * 12  # > 32 rows, so the process pool is used
     spec = FeatureSpec(size=30)
     serial, _ = dataset.build(rows, spec, workers=1, progress=False)
-    parallel, _ = dataset.build(rows, spec, workers=2, progress=False)
-    assert np.array_equal(serial.images, parallel.images)
+    if torch_loaded:
+        monkeypatch.setitem(sys.modules, "torch", object())
+    else:
+        monkeypatch.delitem(sys.modules, "torch", raising=False)
+    assert dataset._pool_context(spec).get_start_method() == ("spawn" if torch_loaded else "fork")
+    parallel, report = dataset.build(rows, spec, cache_dir=tmp_path / "c", workers=2, progress=False)
+    assert report.computed == 36 and np.array_equal(serial.images, parallel.images)
+    again, report = dataset.build(rows, spec, cache_dir=tmp_path / "c", workers=2, progress=False)
+    assert report.computed == 0 and np.array_equal(again.images, serial.images)  # workers wrote the cache
 
 
 def test_save_load_subset_concat(table, tmp_path):
@@ -66,3 +76,15 @@ def test_augmented_rows_carry_their_group(table):
     fs, _ = dataset.build([src, copy], FeatureSpec(size=30), workers=1, progress=False)
     assert list(fs.group) == [src["sha256"], src["sha256"]]
     assert list(fs.augment) == ["", "replace"]
+
+
+def test_damaged_cache_shard_is_recomputed_not_fatal(table, tmp_path):
+    spec = FeatureSpec(size=30)
+    first, _ = dataset.build(table, spec, cache_dir=tmp_path / "c", workers=1, progress=False)
+    shards = list((tmp_path / "c").rglob("*.npz"))
+    assert shards and not list((tmp_path / "c").rglob("*.tmp*"))  # written whole, then renamed
+    for shard in shards:
+        shard.write_bytes(b"PK\x03\x04 truncated")
+    again, report = dataset.build(table, spec, cache_dir=tmp_path / "c", workers=1, progress=False)
+    assert report.cached == 0 and report.computed == 4
+    assert np.array_equal(first.images, again.images)

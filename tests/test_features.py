@@ -49,3 +49,16 @@ def test_spec_round_trip_casts_kfp_floats_and_rejects_unknown():
 def test_bad_waveform_is_an_audio_error():
     with pytest.raises(AudioError):
         F.extract(np.zeros(0, np.float32), 16000, F.FeatureSpec())
+
+
+@pytest.mark.parametrize("length", [300, 2048, 24414, 50001])
+def test_power_spectrum_matches_librosa_stft(length):
+    # The hand-written STFT is only allowed because it gives librosa's frames.
+    import librosa
+
+    wave = np.random.default_rng(length).standard_normal(length).astype(np.float32)
+    ours = F.power_spectrum(wave, 2048, 512)
+    ref = np.abs(librosa.stft(wave, n_fft=2048, hop_length=512)) ** 2
+    assert ours.shape == ref.shape
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-6 * ref.max())
+

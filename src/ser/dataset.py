@@ -1,19 +1,24 @@
 """Feature sets: an utterance table turned into images, labels and provenance.
 
 Batch extraction runs on every core, shows a progress bar, and keeps an on-disk
-cache keyed by (file hash, feature spec, augmentation), written one file at a time
-and atomically: a second run does no work, and an interrupted run resumes where it
-stopped. Files that fail to decode are reported and skipped, never fatal.
+cache keyed by (file hash, feature spec), written one batch of clips at a time and
+atomically: a second run does no work, and an interrupted run resumes where it
+stopped, losing at most the batches in flight. Files that fail to decode are
+reported and skipped, never fatal.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
-import tempfile
+import sys
+import zipfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from multiprocessing import get_context
+from multiprocessing import get_all_start_methods, get_context
+from multiprocessing.context import BaseContext
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -21,7 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ser import audio
-from ser.features import FeatureSpec, extract_file
+from ser.features import FeatureSpec, extract, extract_file
 from ser.labels import label_set
 
 _STR_COLUMNS = ("speaker", "corpus", "source_id", "group", "augment")
@@ -118,32 +123,46 @@ def _field(row: Any, name: str, default: str = "") -> str:
 
 
 class FeatureCache:
-    """One .npy per (file hash, spec) under root/<spec key>/; writes are atomic."""
+    """Images keyed by file hash under root/<spec key>/, one .npz shard per batch.
 
-    def __init__(self, root: str | Path, spec: FeatureSpec) -> None:
+    Shards rather than a file per clip: creating and writing back thousands of small
+    files cost a third of a cold run on 2 cores (benchmarks/features.py). Each shard
+    is written under a temporary name and renamed, so readers never see half of one;
+    a damaged shard is skipped and its clips are computed again.
+    """
+
+    def __init__(self, root: str | Path, spec: FeatureSpec, create: bool = True) -> None:
         self.dir = Path(root) / spec.key()
+        if create:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            (self.dir / "spec.json").write_text(json.dumps(spec.to_dict(), indent=2))
+
+    def lookup(self, keys: Iterable[str]) -> dict[str, np.ndarray]:
+        """The cached images among ``keys``, read shard by shard."""
+        wanted = set(keys)
+        found: dict[str, np.ndarray] = {}
+        for shard in sorted(self.dir.glob("*.npz")):
+            if len(found) == len(wanted):
+                break
+            try:
+                with np.load(shard, allow_pickle=False) as data:
+                    shard_keys = [str(k) for k in data["keys"]]
+                    hits = [i for i, k in enumerate(shard_keys) if k in wanted and k not in found]
+                    if hits:
+                        images = data["images"]
+                        found.update((shard_keys[i], images[i]) for i in hits)
+            except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+                continue
+        return found
+
+    def put(self, keys: Sequence[str], images: Sequence[np.ndarray]) -> None:
+        if not keys:
+            return
+        name = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:32]
+        tmp = self.dir / f".{name}.{os.getpid()}.tmp.npz"
         self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "spec.json").write_text(json.dumps(spec.to_dict(), indent=2))
-
-    def path(self, key: str) -> Path:
-        return self.dir / key[:2] / f"{key}.npy"
-
-    def get(self, key: str) -> np.ndarray | None:
-        path = self.path(key)
-        if not path.exists():
-            return None
-        try:
-            return np.load(path, allow_pickle=False)
-        except (OSError, ValueError):
-            return None  # a damaged entry is recomputed
-
-    def put(self, key: str, image: np.ndarray) -> None:
-        path = self.path(key)
-        path.parent.mkdir(exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, image)
-        os.replace(tmp, path)
+        np.savez(tmp, keys=np.array(keys), images=np.stack(images))
+        os.replace(tmp, self.dir / f"{name}.npz")
 
 
 def _one_thread() -> None:
@@ -154,14 +173,37 @@ def _one_thread() -> None:
     threadpool_limits(1)
 
 
-def _work(args: tuple[str, dict]) -> tuple[np.ndarray | None, str]:
-    path, spec_dict = args
-    try:
-        return extract_file(path, FeatureSpec.from_dict(spec_dict)), ""
-    except audio.AudioError as exc:
-        return None, str(exc)
-    except Exception as exc:  # one bad file must never stop a batch; it is reported
-        return None, f"{type(exc).__name__}: {exc}"
+def _pool_context(spec: FeatureSpec) -> BaseContext:
+    """Fork workers from this process when that is safe, else spawn fresh ones.
+
+    A spawned worker spends seconds importing librosa (numba, scipy.signal, sklearn)
+    and loading its compiled code before its first clip, on every run; forked ones
+    inherit what one warm-up call here paid once. A parent that has loaded torch
+    spawns instead: torch's OpenMP pool does not survive a fork.
+    """
+    if "fork" not in get_all_start_methods() or "torch" in sys.modules:
+        return get_context("spawn")
+    extract(np.sin(np.arange(8192, dtype=np.float32) / 9.0), 16000, spec)
+    return get_context("fork")
+
+
+def _work(args: tuple[list[tuple[str, str]], dict, str | None]) -> list[tuple[np.ndarray | None, str]]:
+    """Extract a batch of (path, cache key) in a worker, which also writes the batch's
+    cache shard: the parent only gathers results and stays off the workers' cores."""
+    batch, spec_dict, cache_dir = args
+    spec = FeatureSpec.from_dict(spec_dict)
+    results: list[tuple[np.ndarray | None, str]] = []
+    for path, _ in batch:
+        try:
+            results.append((extract_file(path, spec), ""))
+        except audio.AudioError as exc:
+            results.append((None, str(exc)))
+        except Exception as exc:  # one bad file must never stop a batch; it is reported
+            results.append((None, f"{type(exc).__name__}: {exc}"))
+    if cache_dir:
+        done = [(key, image) for (_, key), (image, _) in zip(batch, results) if key and image is not None]
+        FeatureCache(cache_dir, spec, create=False).put([k for k, _ in done], [im for _, im in done])
+    return results
 
 
 @dataclass(frozen=True)
@@ -190,43 +232,57 @@ def build(
     cache = FeatureCache(cache_dir, spec) if cache_dir else None
     images: list[np.ndarray | None] = [None] * len(rows)
     problems: list[tuple[str, str]] = []
-    todo: list[int] = []
     keep = []
     for i, row in enumerate(rows):
         emotion = _field(row, "emotion")
         if emotion not in names:
             problems.append((_field(row, "path"), f"emotion {emotion!r} not in the {labels} label set"))
-            continue
-        keep.append(i)
-        key = _field(row, "sha256")
-        cached = cache.get(key) if cache and key else None
-        if cached is not None:
-            images[i] = cached
         else:
+            keep.append(i)
+    found = cache.lookup(_field(rows[i], "sha256") for i in keep) if cache else {}
+    todo = []
+    for i in keep:
+        image = found.get(_field(rows[i], "sha256"))
+        if image is None:
             todo.append(i)
+        else:
+            images[i] = image
     cached_count = len(keep) - len(todo)
     workers = workers or os.cpu_count() or 1
-    jobs = [(_field(rows[i], "path"), spec.to_dict()) for i in todo]
-    bar = tqdm(total=len(todo), desc=f"features {spec.kind} {spec.size}x{spec.size}", unit="clip", disable=not progress or not todo)
+    # Batches of up to 32 clips: few cache shards, yet every worker gets several.
+    size = max(1, min(32, -(-len(todo) // (4 * workers))))
+    batches = [todo[start : start + size] for start in range(0, len(todo), size)]
+    spec_dict, cache_root = spec.to_dict(), str(cache_dir) if cache else None
+    jobs = [([(_field(rows[i], "path"), _field(rows[i], "sha256")) for i in batch], spec_dict, cache_root) for batch in batches]
+
+    def progress_bar() -> tqdm | contextlib.nullcontext:
+        # Made after the pool forks, and only when shown: a tqdm starts a monitor thread.
+        if not progress or not todo:
+            return contextlib.nullcontext(None)
+        return tqdm(total=len(todo), desc=f"features {spec.kind} {spec.size}x{spec.size}", unit="clip")
+
+    def gather(results: Iterable[list[tuple[np.ndarray | None, str]]]) -> None:
+        with progress_bar() as bar:
+            for batch, batch_results in zip(batches, results):
+                for i, (image, error) in zip(batch, batch_results):
+                    if image is None:
+                        problems.append((_field(rows[i], "path"), error))
+                    else:
+                        images[i] = image
+                if bar is not None:
+                    bar.update(len(batch))
+
     if workers > 1 and len(todo) > 32:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=_one_thread) as pool:
-            results = pool.map(_work, jobs, chunksize=16)
-            for i, (image, error) in zip(todo, results):
-                _collect(i, image, error, rows, images, problems, cache)
-                bar.update()
+        with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context(spec), initializer=_one_thread) as pool:
+            gather(pool.map(_work, jobs))
     else:
         from threadpoolctl import threadpool_limits
 
-        with threadpool_limits(1):  # as in the workers, so both paths give identical bits
-            for i, job in zip(todo, jobs):
-                image, error = _work(job)
-                _collect(i, image, error, rows, images, problems, cache)
-                bar.update()
-    bar.close()
+        with threadpool_limits(1):  # as in the workers: identical bits
+            gather(map(_work, jobs))
     ok = [i for i in keep if images[i] is not None]
-    size = spec.size
     fs = FeatureSet(
-        images=np.stack([images[i] for i in ok]).astype(np.float32) if ok else np.zeros((0, size, size), np.float32),
+        images=np.stack([images[i] for i in ok]).astype(np.float32) if ok else np.zeros((0, spec.size, spec.size), np.float32),
         labels=np.array([names.index(_field(rows[i], "emotion")) for i in ok], dtype=np.int64),
         label_names=names,
         spec=spec,
@@ -238,13 +294,3 @@ def build(
         meta={"label_set": labels},
     )
     return fs, ExtractionReport(computed=len(todo), cached=cached_count, problems=problems)
-
-
-def _collect(i, image, error, rows, images, problems, cache) -> None:
-    if image is None:
-        problems.append((_field(rows[i], "path"), error))
-        return
-    images[i] = image
-    key = _field(rows[i], "sha256")
-    if cache and key:
-        cache.put(key, image)

@@ -14,6 +14,7 @@ from typing import Literal
 
 import librosa
 import numpy as np
+import scipy.fft
 from PIL import Image
 
 from ser import audio
@@ -83,9 +84,30 @@ def _chroma_basis(sr: int, n_fft: int, n_chroma: int) -> np.ndarray:
     return librosa.filters.chroma(sr=sr, n_fft=n_fft, n_chroma=n_chroma).astype(np.float32)
 
 
+@lru_cache(maxsize=8)
+def _hann(n_fft: int) -> np.ndarray:
+    # The periodic ("fftbins") Hann window librosa.stft uses by default.
+    return np.hanning(n_fft + 1)[:-1].astype(np.float32)
+
+
+def power_spectrum(wave: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
+    """|STFT|^2, shape (1 + n_fft // 2, frames): the frames librosa.stft makes by default
+    (centred, zero padding, periodic Hann), to within float32 rounding.
+
+    Not librosa.stft itself: that one runs numpy.fft, whose float32 transforms are
+    several times slower than scipy.fft's on the same pocketfft code, and the STFT was
+    half the per-clip cost of feature extraction (benchmarks/features.py).
+    tests/test_features.py holds this one to librosa.stft.
+    """
+    padded = np.pad(np.asarray(wave, dtype=np.float32), n_fft // 2)
+    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop]
+    spectrum = scipy.fft.rfft(frames * _hann(n_fft), axis=-1, overwrite_x=True)
+    return (spectrum.real**2 + spectrum.imag**2).T
+
+
 def spectral(wave: np.ndarray, rate: int, spec: FeatureSpec) -> np.ndarray:
     """Step 3 and 4: the (N, frames) spectral feature in dB."""
-    power = np.abs(librosa.stft(wave, n_fft=spec.n_fft, hop_length=spec.hop)) ** 2
+    power = power_spectrum(wave, spec.n_fft, spec.hop)
     if spec.kind == "mel":
         mel = _mel_basis(rate, spec.n_fft, spec.size) @ power
         return librosa.power_to_db(mel, ref=np.max)

@@ -94,9 +94,10 @@ def power_spectrum(wave: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
     """|STFT|^2, shape (1 + n_fft // 2, frames): the frames librosa.stft makes by default
     (centred, zero padding, periodic Hann), to within float32 rounding.
 
-    Not librosa.stft itself: that one runs numpy.fft, whose float32 transforms are
-    several times slower than scipy.fft's on the same pocketfft code, and the STFT was
-    half the per-clip cost of feature extraction (benchmarks/features.py).
+    Not librosa.stft itself: that one runs numpy.fft down the columns of the frame
+    matrix, and its transforms took twice as long per clip as scipy.fft's row-wise
+    float32 ones here, when the STFT was half the per-clip cost of feature extraction
+    (benchmarks/RESULTS.md).
     tests/test_features.py holds this one to librosa.stft.
     """
     padded = np.pad(np.asarray(wave, dtype=np.float32), n_fft // 2)

@@ -88,3 +88,13 @@ def test_damaged_cache_shard_is_recomputed_not_fatal(table, tmp_path):
     again, report = dataset.build(table, spec, cache_dir=tmp_path / "c", workers=1, progress=False)
     assert report.cached == 0 and report.computed == 4
     assert np.array_equal(first.images, again.images)
+
+
+def test_failed_cache_write_warns_and_keeps_the_images(table, tmp_path, monkeypatch):
+    def disk_full(self, keys, images):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(dataset.FeatureCache, "put", disk_full)
+    with pytest.warns(UserWarning, match="feature cache not written.*No space left"):
+        fs, report = dataset.build(table, FeatureSpec(size=30), cache_dir=tmp_path / "c", workers=1, progress=False)
+    assert len(fs) == 3 and report.computed == 4

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import sys
+import warnings
 import zipfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -176,7 +177,7 @@ def _one_thread() -> None:
 def _pool_context(spec: FeatureSpec) -> BaseContext:
     """Fork workers from this process when that is safe, else spawn fresh ones.
 
-    A spawned worker spends seconds importing librosa (numba, scipy.signal, sklearn)
+    A spawned worker spends seconds importing librosa (numba, scipy.signal)
     and loading its compiled code before its first clip, on every run; forked ones
     inherit what one warm-up call here paid once. A parent that has loaded torch
     spawns instead: torch's OpenMP pool does not survive a fork.
@@ -202,7 +203,10 @@ def _work(args: tuple[list[tuple[str, str]], dict, str | None]) -> list[tuple[np
             results.append((None, f"{type(exc).__name__}: {exc}"))
     if cache_dir:
         done = [(key, image) for (_, key), (image, _) in zip(batch, results) if key and image is not None]
-        FeatureCache(cache_dir, spec, create=False).put([k for k, _ in done], [im for _, im in done])
+        try:
+            FeatureCache(cache_dir, spec, create=False).put([k for k, _ in done], [im for _, im in done])
+        except OSError as exc:  # the cache only saves time: keep the images, say why it failed
+            warnings.warn(f"feature cache not written ({exc}); the images are kept", stacklevel=1)
     return results
 
 

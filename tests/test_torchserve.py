@@ -261,3 +261,38 @@ def test_kserve_envelope(built):
     assert good["label"] in labels.ENGLISH and sum(good["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
     assert (cut["error"], cut["status"]) == ("truncated", 400)
     assert (text["error"], text["status"]) == ("not_audio", 415)
+
+
+def test_hard_killed_ser_serve_takes_torchserve_down(built):
+    """kill -9 of `ser serve` cannot run its cleanup: TorchServe must still go, ports freed."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    from ser.services import free_port, port_is_free
+    from ser.torchserve import _die_with_parent
+
+    if not _die_with_parent():
+        pytest.skip("setpriv (util-linux) not installed: no parent-death signal on this machine")
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "ser", "serve", "--model", str(built["mar"]), "--no-auth", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        deadline = time.monotonic() + 240
+        for line in proc.stdout:
+            if "Ctrl-C stops the server" in line or time.monotonic() > deadline:
+                break
+        assert requests.get(f"http://127.0.0.1:{port}/ping", timeout=10).ok
+        family = psutil.Process(proc.pid).children(recursive=True)
+        assert family, "TorchServe should run under ser serve"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        gone, alive = psutil.wait_procs(family, timeout=60)
+        assert not alive, f"left running after kill -9 of ser serve: {[p.pid for p in alive]}"
+        assert port_is_free(port)
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -189,6 +189,20 @@ class Server:
         self.stop()
 
 
+def _die_with_parent() -> list[str]:
+    """A prefix that makes TorchServe get SIGTERM when the process that started it dies.
+
+    The frontend runs in its own session so that stop() can signal the whole group,
+    which also means a `kill -9` of `ser serve` would leave it running, holding its
+    ports. util-linux's setpriv sets the Linux parent-death signal and then execs java;
+    the signal fires when the starting *thread* ends, so start() belongs on a thread
+    that lives as long as the server (the CLI's and the tests' main thread). Where
+    setpriv is missing, nothing changes but that guarantee.
+    """
+    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+    return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
+
+
 def _signal_group(pgid: int, sig: int) -> None:
     try:
         os.killpg(pgid, sig)
@@ -308,6 +322,7 @@ def start(
     log_config = run / "log4j2.xml"
     log_config.write_text(LOG4J2.format(logs=logs, access="info" if access_log else "off"))
     cmd = [
+        *_die_with_parent(),
         java_executable(),
         f"-Dmodel_server_home={home}",
         f"-Djava.io.tmpdir={tmp}",

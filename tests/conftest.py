@@ -1,4 +1,4 @@
-"""Shared fixtures: where ../shared lives, and skips that say why."""
+"""Shared fixtures: where ../shared lives, skips that say why, one torch thread."""
 
 from __future__ import annotations
 
@@ -21,3 +21,12 @@ def tess_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"real TESS corpus not found at {path} (../shared absent): integration test skipped")
     return path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread() -> None:
+    """Tiny networks on a shared 2-core machine: one torch thread is several times
+    faster than two and immune to a busy machine. Set once, for every test."""
+    import torch
+
+    torch.set_num_threads(1)

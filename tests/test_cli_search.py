@@ -6,18 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from ser import cli, search, training
 from tests.test_search import make_features
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import types
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 from ser import models
 from ser.cli import run
@@ -18,8 +17,6 @@ from ser.cli import study
 from ser.features import FeatureSpec
 from ser.labels import ENGLISH, GREEK
 from tests.helpers import banded_feature_set
-
-torch.set_num_threads(1)
 
 SPEC = FeatureSpec(kind="mel", size=30, sample_rate=16000)
 TINY_YAML = """

@@ -16,7 +16,6 @@ import types
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 from ser.cli import run, study
 from ser.features import FeatureSpec
@@ -24,8 +23,6 @@ from ser.labels import ENGLISH, GREEK
 from ser.services import free_port
 from tests.helpers import banded_feature_set
 from tests.servers import mlflow_server, s3_server, tracking_env  # noqa: F401  (fixtures)
-
-torch.set_num_threads(1)
 
 SPEC = FeatureSpec(kind="mel", size=30, sample_rate=16000)
 TINY = {"arch": {"cnn": "squirtle", "conv_channels": [8, 8, 8], "fc_features": [32, 32], "dropout": 0.25},

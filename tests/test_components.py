@@ -136,12 +136,10 @@ def corpora(s3_server, tmp_path_factory):  # noqa: F811
 @pytest.fixture(scope="module")
 def prepared(corpora, s3_server, tmp_path_factory):  # noqa: F811
     """Every step's output made in-process with ser.pipeline_steps (the components' inputs)."""
-    import os
-
     root = tmp_path_factory.mktemp("prepared")
-    saved = {k: os.environ.get(k) for k in s3_server.env()}
-    os.environ.update(s3_server.env())
-    try:
+    with pytest.MonkeyPatch.context() as env:
+        for key, value in s3_server.env().items():
+            env.setenv(key, value)
         p = corpora["params"]
         steps.ingest(DATA, p["english_corpora"], root / "ingest")
         steps.ingest(DATA, p["greek_corpora"], root / "ingest-gr")
@@ -150,12 +148,6 @@ def prepared(corpora, s3_server, tmp_path_factory):  # noqa: F811
         steps.features(root / "ingest-gr", root / "features-gr", kinds="mel", sizes="30", labels="greek", workers=1)
         steps.final_train(root / "features", root / "model", config=TINY_CONFIG, feature="mel", size=30, epochs=2, eval_every=1, device="cpu")
         steps.evaluate(root / "model", root / "features", root / "eval")
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     return root
 
 

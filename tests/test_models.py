@@ -9,8 +9,6 @@ from torch import nn
 from ser import models
 from ser.models import ArchSpec, SpecError
 
-torch.set_num_threads(1)
-
 SMALL = dict(in_size=30, n_classes=7, conv_channels=(8, 8, 8), fc_features=(32, 16))
 
 

@@ -13,26 +13,12 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-import torch
 
 from ser import search, stopping, training
 from ser.dataset import FeatureSet
-from ser.features import FeatureSpec
+from ser.features import KINDS, SIZES, FeatureSpec
 from ser.labels import label_set
 from ser.models import ArchSpec, SpecError
-
-SIZES = (30, 50, 60, 80)
-KINDS = ("mel", "chroma", "mfcc")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny networks on a shared 2-core machine: one thread is several times faster.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def make_features(per_class: int = 10, size: int = 30, kind: str = "mel", seed: int = 0) -> FeatureSet:
     """Images whose class is a bright horizontal band at a class-dependent height."""

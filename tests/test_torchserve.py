@@ -11,6 +11,10 @@ from __future__ import annotations
 import base64
 import concurrent.futures as cf
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -265,11 +269,6 @@ def test_kserve_envelope(built):
 
 def test_hard_killed_ser_serve_takes_torchserve_down(built):
     """kill -9 of `ser serve` cannot run its cleanup: TorchServe must still go, ports freed."""
-    import os
-    import signal
-    import subprocess
-    import sys
-
     import psutil
 
     from ser.services import free_port, port_is_free

@@ -13,8 +13,6 @@ from ser.dataset import FeatureSet
 from ser.features import FeatureSpec
 from ser.training import EpochRecord, TrainConfig, evaluate, final_train, fit, improvements, resolve_device
 
-torch.set_num_threads(1)  # tiny nets: one thread is fastest and immune to a busy machine
-
 TINY = models.ArchSpec(cnn="squirtle", in_size=30, n_classes=4, conv_channels=(8, 8, 8), fc_features=(32, 32), dropout=0.25)
 
 

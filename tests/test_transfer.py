@@ -11,8 +11,6 @@ from ser.dataset import FeatureSet
 from ser.features import FeatureSpec
 from ser.training import TrainConfig, fit
 
-torch.set_num_threads(1)
-
 SPEC = models.ArchSpec(cnn="squirtle", in_size=30, n_classes=7, conv_channels=(8, 8, 8), fc_features=(32, 32), dropout=0.4)
 
 

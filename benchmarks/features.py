@@ -11,8 +11,8 @@ one-off import and compiled-code loading before the timing starts.
 
 Two copies of the corpus are measured: the files as stored in ../shared (FLAC, to
 save space) and the same audio as TESS distributes it (16-bit WAV, written to a
-temporary folder before timing). Decoding FLAC costs more than the rest of the
-feature, so it dominates what any path can gain. Prints a table and writes JSON:
+temporary folder before timing). libsndfile's FLAC decoding, which the naive path
+uses, costs about four times its WAV decoding. Prints a table and writes JSON:
     .venv/bin/python benchmarks/features.py [--tess DIR] [--limit N] [--repeats 3] [--out FILE]
 """
 

@@ -1,3 +1,5 @@
+import io
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -40,6 +42,55 @@ def test_truncated_file_is_an_audio_error():
     data = wav_bytes(tone())[:30]
     with pytest.raises(audio.AudioError):
         audio.decode(data)
+
+
+def _libsndfile(src) -> tuple[np.ndarray, int]:
+    data, rate = sf.read(io.BytesIO(src) if isinstance(src, bytes) else src, dtype="float32", always_2d=True)
+    return data.mean(axis=1).astype(np.float32) if data.shape[1] > 1 else data[:, 0], rate
+
+
+@pytest.mark.parametrize("subtype", ["PCM_S8", "PCM_16", "PCM_24"])
+@pytest.mark.parametrize("channels", [1, 2])
+def test_flac_decodes_to_the_samples_libsndfile_gives(tmp_path, subtype, channels):
+    noise = np.random.default_rng(channels).uniform(-0.9, 0.9, (12345, channels))
+    path = tmp_path / "clip.wav"  # a FLAC stream behind a .wav name: read by its header
+    sf.write(path, noise, 22050, format="FLAC", subtype=subtype)
+    expected, rate = _libsndfile(str(path))
+    for src in (path, path.read_bytes()):
+        wave, got_rate = audio.decode(src)
+        assert got_rate == rate == 22050 and wave.dtype == np.float32
+        np.testing.assert_array_equal(wave, expected)
+
+
+def test_real_flac_decodes_to_the_samples_libsndfile_gives(tess_dir):
+    files = sorted(tess_dir.rglob("*.flac"))[::40]  # includes the 96 kHz OAF_food_fear
+    files += [p for p in tess_dir.rglob("OAF_food_fear.flac") if p not in files]
+    for path in files:
+        expected, rate = _libsndfile(str(path))
+        wave, got_rate = audio.decode(path)
+        assert got_rate == rate
+        np.testing.assert_array_equal(wave, expected)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "zeroed", "scrambled"])
+def test_damaged_flac_is_an_audio_error_not_a_shorter_clip(tmp_path, damage):
+    # dr_flac decodes what it can of a damaged stream without an error; libsndfile
+    # refuses it. A clip silently missing its end must never reach training.
+    buf = io.BytesIO()
+    sf.write(buf, tone(seconds=2.0), 16000, format="FLAC", subtype="PCM_16")
+    raw = bytearray(buf.getvalue())
+    middle = len(raw) // 2
+    if damage == "truncated":
+        raw = raw[:middle]
+    elif damage == "zeroed":
+        raw[middle : middle + 200] = bytes(200)
+    else:
+        raw[middle : middle + 40] = np.random.default_rng(0).integers(0, 256, 40, dtype=np.uint8).tobytes()
+    path = tmp_path / "damaged.flac"
+    path.write_bytes(bytes(raw))
+    for src in (bytes(raw), path):
+        with pytest.raises(audio.AudioError, match="not a readable audio file"):
+            audio.decode(src)
 
 
 def test_preemphasis_and_trim():

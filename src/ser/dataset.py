@@ -26,7 +26,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from ser import audio
+from ser import allocator, audio
 from ser.features import FeatureSpec, extract, extract_file
 from ser.labels import label_set
 
@@ -70,10 +70,12 @@ class FeatureSet:
         return {name: int(c) for name, c in zip(self.label_names, counts)}
 
     def save(self, path: str | Path) -> Path:
+        """Write an uncompressed .npz: zlib took 1.9 s for 2800 mel images to save 10%
+        of 40 MB, more than half of a warm `ser features` run."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez_compressed(
+        np.savez(
             tmp,
             images=self.images.astype(np.float32),
             labels=self.labels.astype(np.int64),
@@ -166,12 +168,14 @@ class FeatureCache:
         os.replace(tmp, self.dir / f"{name}.npz")
 
 
-def _one_thread() -> None:
+def _worker_setup() -> None:
     """Each worker is one of the cores: BLAS threads inside it only fight the others
-    (a 60-band mel projection took 12 ms instead of 0.1 ms on two busy cores)."""
+    (a 60-band mel projection took 12 ms instead of 0.1 ms on two busy cores). It
+    also keeps freed memory, so clips stop paying page faults for their buffers."""
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)
+    allocator.keep_freed_memory()
 
 
 def _pool_context(spec: FeatureSpec) -> BaseContext:
@@ -277,7 +281,7 @@ def build(
                     bar.update(len(batch))
 
     if workers > 1 and len(todo) > 32:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context(spec), initializer=_one_thread) as pool:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context(spec), initializer=_worker_setup) as pool:
             gather(pool.map(_work, jobs))
     else:
         from threadpoolctl import threadpool_limits

@@ -16,10 +16,11 @@ def op(base_image: str = CPU_IMAGE):
         summary: Output[Markdown],
     ) -> int:
         """Copies of the rows of ``corpora`` (comma-separated); returns how many were made."""
+        from ser import files
         from ser import pipeline_steps as steps
 
         info = steps.augment(table.path, augmented.path, corpora=corpora, mode=mode, seed=seed)
-        steps.write_text(summary.path, info.pop("markdown"))
+        files.write_text(summary.path, info.pop("markdown"))
         augmented.metadata.update({"originals": info["originals"], "copies": info["copies"], "mode": mode})
         return info["copies"]
 

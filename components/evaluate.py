@@ -17,13 +17,14 @@ def op(base_image: str = CPU_IMAGE):
         page: Output[HTML],
     ) -> float:
         """``rows``: test (the split in the model's metadata), train or all. Returns macro F1."""
+        from ser import files
         from ser import pipeline_steps as steps
 
         data = steps.evaluate(model.path, features.path, report.path, rows=rows)
         for key, value in steps.kfp_scalars(data).items():
             metrics.log_metric(key, value)
         confusion.log_confusion_matrix(list(data["labels"]), data["confusion_matrix"])
-        steps.write_text(page.path, steps.training_report(report.path, f"evaluation ({rows} rows)", data))
+        files.write_text(page.path, steps.training_report(report.path, f"evaluation ({rows} rows)", data))
         return float(data["macro_f1"])
 
     return evaluate

@@ -18,10 +18,11 @@ def op(base_image: str = CPU_IMAGE):
     ) -> int:
         """kinds "mel,chroma", sizes "30,60", labels english|greek; ``corpus`` is the
         ingest output the table's original rows live in. Returns the image count."""
+        from ser import files
         from ser import pipeline_steps as steps
 
         info = steps.features(table.path, features.path, kinds=kinds, sizes=sizes, labels=labels, roots=[corpus.path])
-        steps.write_text(summary.path, info.pop("markdown"))
+        files.write_text(summary.path, info.pop("markdown"))
         features.metadata.update({"labels": labels, "sets": ",".join(info["sets"])})
         return max(s["n"] for s in info["sets"].values())
 

@@ -32,6 +32,7 @@ def op(base_image: str = GPU_IMAGE):
         ``feature``/``size``. ``epochs`` 0 keeps the config's; ``seed`` -1 the search's.
         Returns the test macro F1 at the best epoch."""
         from ser import gpu
+        from ser import files
         from ser import pipeline_steps as steps
 
         gpu.check_gpu_arch()
@@ -43,7 +44,7 @@ def op(base_image: str = GPU_IMAGE):
             metrics.log_metric(key, value)
         confusion.log_confusion_matrix(list(data["labels"]), data["confusion_matrix"])
         model.metadata.update({"feature": data["feature"], "size": data["size"], "macro_f1": data["macro_f1"], "framework": "pytorch"})
-        steps.write_text(curves.path, steps.training_report(model.path, "final training", data))
+        files.write_text(curves.path, steps.training_report(model.path, "final training", data))
         return float(data["macro_f1"])
 
     return final_train

@@ -19,12 +19,13 @@ def op(base_image: str = CPU_IMAGE):
         """corpora: NAME=PREFIX pairs ("ravdess=corpora/ravdess,tess=corpora/tess"); returns the row count."""
         import os
 
+        from ser import files
         from ser import pipeline_steps as steps
 
         if s3_endpoint:
             os.environ["S3_ENDPOINT_URL"] = s3_endpoint
         info = steps.ingest(data_bucket, corpora, table.path, select=select, seed=seed)
-        steps.write_text(summary.path, info.pop("markdown"))
+        files.write_text(summary.path, info.pop("markdown"))
         table.metadata.update({"rows": info["rows"], "problems": info["problems"], "corpora": ",".join(info["labels"])})
         return info["rows"]
 

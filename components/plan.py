@@ -27,12 +27,13 @@ def recipe_op(base_image: str = CPU_IMAGE):
         keep the recipe's values. Returns stage 1's parameter vectors (the first
         ParallelFor). The resolved recipe also carries ``parent_run`` (the MLflow run
         the fold steps nest under), so steps inside a ParallelFor read it from there."""
+        from ser import files
         from ser import pipeline_steps as steps
 
         info = steps.resolve_recipe(recipe, resolved.path, seed=seed, folds=folds, trials=(trials_stage1, trials_stage2, trials_stage3),
                                     search_epochs=search_epochs, final_stage_epochs=stage4_epochs, parent_run=parent_run)
         vectors = steps.plan_stage(resolved.path, info["stages"][0], features.path)
-        steps.write_text(summary.path, info.pop("markdown") + f"\n\nStage {info['stages'][0]}: {len(vectors)} vectors.\n")
+        files.write_text(summary.path, info.pop("markdown") + f"\n\nStage {info['stages'][0]}: {len(vectors)} vectors.\n")
         resolved.metadata.update({"recipe": info["name"], "hash": info["hash"], "stage1_vectors": len(vectors)})
         return vectors
 

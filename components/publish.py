@@ -21,14 +21,15 @@ def compare_op(base_image: str = CPU_IMAGE):
         """The champion in s3://model_bucket/name/ scored on the candidate's test rows.
         Returns whether to promote: the candidate's macro F1 is higher, or there is no
         champion. ``verdict`` (JSON) holds both scores and the reason."""
+        from ser import files
         from ser import pipeline_steps as steps
 
         steps.configure(s3_endpoint=s3_endpoint)
-        metrics = steps.read_json(report.path + "/metrics.json")
+        metrics = files.read_json(report.path + "/metrics.json")
         data = steps.compare_with_champion(model.path, features.path, metrics, model_bucket, name)
-        steps.write_json(verdict.path, data)
+        files.write_json(verdict.path, data)
         verdict.metadata.update({k: v for k, v in data.items() if isinstance(v, (str, int, float, bool))})
-        steps.write_text(summary.path, f"### Candidate vs champion\n\n{data['reason']}\n\npromote: **{data['promote']}**\n")
+        files.write_text(summary.path, f"### Candidate vs champion\n\n{data['reason']}\n\npromote: **{data['promote']}**\n")
         print(data["reason"])
         return bool(data["promote"])
 
@@ -53,15 +54,16 @@ def op(base_image: str = CPU_IMAGE):
         """Uploads to s3://model_bucket/name/versions/<version>/ and, when the verdict of
         compare_champion says promote, to name/champion/ (the InferenceService's
         storageUri). Returns the version URI."""
+        from ser import files
         from ser import pipeline_steps as steps
 
         steps.configure(s3_endpoint=s3_endpoint, mlflow_uri=mlflow_uri, experiment=mlflow_experiment)
-        decision = steps.read_json(verdict.path)
+        decision = files.read_json(verdict.path)
         info = steps.publish(model.path, report.path, model_bucket, name, published.path, promote=bool(decision["promote"]),
                              champion_value=decision["champion"] if decision["champion"] >= 0 else None, parent_run=parent_run)
         published.metadata.update({k: v for k, v in info.items() if isinstance(v, (str, int, float, bool))})
         lines = [f"- {k}: `{v}`" for k, v in info.items()]
-        steps.write_text(summary.path, f"### Published {name} {info['version']}\n\n{decision['reason']}\n\n" + "\n".join(lines) + "\n")
+        files.write_text(summary.path, f"### Published {name} {info['version']}\n\n{decision['reason']}\n\n" + "\n".join(lines) + "\n")
         return info["uri"]
 
     return publish

@@ -24,11 +24,12 @@ def op(base_image: str = CPU_IMAGE):
         """``results``: the stage's dsl.Collected train_folds outputs; ``previous``: the
         last ranking (merged for stages that merge). Returns the vectors of
         ``next_stage`` planned from this ranking (none when ``next_stage`` is 0)."""
+        from ser import files
         from ser import pipeline_steps as steps
 
         info = steps.rank_stage(recipe.path, stage, [r.path for r in results], ranking.path,
                                 previous.path if previous is not None else None)
-        steps.write_text(table.path, info["markdown"])
+        files.write_text(table.path, info["markdown"])
         for key in ("vectors", "ranked", "listed", "best_macro_f1", "best_accuracy"):
             metrics.log_metric(key, float(info[key]))
         ranking.metadata.update({"stage": stage, "best": info["best_id"], "winner": info["winner"]})

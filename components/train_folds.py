@@ -24,6 +24,7 @@ def op(base_image: str = GPU_IMAGE):
         mean macro F1 over folds. (The MLflow parent run comes from the recipe artifact:
         kfp's local runner cannot pass a task's output parameter into a ParallelFor body.)"""
         from ser import gpu
+        from ser import files
         from ser import pipeline_steps as steps
 
         gpu.check_gpu_arch()
@@ -34,7 +35,7 @@ def op(base_image: str = GPU_IMAGE):
                 metrics.log_metric(key, float(info[key]))
         metrics.log_metric("qualified", float(bool(info["qualified"])))
         result.metadata.update({"id": info["id"], "stage": info["stage"], "stopped_by": info["stopped_by"]})
-        steps.write_text(curves.path, steps.html_page(f"stage {info['stage']} vector {info['id']}", info["curves"],
+        files.write_text(curves.path, steps.html_page(f"stage {info['stage']} vector {info['id']}", info["curves"],
                                                       "<pre>" + info["markdown"] + "</pre>"))
         f1 = info["macro_f1"]
         return float(f1) if f1 is not None and f1 == f1 else 0.0

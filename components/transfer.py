@@ -27,6 +27,7 @@ def op(base_image: str = GPU_IMAGE):
     ) -> float:
         """freeze: subsets a..g ("g", "aceg", "all"); lrs / batches comma-separated. Returns test macro F1."""
         from ser import gpu
+        from ser import files
         from ser import pipeline_steps as steps
 
         gpu.check_gpu_arch()
@@ -37,7 +38,7 @@ def op(base_image: str = GPU_IMAGE):
             metrics.log_metric(key, value)
         confusion.log_confusion_matrix(list(data["labels"]), data["confusion_matrix"])
         tuned.metadata.update({"feature": data["feature"], "size": data["size"], "macro_f1": data["macro_f1"], "framework": "pytorch"})
-        steps.write_text(curves.path, steps.training_report(tuned.path, "transfer", data))
+        files.write_text(curves.path, steps.training_report(tuned.path, "transfer", data))
         return float(data["macro_f1"])
 
     return transfer

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from ser import cli, search, training
+from ser import cli, ranking, recipes, search, training
 from tests.test_search import make_features
 
 
@@ -18,7 +18,7 @@ def features(tmp_path):
 
 def tiny_recipe_file(tmp_path):
     """The demo recipe at 2% width (the CLI takes recipe files as well as names)."""
-    text = search.recipe_text("demo").replace("scale: 0.05", "scale: 0.02")
+    text = recipes.recipe_text("demo").replace("scale: 0.05", "scale: 0.02")
     path = tmp_path / "tiny.yaml"
     path.write_text(text)
     return path
@@ -68,8 +68,8 @@ def test_demo_search_all_stages_then_resume(monkeypatch, tmp_path, features, cap
     assert search.models.ArchSpec.from_dict(winner["arch"]).in_size == 30 and set(winner["train"]) == {"batch_size", "lr"}
     meta = json.loads((out / "search.json").read_text())
     assert meta["split"]["protocol"] == "random" and meta["split"]["seed"] == 0 and meta["split"]["test_size"] == 0.2
-    ranking = search.load_ranking(out / "ranking.csv")
-    assert ranking[0]["id"] == json.loads((out / "winner_meta.json").read_text())["vector"]["id"]
+    rows = ranking.load_ranking(out / "ranking.csv")
+    assert rows[0]["id"] == json.loads((out / "winner_meta.json").read_text())["vector"]["id"]
 
     calls.clear()
     assert cli.main(args) == 0

@@ -97,12 +97,12 @@ def test_recipe_budgets_plan_score_and_rank_without_kfp(tmp_path):
 
 
 def test_resolve_recipe_takes_yaml_text(tmp_path):
-    from ser import search
+    from ser import recipes, search_space
 
-    text = search.recipe_text("demo").replace("name: demo", "name: mine")
+    text = recipes.recipe_text("demo").replace("name: demo", "name: mine")
     info = steps.resolve_recipe(text, tmp_path / "r")
     assert info["name"] == "mine"
-    with pytest.raises(search.SearchError):
+    with pytest.raises(search_space.SearchError):
         steps.resolve_recipe("- not a mapping", tmp_path / "r2")
 
 

@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from ser.files import read_json, write_json
+
 TABLE = "table.csv"
 PROBLEMS = "problems.csv"
 SUMMARY = "summary.json"
@@ -90,16 +92,6 @@ def torch_threads() -> int:
     return torch.get_num_threads()
 
 
-def write_json(path: str | Path, data: Mapping[str, Any]) -> Path:
-    from ser import report
-
-    return report.write_json(path, data)
-
-
-def read_json(path: str | Path) -> dict[str, Any]:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
-
-
 def html_page(title: str, images: Sequence[str | Path] = (), body: str = "") -> str:
     """A self-contained HTML page (PNG images inlined) for a KFP HTML artifact."""
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head><body>",
@@ -109,13 +101,6 @@ def html_page(title: str, images: Sequence[str | Path] = (), body: str = "") -> 
         parts.append(f"<div><img alt='{html.escape(Path(image).name)}' src='data:image/png;base64,{data}'/></div>")
     parts.append("</body></html>")
     return "\n".join(parts)
-
-
-def write_text(path: str | Path, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
-    return path
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
@@ -375,15 +360,15 @@ def resolve_recipe(recipe: str, out_dir: str | Path, *, seed: int = -1, folds: i
 
     import yaml
 
-    from ser import search
+    from ser import recipes, search_space
 
-    if recipe.strip() in search.BUILTIN_RECIPES:
-        base = search.load_recipe(recipe.strip())
+    if recipe.strip() in recipes.BUILTIN_RECIPES:
+        base = recipes.load_recipe(recipe.strip())
     else:
         data = yaml.safe_load(recipe)
         if not isinstance(data, Mapping):
-            raise search.SearchError(f"recipe must be a shipped name ({', '.join(search.BUILTIN_RECIPES)}) or YAML text of a mapping")
-        base = search.Recipe.from_dict(data, source="pipeline parameter")
+            raise search_space.SearchError(f"recipe must be a shipped name ({', '.join(recipes.BUILTIN_RECIPES)}) or YAML text of a mapping")
+        base = recipes.Recipe.from_dict(data, source="pipeline parameter")
     stages = dict(base.stages)
     random_or_perturb = [n for n in sorted(stages) if stages[n].kind != "final"]
     for n, k in zip(random_or_perturb, list(trials) + [0] * len(random_or_perturb)):
@@ -424,31 +409,31 @@ def _rules_label(rules: Any) -> str:
 
 
 def load_recipe(recipe_dir: str | Path):
-    from ser import search
+    from ser import recipes
 
     data = read_json(Path(recipe_dir) / RECIPE_FILE)
     source = data.pop("source", "")
     data.pop("hash", None)
-    return search.Recipe.from_dict(data, source=source)
+    return recipes.Recipe.from_dict(data, source=source)
 
 
 def plan_stage(recipe_dir: str | Path, stage: int, features_dir: str | Path, ranking_dir: str | Path | None = None) -> list[dict[str, Any]]:
     """The parameter vectors stage ``stage`` scores (the items of the pipeline's
     ParallelFor): new random draws, perturbations of the best of ``ranking_dir``, or
     the best of it again (final stage), exactly as :func:`ser.search.run_stage` picks them."""
-    from ser import search
+    from ser import ranking, search, search_space
 
     recipe = load_recipe(recipe_dir)
     st = recipe.stage(as_int(stage))
     available = feature_keys(features_dir)
-    previous = search.load_ranking(ranking_dir) if ranking_dir else None
+    previous = ranking.load_ranking(ranking_dir) if ranking_dir else None
     n_classes = functools.cache(lambda: len(label_names(features_dir)))
     vectors, combos, _missing = search.plan_vectors(st, recipe, available, lambda _key: n_classes(), previous)
     if st.kind == "random" and not combos:
-        raise search.SearchError(f"stage {st.number}: none of its combinations has a feature set (given: {available}); "
+        raise search_space.SearchError(f"stage {st.number}: none of its combinations has a feature set (given: {available}); "
                                  "add the kinds/sizes to the features step")
     if not vectors:
-        raise search.SearchError(f"stage {st.number}: no vectors to score")
+        raise search_space.SearchError(f"stage {st.number}: no vectors to score")
     return [{"stage": st.number, "id": v.id, "vector": v.to_dict()} for v in vectors]
 
 
@@ -472,12 +457,12 @@ def train_folds(features_dir: str | Path, recipe_dir: str | Path, item: Mapping[
     """k-fold cross-validation of one parameter vector with the stage's early stopping
     (:func:`ser.search.score_vector`). Writes ``out_dir/result.json`` (ranking row and
     fold details), ``out_dir/work/<id>/fold<k>.json`` and a learning-curve PNG per fold."""
-    from ser import report, search
+    from ser import ranking, report, search, search_space
 
     torch_threads()
     recipe = load_recipe(recipe_dir)
     st = recipe.stage(as_int(item["stage"]))
-    vector = search.Vector.from_dict(item["vector"])
+    vector = search_space.Vector.from_dict(item["vector"])
     fs, idx, split = _search_rows(features_dir, vector.key, recipe)
     out = Path(out_dir)
     if parent_run is None:
@@ -500,7 +485,7 @@ def train_folds(features_dir: str | Path, recipe_dir: str | Path, item: Mapping[
     summary = {k: row.get(k) for k in ("id", "stage", "cnn", "feature", "N", "macro_f1", "macro_f1_std", "accuracy", "accuracy_std",
                                         "val_loss", "epochs", "stopped_by", "abandoned", "qualified", "seconds")}
     summary["curves"] = [str(c) for c in curves]
-    summary["markdown"] = search.ranking_markdown([row], title=f"Stage {st.number}, vector {vector.id}")
+    summary["markdown"] = ranking.ranking_markdown([row], title=f"Stage {st.number}, vector {vector.id}")
     return summary
 
 
@@ -509,7 +494,7 @@ def rank_stage(recipe_dir: str | Path, stage: int, result_dirs: Sequence[str | P
     """The ranking after stage ``stage``: the scored vectors (merged with the previous
     ranking where the stage says so), written as ``ranking.csv``/``ranking.md`` (and
     ``winner.json``/``winner_meta.json`` after the final stage) by :func:`ser.search.write_stage`."""
-    from ser import search
+    from ser import ranking, search, search_space
 
     recipe = load_recipe(recipe_dir)
     st = recipe.stage(as_int(stage))
@@ -520,25 +505,25 @@ def rank_stage(recipe_dir: str | Path, stage: int, result_dirs: Sequence[str | P
         results.append(data["result"])
         split = data.get("split") or split
     if not rows:
-        raise search.SearchError(f"stage {st.number}: no scored vectors to rank")
+        raise search_space.SearchError(f"stage {st.number}: no scored vectors to rank")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     scored = out / f"stage{st.number}-scored.csv"  # through the ranking CSV: the table's own types (NaN, ints, booleans)
-    scored.write_text(search.ranking_csv(rows), encoding="utf-8")
-    rows = search.load_ranking(scored)
+    scored.write_text(ranking.ranking_csv(rows), encoding="utf-8")
+    rows = ranking.load_ranking(scored)
     scored.unlink()
-    previous = search.load_ranking(ranking_dir) if ranking_dir else []
+    previous = ranking.load_ranking(ranking_dir) if ranking_dir else []
     if st.kind == "perturb" or (st.kind == "random" and st.merge):
         rows = list(previous) + rows
-    ranking = search.sort_ranking(rows)
-    winner = ranking[0] if st.kind == "final" else None
+    ranked = ranking.sort_ranking(rows)
+    winner = ranked[0] if st.kind == "final" else None
     meta = {"recipe": recipe.name, "recipe_source": recipe.source, "recipe_hash": recipe.hash(), "seed": recipe.seed,
             "folds": recipe.folds, "split": split, "score_at": recipe.score_at}
-    search.write_stage(search.StageResult(st, [], ranking, [], winner), out, meta)
+    search.write_stage(search.StageResult(st, [], ranked, [], winner), out, meta)
     write_json(out / f"stage{st.number}" / "vectors.json", {"results": results})
-    listed = [r for r in ranking if r.get("qualified")]
-    top = ranking[0]
-    return {"stage": st.number, "vectors": len(results), "ranked": len(ranking), "listed": len(listed),
+    listed = [r for r in ranked if r.get("qualified")]
+    top = ranked[0]
+    return {"stage": st.number, "vectors": len(results), "ranked": len(ranked), "listed": len(listed),
             "best_id": top["id"], "best_macro_f1": float(top.get("macro_f1") or 0.0), "best_accuracy": float(top.get("accuracy") or 0.0),
             "winner": winner is not None, "markdown": (out / "ranking.md").read_text(encoding="utf-8")}
 

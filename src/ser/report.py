@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
-import os
 import statistics
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+
+from ser.files import jsonable, write_json, write_text
 
 #: Top-level numbers summarised by :func:`summarise_seeds` when present.
 SUMMARY_KEYS: tuple[str, ...] = ("accuracy", "macro_f1", "loss", "best_epoch")
@@ -33,32 +33,6 @@ def _save(fig, path: str | Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating, float)):
-        value = float(value)
-        return None if math.isnan(value) or math.isinf(value) else value
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
-def _atomic_text(path: str | Path, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
 
 # --------------------------------------------------------------------------- metrics
 
@@ -79,20 +53,12 @@ def metrics(evaluation: Any, *, best_epoch: int | None, seed: int | None, split:
         "split": split,
     }
     data.update(extra)
-    return _jsonable(data)
-
-
-def write_json(path: str | Path, data: Mapping[str, Any]) -> Path:
-    """JSON with NaN written as null (strict JSON readers accept it)."""
-    return _atomic_text(path, json.dumps(_jsonable(data), indent=2, sort_keys=False) + "\n")
+    return jsonable(data)
 
 
 def write_metrics(path: str | Path, data: Mapping[str, Any]) -> Path:
+    """metrics.json, NaN written as null (strict JSON readers refuse NaN)."""
     return write_json(path, data)
-
-
-def read_json(path: str | Path) -> dict[str, Any]:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
 # --------------------------------------------------------------------------- tables
@@ -130,7 +96,7 @@ def csv_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = 
     writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({c: _jsonable(row.get(c)) for c in columns})
+        writer.writerow({c: jsonable(row.get(c)) for c in columns})
     return buf.getvalue()
 
 
@@ -138,7 +104,7 @@ def write_table(rows: Sequence[Mapping[str, Any]], stem: str | Path, columns: Se
     """Write ``stem``.md and ``stem``.csv; returns both paths."""
     stem = Path(stem)
     md = (f"# {title}\n\n" if title else "") + markdown_table(rows, columns, digits)
-    return _atomic_text(stem.with_suffix(".md"), md), _atomic_text(stem.with_suffix(".csv"), csv_text(rows, columns))
+    return write_text(stem.with_suffix(".md"), md), write_text(stem.with_suffix(".csv"), csv_text(rows, columns))
 
 
 def history_rows(history: Iterable[Any]) -> list[dict[str, Any]]:
@@ -262,7 +228,7 @@ def summarise_seeds(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
                 classes.append(name)
     if classes:
         summary["per_class_f1"] = {name: _mean_std([r["per_class"][name]["f1"] for r in runs if name in r.get("per_class", {})]) for name in classes}
-    return _jsonable(summary)
+    return jsonable(summary)
 
 
 def seeds_rows(runs: Sequence[Mapping[str, Any]], summary: Mapping[str, Any]) -> list[dict[str, Any]]:

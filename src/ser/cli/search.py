@@ -75,13 +75,13 @@ command to continue.""",
 
 
 def _load_recipe(args: argparse.Namespace):
-    from ser import search
+    from ser import recipes, search_space
 
     try:
-        recipe = search.load_recipe(args.recipe)
+        recipe = recipes.load_recipe(args.recipe)
         return recipe.with_overrides(trials=args.trials, folds=args.folds, epochs=args.epochs, seed=args.seed,
                                      split=args.split, test_size=args.test_size)
-    except search.SearchError as exc:
+    except search_space.SearchError as exc:
         raise UserError(str(exc)) from None
 
 
@@ -101,7 +101,7 @@ def _feature_sets(paths: list[Path]):
 
 def _previous(args: argparse.Namespace, first: int, recipe):
     """The ranking the first stage run starts from, checked against this run's split."""
-    from ser import search
+    from ser import ranking, search_space
 
     path = args.previous
     if path is None and first > 1:
@@ -113,8 +113,8 @@ def _previous(args: argparse.Namespace, first: int, recipe):
                             f"(or run stage {first - 1} with the same --out first)")
         return None
     try:
-        rows = search.load_ranking(path)
-    except search.SearchError as exc:
+        rows = ranking.load_ranking(path)
+    except search_space.SearchError as exc:
         raise UserError(str(exc)) from None
     for meta_path in (path.parent / "search.json", path.parent.parent / "search.json"):
         if meta_path.is_file():
@@ -150,16 +150,16 @@ def _print_ranking(rows: list[dict], top: int) -> None:
 def cmd_search(args: argparse.Namespace) -> int:
     recipe = _load_recipe(args)
     if args.show_recipe:
-        from ser import search
+        from ser import files, recipes
 
-        if args.recipe in search.BUILTIN_RECIPES and not any(
+        if args.recipe in recipes.BUILTIN_RECIPES and not any(
             v is not None for v in (args.trials, args.folds, args.epochs, args.seed, args.split, args.test_size)
         ):
-            print(search.recipe_text(args.recipe), end="")
+            print(recipes.recipe_text(args.recipe), end="")
         else:
             import yaml
 
-            print(yaml.safe_dump(json.loads(json.dumps(search._jsonable(recipe.to_dict()))), sort_keys=False), end="")
+            print(yaml.safe_dump(json.loads(json.dumps(files.jsonable(recipe.to_dict()))), sort_keys=False), end="")
         return 0
     if not args.features:
         raise UserError("give at least one --features F.npz")

@@ -303,7 +303,7 @@ def _run_hash(fs, arch, cfg, args) -> str:
 def _train_one(fs, arch, cfg, args, seed: int, out: Path, features_path: Path, session, register: str | None) -> dict[str, Any]:
     import torch
 
-    from ser import models, report, splits, track_runs
+    from ser import files, models, report, splits, track_runs
     from ser.training import final_train, resolve_device, seed_everything
 
     cfg = cfg.with_(seed=seed)
@@ -319,7 +319,7 @@ def _train_one(fs, arch, cfg, args, seed: int, out: Path, features_path: Path, s
     test_set = {"features": str(features_path), "split": args.split, "seed": seed, "test_size": args.test_size}
     metrics_path = out / "metrics.json"
     if metrics_path.is_file() and (out / "model.pt").is_file():
-        old = report.read_json(metrics_path)
+        old = files.read_json(metrics_path)
         if old.get("config_hash") == chash:
             print(f"seed {seed}: {out} already holds this run (config {chash}); skipping", file=sys.stderr)
             tracked = session.already_tracked(out, chash)
@@ -333,7 +333,7 @@ def _train_one(fs, arch, cfg, args, seed: int, out: Path, features_path: Path, s
     seed_everything(seed)
     model = models.build(arch)
     out.mkdir(parents=True, exist_ok=True)
-    report.write_json(out / "config.json", {"arch": arch.to_dict(), "train": cfg.to_dict(), "split": args.split, "test_size": args.test_size, "seed": seed, "features": str(features_path), "feature_spec": fs.spec.to_dict(), "config_hash": chash})
+    files.write_json(out / "config.json", {"arch": arch.to_dict(), "train": cfg.to_dict(), "split": args.split, "test_size": args.test_size, "seed": seed, "features": str(features_path), "feature_spec": fs.spec.to_dict(), "config_hash": chash})
     ckpt = out / "checkpoint.pt"
     with session.final_run(**run_args):
         try:
@@ -385,7 +385,7 @@ def _train_one(fs, arch, cfg, args, seed: int, out: Path, features_path: Path, s
 @_tracking_errors
 def cmd_train(args: argparse.Namespace) -> int:
     _setup_torch(args)
-    from ser import report, track_runs
+    from ser import files, report, track_runs
 
     fs = load_feature_set(args.features)
     if args.seeds < 1:
@@ -415,7 +415,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             runs.append(_train_one(fs, arch, cfg, args, seed, outs[seed], args.features, session, register if i == 0 else None))
         if len(seeds) > 1:
             summary = report.summarise_seeds(runs)
-            report.write_json(args.out / "seeds.json", {"summary": summary, "runs": [{k: r.get(k) for k in ("seed", "accuracy", "macro_f1", "loss", "best_epoch")} for r in runs]})
+            files.write_json(args.out / "seeds.json", {"summary": summary, "runs": [{k: r.get(k) for k in ("seed", "accuracy", "macro_f1", "loss", "best_epoch")} for r in runs]})
             report.write_table(report.seeds_rows(runs, summary), args.out / "seeds", ("seed", "accuracy", "macro_f1", "loss", "best_epoch"),
                                title=f"{len(seeds)} seeds, {args.split} split (accuracy and macro F1 in %)",
                                digits={"accuracy": 2, "macro_f1": 2, "loss": 4, "best_epoch": 1})

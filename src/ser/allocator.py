@@ -3,7 +3,7 @@
 Feature extraction allocates and frees a few blocks of 0.2-4 MB per clip (decoded
 samples, the frame matrix, the spectrum). glibc serves blocks above 128 KB with
 fresh mmap() calls and returns them on free, so every clip pays a page fault per
-4 KB page again: ~200 faults, a third of a clip's time on the 2-core VM
+4 KB page again: ~290 faults, about a quarter of a clip's time on the 2-core VM
 (benchmarks/RESULTS.md). Raising glibc's mmap and trim thresholds lets those blocks
 be reused from the heap. Process-wide, so only worker processes call it.
 """

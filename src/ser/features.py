@@ -86,8 +86,8 @@ def _chroma_basis(sr: int, n_fft: int, n_chroma: int) -> np.ndarray:
 
 @lru_cache(maxsize=8)
 def _hann(n_fft: int) -> np.ndarray:
-    # The periodic ("fftbins") Hann window librosa.stft uses by default.
-    return np.hanning(n_fft + 1)[:-1].astype(np.float32)
+    # The window librosa.stft makes by default, by the same call.
+    return librosa.filters.get_window("hann", n_fft, fftbins=True).astype(np.float32)
 
 
 def power_spectrum(wave: np.ndarray, n_fft: int, hop: int) -> np.ndarray:

@@ -34,6 +34,7 @@ def _save(fig, path: str | Path) -> Path:
     plt.close(fig)
     return path
 
+
 # --------------------------------------------------------------------------- metrics
 
 

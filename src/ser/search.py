@@ -190,11 +190,6 @@ def _tracker_run(tracker: Any, name: str, kind: str, params: Mapping[str, Any], 
     return tracker.run(name, kind, dict(params), dict(tags))
 
 
-def _vector_params(vector: Vector) -> dict[str, Any]:
-    row = vector_columns(vector)
-    return {k: v for k, v in row.items()}
-
-
 def score_vector(
     vector: Vector,
     features: FeatureSet,
@@ -270,7 +265,7 @@ def score_vector(
 
     vs = stopping.VectorStopping(rules)
     result = VectorResult(vector, [], int(folds), rules=_rules_name(rules), stage=stage)
-    params = _vector_params(vector)
+    params = vector_columns(vector)
     tags = {"vector_id": vector.id, "origin": vector.origin, **({"stage": stage} if stage is not None else {})}
     from tqdm import tqdm
 

@@ -74,6 +74,20 @@ def _grid(value: Any, name: str, kind: type = float) -> tuple:
     return out
 
 
+def _grids_from_dict(cls: type, data: Mapping[str, Any] | None, what: str) -> Any:
+    """A grid dataclass from a recipe's mapping; a misspelt key is an error, not a default."""
+    data = dict(data or {})
+    known = {f.name for f in fields(cls)}
+    unknown = set(data) - known
+    if unknown:
+        raise SearchError(f"unknown {what} keys {sorted(unknown)}; expected {sorted(known)}")
+    return cls(**data)
+
+
+def _grids_to_dict(grids: Any) -> dict[str, Any]:
+    return {f.name: (list(v) if isinstance((v := getattr(grids, f.name)), tuple) else v) for f in fields(grids)}
+
+
 @dataclass(frozen=True)
 class SearchSpace:
     """The grids of secondary parameters (METHOD.md section 4).
@@ -109,15 +123,10 @@ class SearchSpace:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> "SearchSpace":
-        data = dict(data or {})
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise SearchError(f"unknown search-space keys {sorted(unknown)}; expected {sorted(known)}")
-        return cls(**data)
+        return _grids_from_dict(cls, data, "search-space")
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: (list(v) if isinstance((v := getattr(self, f.name)), tuple) else v) for f in fields(self)}
+        return _grids_to_dict(self)
 
     def scaled(self, factor: float) -> "SearchSpace":
         """Channel and FC-feature grids multiplied by ``factor`` (rounded, at least 1,
@@ -312,15 +321,10 @@ class PerturbTable:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> "PerturbTable":
-        data = dict(data or {})
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise SearchError(f"unknown perturbation keys {sorted(unknown)}; expected {sorted(known)}")
-        return cls(**data)
+        return _grids_from_dict(cls, data, "perturbation")
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: (list(v) if isinstance((v := getattr(self, f.name)), tuple) else v) for f in fields(self)}
+        return _grids_to_dict(self)
 
 
 PERTURB = PerturbTable()

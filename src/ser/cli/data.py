@@ -46,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "table, *.problems.csv); none is dropped silently and none stops the scan.",
     )
     p.add_argument("--corpus", action="append", required=True, metavar="NAME=DIR",
-                   help="corpus name (ravdess, tess, savee, cremad, aesdd, synthetic) and its folder; repeatable")
+                   help="corpus name (ravdess, tess, savee, cremad, aesdd, emodb, synthetic) and its folder; repeatable")
     p.add_argument("--select", choices=("all", "study"), default="all",
                    help="'study' reproduces the study's Table 1 selection (RAVDESS without calm, TESS without "
                    "its two unreadable files, all SAVEE, CREMA-D by the IEO LO/MD/HI rule + 509 random neutral)")
@@ -85,7 +85,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--feature", choices=("mel", "chroma", "mfcc"), default="mel", help="spectral feature (default mel)")
     p.add_argument("--size", type=int, default=60, help="N: frequency bins and image side (study: 30 50 60 80)")
     p.add_argument("--rate", type=int, default=None, help="resample every file to this rate (default: native, as the study)")
-    p.add_argument("--labels", choices=("english", "greek"), default="english", help="label set (rows outside it are reported)")
+    p.add_argument("--labels", choices=("english", "greek", "emodb", "basic6", "basic4"), default="english",
+                   help="label set, i.e. which classes this run keeps (rows outside it are reported and left out): english (the "
+                   "study's 7, with surprise), greek (AESDD's 5), emodb (EmoDB's 7, with boredom), basic6 (angry disgust fearful "
+                   "happy neutral sad, shared by EmoDB and the English corpora), basic4 (angry happy neutral sad)")
     p.add_argument("--cache", type=Path, default=Path(".ser/cache/features"), help="feature cache folder")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--out", type=Path, required=True, help="feature set to write (.npz)")

@@ -23,6 +23,14 @@ def tess_dir() -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def emodb_dir() -> Path:
+    path = shared_dir() / "data" / "emodb"
+    if not path.is_dir():
+        pytest.skip(f"real EmoDB copy not found at {path} (../shared absent): integration test skipped")
+    return path
+
+
 @pytest.fixture(autouse=True, scope="session")
 def one_torch_thread() -> None:
     """Tiny networks on a shared 2-core machine: one torch thread is several times

@@ -102,10 +102,11 @@ class CVRecipe:
         return replace(self, **changes)
 
     def key(self) -> str:
-        """Stable hash of what decides a fold's result (not the device)."""
+        """Stable hash of what decides a fold's result (not its name, not the device)."""
         data = self.to_dict()
         data["train"] = {k: v for k, v in data["train"].items() if k != "device"}
         data.pop("description", None)
+        data.pop("name", None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -505,17 +505,20 @@ def final_train(
     test: FeatureSet,
     cfg: TrainConfig,
     *,
+    val: FeatureSet | None = None,
     checkpoint: str | Path | None = None,
     on_epoch: Callable[[EpochRecord], None] | None = None,
     progress: bool = True,
     checkpoint_every: int = 1,
     desc: str = "final",
 ) -> FinalResult:
-    """The study's final training (METHOD.md section 7): train on the whole training
-    split without early stopping, evaluate the test set every ``cfg.eval_every``
-    epochs, keep the lowest-test-loss checkpoint. The model ends with the best
-    weights; the evaluation is of those weights."""
-    result = fit(model, train, test, cfg, checkpoint=checkpoint, on_epoch=on_epoch, progress=progress, checkpoint_every=checkpoint_every, desc=desc)
+    """Final training (METHOD.md section 7): train on the whole training split without
+    early stopping and keep the checkpoint with the lowest loss on ``val``, then score
+    it on ``test``. With ``val=None`` the test set chooses the checkpoint, the study's
+    own rule: that score is optimistic, and the callers say so. The model ends with
+    the chosen weights; the evaluation is of those weights on ``test``."""
+    chooser = val if val is not None else test
+    result = fit(model, train, chooser, cfg, checkpoint=checkpoint, on_epoch=on_epoch, progress=progress, checkpoint_every=checkpoint_every, desc=desc)
     model.load_state_dict(result.best_state)
     evaluation = evaluate(model, test, precision=cfg.precision)
     return FinalResult(result, improvements(result.history), evaluation)

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -140,3 +141,13 @@ def window_logits(classify, x: torch.Tensor, lengths: torch.Tensor | None, windo
     total = torch.zeros(n, logits.shape[1], device=logits.device, dtype=logits.dtype).index_add_(0, index, logits)
     counts = torch.bincount(index, minlength=n).to(logits.dtype).unsqueeze(1)
     return total / counts
+
+
+def batch_frames(images: "list[np.ndarray]") -> tuple[torch.Tensor, torch.Tensor]:
+    """(M, T_i) arrays of any widths -> a (n, 1, M, max T) batch padded on the right and
+    the valid widths: what the network takes from a server's batch of requests."""
+    width = max(image.shape[-1] for image in images)
+    batch = torch.zeros(len(images), 1, images[0].shape[0], width)
+    for i, image in enumerate(images):
+        batch[i, 0, :, : image.shape[-1]] = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+    return batch, torch.tensor([image.shape[-1] for image in images])

@@ -46,6 +46,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ser.dataset import FeatureSet  # only read as .images / .labels: no librosa import needed here
 
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 CHECKPOINT_VERSION = 1
 
 
@@ -55,7 +56,10 @@ class TrainConfig:
 
     ``eval_every``: validate every k epochs (and at the last epoch); ``device``:
     "auto" (cuda if available, else cpu), "cpu", "cuda" or "cuda:N";
-    ``precision``: "fp32", or "bf16" autocast on CUDA (ignored on CPU).
+    ``precision``: "fp32", or "bf16" autocast on CUDA (ignored on CPU);
+    ``schedule``: "constant" LR (the study), or "cosine" from ``lr`` down to zero over
+    ``epochs`` (set per epoch from the epoch number, so a resumed fit follows it
+    exactly); ``weight_decay``: decoupled (AdamW) weight decay, 0 = plain Adam (the study).
     """
 
     epochs: int = 300
@@ -65,9 +69,16 @@ class TrainConfig:
     eval_every: int = 1
     device: str = "auto"
     precision: str = "fp32"
+    schedule: str = "constant"
+    weight_decay: float = 0.0
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
+        set_(self, "weight_decay", float(self.weight_decay))
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         for name in ("epochs", "batch_size", "seed", "eval_every"):
             set_(self, name, int(round(float(getattr(self, name)))))
         set_(self, "lr", float(self.lr))
@@ -293,7 +304,7 @@ def _atomic_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-_RESUME_KEYS = ("batch_size", "lr", "seed", "eval_every", "precision")
+_RESUME_KEYS = ("batch_size", "lr", "seed", "eval_every", "precision", "schedule", "weight_decay")
 
 
 def _load_checkpoint(path: Path, cfg: TrainConfig, n_train: int, n_val: int) -> dict[str, Any]:
@@ -304,7 +315,8 @@ def _load_checkpoint(path: Path, cfg: TrainConfig, n_train: int, n_val: int) -> 
     if ckpt.get("version") != CHECKPOINT_VERSION:
         raise ValueError(f"{path}: unknown checkpoint version {ckpt.get('version')}")
     old = ckpt["config"]
-    diff = [k for k in _RESUME_KEYS if old.get(k) != cfg.to_dict()[k]]
+    defaults = TrainConfig().to_dict()  # checkpoints from before a field existed hold its default
+    diff = [k for k in _RESUME_KEYS if old.get(k, defaults[k]) != cfg.to_dict()[k]]
     if diff or (ckpt["n_train"], ckpt["n_val"]) != (n_train, n_val):
         what = ", ".join(f"{k} {old.get(k)!r} -> {cfg.to_dict()[k]!r}" for k in diff) or "different data sizes"
         raise ValueError(f"{path} belongs to another training run ({what}); delete it or choose another checkpoint path")
@@ -367,7 +379,10 @@ def fit(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("every parameter is frozen: nothing to train")
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, fused=device.type == "cuda")
+    if cfg.weight_decay > 0:
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
+    else:
+        optimizer = torch.optim.Adam(params, lr=cfg.lr, fused=device.type == "cuda")
     shuffle = torch.Generator().manual_seed(cfg.seed)
 
     history: list[EpochRecord] = []
@@ -423,6 +438,9 @@ def fit(
     bar = tqdm(total=cfg.epochs, initial=min(start - 1, cfg.epochs), desc=desc, unit="epoch", disable=not progress or done, leave=False, dynamic_ncols=True)
     for epoch in range(start, cfg.epochs + 1) if not done else ():
         t0 = time.perf_counter()
+        if cfg.schedule == "cosine":
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - 1) / cfg.epochs))
         set_train_mode(model)
         order = torch.randperm(n, generator=shuffle)
         if n > 1 and n % cfg.batch_size == 1:

@@ -53,7 +53,7 @@ def test_patience_stops_after_evaluations_without_a_lower_loss():
 
 def test_plus_learns_a_held_out_synthetic_speaker_and_resumes(synth_logmel, tmp_path):
     recipe = crossval.load_recipe("plus")
-    recipe = recipe.with_(train=recipe.train.with_(epochs=12), patience=0)
+    recipe = recipe.with_(train=recipe.train.with_(epochs=20))
     logs = []
     result = crossval.run(synth_logmel, recipe, tmp_path / "cv", seeds=(0,), progress=False, log=logs.append)
     assert len(result.folds) == 3  # leave-one-speaker-out over 3 speakers
@@ -99,3 +99,24 @@ def test_study_recipe_says_its_scores_are_optimistic(tmp_path):
 def test_feature_spec_mismatch_is_a_clear_error(synth_logmel, tmp_path):
     with pytest.raises(crossval.CVError, match="extract it with the recipe's features"):
         crossval.run(synth_logmel, crossval.load_recipe("study"), tmp_path, progress=False)
+
+
+def test_ablation_turns_each_switch_off_alone_on_the_same_folds(synth_logmel, tmp_path):
+    recipe = crossval.load_recipe("plus")
+    recipe = recipe.with_(train=recipe.train.with_(epochs=2))
+    switches = {"mixup": {"augment.mixup": 0.0}, "attention pooling": {"model.pooling": "mean"}}
+    seen = []
+
+    def fs_for(variant):
+        seen.append(variant)
+        return synth_logmel
+
+    rows = crossval.ablation(fs_for, recipe, tmp_path, folds=3, switches=switches, progress=False, log=lambda _: None)
+    assert [r["switched off"] for r in rows] == ["(none: the recipe)", "mixup", "attention pooling"]
+    assert seen[1].augment.mixup == 0.0 and seen[1].model["pooling"] == "attention"
+    assert seen[2].model["pooling"] == "mean" and seen[2].augment.mixup == recipe.augment.mixup
+    assert rows[0]["delta_ua"] == "+0.0" and all(r["runs"] == 3 for r in rows)
+    assert "Ablation of the plus recipe" in (tmp_path / "ablation.md").read_text()
+    with pytest.raises(crossval.CVError, match="no section"):
+        crossval.override(recipe, {"nonsense.x": 1})
+    assert set(crossval.ABLATION) >= {"SpecAugment", "mixup", "speed perturbation", "label smoothing", "per-utterance normalisation"}

@@ -313,3 +313,68 @@ def _write_outputs(result: CVResult, fs: FeatureSet, members: list[Path]) -> Non
     models.save_bundle(out / "ensemble.pt", ensemble, fs.label_names, fs.spec.to_dict(),
                        {"recipe": recipe.name, "protocol": result.protocol, "summary": result.summary, "members": [str(p) for p in members],
                         "checkpoint": recipe.checkpoint})
+
+
+#: The plus recipe's switches, each turned off alone for the ablation (section.field: value when off).
+ABLATION: dict[str, dict[str, Any]] = {
+    "per-utterance normalisation": {"features.normalise": "none"},
+    "random crops (first 2 s instead)": {"augment.crop": False},
+    "speed perturbation": {"augment.speed": 0.0},
+    "SpecAugment": {"augment.specaugment": False},
+    "mixup": {"augment.mixup": 0.0},
+    "label smoothing": {"augment.label_smoothing": 0.0},
+    "attention pooling (plain mean instead)": {"model.pooling": "mean"},
+    "cosine LR + weight decay (constant LR, Adam)": {"train.schedule": "constant", "train.weight_decay": 0.0},
+}
+
+
+def override(recipe: CVRecipe, changes: dict[str, Any]) -> CVRecipe:
+    """The recipe with ``section.field`` values replaced (``augment.mixup``, ``model.pooling`` ...)."""
+    data = recipe.to_dict()
+    for name, value in changes.items():
+        section, _, fld = name.partition(".")
+        if not fld:
+            data[section] = value
+            continue
+        if data.get(section) is None and section == "augment":
+            data[section] = PlusConfig(crop=False, speed=0.0, specaugment=False, mixup=0.0, label_smoothing=0.0).to_dict()
+        if not isinstance(data.get(section), dict):
+            raise CVError(f"the recipe has no section {section!r}")
+        data[section][fld] = value
+    return CVRecipe.from_dict(data)
+
+
+def ablation(fs_for: Callable[[CVRecipe], FeatureSet], recipe: CVRecipe, out: str | Path, *, folds: int | None = None,
+             seeds: tuple[int, ...] = (0,), device: str = "cpu", progress: bool = True,
+             switches: dict[str, dict[str, Any]] | None = None, base: CVResult | None = None,
+             log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """The recipe as is, then with each switch off alone, on the same folds and seeds.
+
+    ``fs_for`` gives the feature set a variant needs (a switch of the features, such
+    as the normalisation, needs its own extraction). Writes OUT/ablation.md/.csv/.json
+    and one sub-folder per variant (each resumable); returns the table rows. ``base``:
+    the recipe's own result on the same folds and seeds, if already run."""
+    from ser import report
+
+    out = Path(out)
+    variants = {"all switches on": {}, **(switches if switches is not None else ABLATION)}
+    rows: list[dict[str, Any]] = []
+    base_ua = None
+    for i, (name, changes) in enumerate(variants.items()):
+        variant = override(recipe, changes)
+        if i == 0 and base is not None:
+            result = base
+        else:
+            log(f"ablation {i}/{len(variants) - 1}: {name} off")
+            result = run(fs_for(variant), variant, out / f"variant-{i:02d}", folds=folds, seeds=seeds, device=device, progress=progress, log=log)
+        s = result.summary
+        base_ua = s["ua"]["mean"] if base_ua is None else base_ua
+        rows.append({"switched off": name if changes else "(none: the recipe)", "changes": ", ".join(f"{k}={v}" for k, v in changes.items()),
+                     "ua": f"{100 * s['ua']['mean']:.1f} +- {100 * s['ua']['std']:.1f}", "wa": f"{100 * s['wa']['mean']:.1f} +- {100 * s['wa']['std']:.1f}",
+                     "macro_f1": f"{100 * s['macro_f1']['mean']:.1f} +- {100 * s['macro_f1']['std']:.1f}",
+                     "delta_ua": f"{100 * (s['ua']['mean'] - base_ua):+.1f}", "runs": s["ua"]["n"]})
+        protocol = result.protocol
+        report.write_table(rows, out / "ablation", ("switched off", "changes", "ua", "wa", "macro_f1", "delta_ua", "runs"),
+                           title=f"Ablation of the {recipe.name} recipe, {protocol}, {len(seeds)} seed(s): each switch off alone (UA, WA, macro F1 in %, mean +- std)")
+    files.write_json(out / "ablation.json", rows)
+    return rows

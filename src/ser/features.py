@@ -26,6 +26,7 @@ IMAGE_KINDS: tuple[str, ...] = ("mel", "chroma", "mfcc")
 #: Sample rate every recording is resampled to by default: the same recording must give
 #: the same features whether it arrives at 16, 22.05, 44.1 or 48 kHz (docs/QUALITY.md).
 DEFAULT_RATE = 16000
+NORMALISATIONS: tuple[str, ...] = ("utterance", "none")
 SIZES: tuple[int, ...] = (30, 50, 60, 80)
 
 
@@ -36,8 +37,9 @@ class FeatureSpec:
     ``size`` is N: the number of frequency bins (n_mels, n_chroma or n_mfcc) and, for
     the study's kinds, the width the time axis is resized to. ``logmel`` (the ``plus``
     recipe) keeps the time axis at its fixed hop instead: an utterance of T frames gives
-    a (size, T) array in dB, standardised per utterance (mean 0, deviation 1), and the
-    network crops or windows it; nothing squeezes a long utterance into N columns.
+    a (size, T) array in dB, standardised per utterance (mean 0, deviation 1; with
+    ``normalise="none"`` dB below the utterance's peak, divided by 80), and the network
+    crops or windows it; nothing squeezes a long utterance into N columns.
 
     ``sample_rate``: every file is resampled to it (16 kHz by default), so a recording
     gives the same image at whatever rate it arrives; ``None`` keeps each corpus at
@@ -52,8 +54,11 @@ class FeatureSpec:
     sample_rate: int | None = DEFAULT_RATE
     preemphasis: float = 0.97
     top_db: float = 60.0
+    normalise: str = "utterance"  #: logmel only: "utterance" (mean 0, deviation 1) or "none" (dB below the peak)
 
     def __post_init__(self) -> None:
+        if self.normalise not in NORMALISATIONS:
+            raise ValueError(f"normalise must be one of {NORMALISATIONS}, got {self.normalise!r}")
         if self.kind not in KINDS:
             raise ValueError(f"feature kind must be one of {KINDS}, got {self.kind!r}")
         if not 8 <= int(self.size) <= 512:
@@ -171,7 +176,7 @@ def extract(wave: np.ndarray, rate: int, spec: FeatureSpec) -> np.ndarray:
         raise audio.AudioError("expected a non-empty mono waveform")
     image = spectral(prepare(wave, spec), rate, spec)
     if spec.kind == "logmel":
-        return standardise(image)
+        return standardise(image) if spec.normalise == "utterance" else (image / 80.0).astype(np.float32)
     return to_unit_range(resize_time(image, spec.size))
 
 

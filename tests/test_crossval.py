@@ -40,6 +40,16 @@ def test_recipes_load_validate_and_round_trip(tmp_path):
         crossval.load_recipe("nonesuch")
 
 
+def test_the_last_rule_trains_every_training_speaker_and_scores_only_the_test(synth_logmel):
+    recipe = crossval.load_recipe("plus")
+    recipe = recipe.with_(checkpoint="last", train=recipe.train.with_(epochs=2))
+    train, test = splits.speaker_folds(synth_logmel)[0]
+    model, fitted, scores, pred, n_val, y_true = crossval.train_fold(synth_logmel, train, test, recipe, seed=0)
+    assert n_val == 0 and fitted.best_epoch == 2 and np.isnan(fitted.best_val_loss)
+    assert len(pred) == len(test) and np.array_equal(y_true, synth_logmel.labels[test])
+    assert "fixed rule" in crossval.CHECKPOINT_NOTES["last"] and "optimistic" in crossval.CHECKPOINT_NOTES["test"]
+
+
 def test_patience_stops_after_evaluations_without_a_lower_loss():
     from ser.training import EpochRecord
 

@@ -50,6 +50,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 import requests
+import urllib3
 
 #: Folder inside the corpus folder that holds downloads and fetch records.
 STATE_DIR = ".ser-fetch"
@@ -248,7 +249,8 @@ def download(url: str, dest: Path, *, session: requests.Session, progress: bool 
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     have = part.stat().st_size if part.exists() else 0
-    headers = {"Range": f"bytes={have}-"} if have else {}
+    # identity: byte offsets of Range must be offsets in the file, not in a gzip stream.
+    headers = {"Accept-Encoding": "identity", **({"Range": f"bytes={have}-"} if have else {})}
     try:
         response = session.get(url, headers=headers, stream=True, timeout=TIMEOUT)
     except requests.ConnectionError as exc:
@@ -275,11 +277,13 @@ def download(url: str, dest: Path, *, session: requests.Session, progress: bool 
         received = 0
         try:
             with open(part, mode) as fh:
-                for chunk in response.iter_content(CHUNK):
+                # read1 hands over whatever arrived, so a dropped connection loses no
+                # received byte (iter_content would discard a partly filled chunk).
+                while chunk := response.raw.read1(CHUNK, decode_content=False):
                     fh.write(chunk)
                     received += len(chunk)
                     bar.update(len(chunk))
-        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError, requests.Timeout) as exc:
+        except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
             raise FetchError(f"download of {url} interrupted after {have + received} bytes "
                              f"({type(exc).__name__}); the partial file {part} is kept: rerun the same "
                              "command to resume") from None

@@ -36,6 +36,7 @@ class CorpusServer:
         self.files: dict[str, bytes] = {}
         self.cut: dict[str, int] = {}
         self.log: list[dict[str, object]] = []
+        self.ignore_range = False  # answer 200 with the whole file, as some mirrors do
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -45,7 +46,7 @@ class CorpusServer:
             def do_GET(self) -> None:  # noqa: N802 (http.server API)
                 path = self.path
                 body = server.files.get(path)
-                rng = self.headers.get("Range")
+                rng = None if server.ignore_range else self.headers.get("Range")
                 entry: dict[str, object] = {"path": path, "range": rng}
                 server.log.append(entry)
                 if body is None:
@@ -81,7 +82,8 @@ class CorpusServer:
                 entry.update(status=206 if rng else 200, sent=len(payload))
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                       daemon=True)
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
@@ -171,6 +173,26 @@ def test_interrupted_download_resumes_with_a_range_request_for_the_rest(server, 
     assert second["sent"] == len(emodb_zip) - half == result.downloaded_bytes
     assert (out / STATE_DIR / "download.zip").read_bytes() == emodb_zip
     assert (out / "wav" / "03a01Fa.wav").is_file()
+
+
+def test_a_complete_part_file_is_finished_without_transfer(server, emodb_zip, tmp_path):
+    out = tmp_path / "emodb"
+    (out / STATE_DIR).mkdir(parents=True)
+    (out / STATE_DIR / "download.zip.part").write_bytes(emodb_zip)  # killed just before the rename
+    result = fetch("emodb", out, url=server.url("/download/download.zip"))
+    assert server.log[-1]["status"] == 416 and result.downloaded_bytes == 0
+    assert (out / "wav" / "16a05Tc.wav").is_file()
+
+
+def test_a_server_without_range_support_restarts_from_zero(server, emodb_zip, tmp_path):
+    out = tmp_path / "emodb"
+    server.cut["/download/download.zip"] = 1000
+    with pytest.raises(FetchError):
+        fetch("emodb", out, url=server.url("/download/download.zip"))
+    server.ignore_range = True
+    result = fetch("emodb", out, url=server.url("/download/download.zip"))
+    assert server.log[-1]["status"] == 200 and result.downloaded_bytes == len(emodb_zip)
+    assert (out / STATE_DIR / "download.zip").read_bytes() == emodb_zip  # not 1000 stale bytes + the file
 
 
 def test_checksum_mismatch_against_the_published_md5_keeps_the_file_aside(server, tmp_path):
@@ -322,3 +344,15 @@ def test_cli_error_is_one_line_with_status_2(server, tmp_path, capsys):
     assert main(["fetch", "emodb", str(tmp_path / "e"), "--url", server.url("/nope.zip")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("ser fetch: error:") and "HTTP 404" in err and len(err.strip().splitlines()) == 1
+
+
+def test_progress_bar_only_when_asked(server, emodb_zip, tmp_path, capsys):
+    import requests
+
+    from ser.fetch import download
+
+    with requests.Session() as s:
+        download(server.url("/download/download.zip"), tmp_path / "a.zip", session=s, progress=False)
+        assert capsys.readouterr().err == ""
+        download(server.url("/download/download.zip"), tmp_path / "b.zip", session=s, progress=True)
+    assert "b.zip" in capsys.readouterr().err

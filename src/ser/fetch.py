@@ -268,8 +268,8 @@ def download(url: str, dest: Path, *, session: requests.Session, progress: bool 
             what = "not found (the source may have moved; see the corpus page)" if response.status_code == 404 else response.reason
             raise FetchError(f"{url}: HTTP {response.status_code} {what}; {hint or 'check the URL'}")
         mode = "ab"
-        if have and response.status_code != 206:
-            have, mode = 0, "wb"  # the server ignored Range: start again from zero
+        if have and (response.status_code != 206 or _range_start(response) != have):
+            have, mode = 0, "wb"  # the server ignored Range (200) or answered another one: start again
         length = response.headers.get("Content-Length")
         remaining = int(length) if length is not None and length.isdigit() else None
         total = have + remaining if remaining is not None else expected_size
@@ -300,6 +300,14 @@ def download(url: str, dest: Path, *, session: requests.Session, progress: bool 
                          f"file {part} is kept: rerun the same command to resume")
     part.replace(dest)
     return received
+
+
+def _range_start(response: requests.Response) -> int | None:
+    """First byte offset of a 206 answer (``Content-Range: bytes START-END/TOTAL``)."""
+    value = response.headers.get("Content-Range", "")
+    unit, _, spec = value.partition(" ")
+    start = spec.split("-", 1)[0]
+    return int(start) if unit == "bytes" and start.isdigit() else None
 
 
 def _quarantine(path: Path) -> Path:

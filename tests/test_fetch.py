@@ -356,3 +356,18 @@ def test_progress_bar_only_when_asked(server, emodb_zip, tmp_path, capsys):
         assert capsys.readouterr().err == ""
         download(server.url("/download/download.zip"), tmp_path / "b.zip", session=s, progress=True)
     assert "b.zip" in capsys.readouterr().err
+
+
+def test_an_html_page_instead_of_an_archive_is_named_as_such(tmp_path):
+    page = tmp_path / "download.zip"
+    page.write_text("<html>Please log in</html>")
+    with pytest.raises(FetchError, match="neither a zip nor a tar archive"):
+        fetch("emodb", tmp_path / "emodb", archive=page)
+    assert page.is_file() and read_record(tmp_path / "emodb", "emodb") is None
+
+
+def test_a_listed_corpus_can_also_come_from_a_hand_downloaded_archive(tmp_path):
+    archive = tmp_path / "dataverse_files.zip"
+    archive.write_bytes(_zip(("OAF_angry/OAF_back_angry.wav", "YAF_sad/YAF_beg_sad.wav")))
+    result = fetch("tess", tmp_path / "tess", archive=archive)
+    assert result.files == 2 and len(corpora.scan("tess", tmp_path / "tess").rows) == 2

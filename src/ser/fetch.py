@@ -44,7 +44,7 @@ import shutil
 import tarfile
 import zipfile
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Literal
 from urllib.parse import urlsplit
@@ -195,13 +195,14 @@ class RemoteFile:
 class Progress:
     """A byte counter shown as a tqdm bar on a terminal, silent otherwise."""
 
-    def __init__(self, total: int | None, desc: str, enabled: bool, initial: int = 0) -> None:
+    def __init__(self, total: int | None, desc: str, enabled: bool, initial: int = 0, unit: str = "B") -> None:
         self._bar = None
         if enabled:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, desc=desc, initial=initial, unit="B", unit_scale=True,
-                             unit_divisor=1024, leave=False)
+            in_bytes = unit == "B"
+            self._bar = tqdm(total=total, desc=desc, initial=initial, unit=unit, unit_scale=in_bytes,
+                             unit_divisor=1024 if in_bytes else 1000, leave=False)
 
     def update(self, n: int) -> None:
         if self._bar is not None:
@@ -232,8 +233,9 @@ def file_digests(path: Path) -> tuple[str, str]:
 
 
 def _offline_hint(corpus_name: str, url: str) -> str:
+    """What to do when the network fails: the same archive, fetched by other means."""
     return (f"download {url} by hand (in a browser, or on a machine that is online) and rerun "
-            f"`ser fetch {corpus_name} DIR --archive FILE`" if corpus_name else "check the URL and your connection")
+            f"`ser fetch {corpus_name} DIR --archive FILE`")
 
 
 def download(url: str, dest: Path, *, session: requests.Session, progress: bool = False,
@@ -316,18 +318,23 @@ def _quarantine(path: Path) -> Path:
     return bad
 
 
-def verify(path: Path, *, md5: str | None, sha256: str | None, what: str) -> tuple[str, str]:
+def verify(path: Path, *, md5: str | None, sha256: str | None, what: str, downloaded: bool = True) -> tuple[str, str]:
     """Check ``path`` against a published md5 and/or a recorded sha256; (md5, sha256) if it matches.
 
-    On a mismatch the file is renamed ``*.bad`` (kept for inspection; a rerun downloads
-    afresh instead of resuming it) and a FetchError gives both values.
+    On a mismatch a FetchError gives both values. A file this module downloaded is
+    renamed ``*.bad`` (kept for inspection; a rerun downloads afresh instead of
+    resuming it); a user's own file (``downloaded=False``) is left where it is.
     """
     got_md5, got_sha = file_digests(path)
     for kind, want, got in (("md5", md5, got_md5), ("sha256", sha256, got_sha)):
         if want is not None and want.lower() != got:
-            bad = _quarantine(path)
-            raise FetchError(f"checksum mismatch for {what}: {kind} is {got}, expected {want}; the file was "
-                             f"moved to {bad} (rerun to download it again, or pass the right file with --archive)")
+            origin = "published by the source" if kind == "md5" else "recorded at the first fetch into this folder"
+            if downloaded:
+                bad = _quarantine(path)
+                action = f"the file was moved to {bad} (rerun to download it again, or pass the right file with --archive)"
+            else:
+                action = "it is not the archive this corpus was fetched from; nothing was extracted"
+            raise FetchError(f"checksum mismatch for {what}: {kind} is {got}, expected {want} ({origin}); {action}")
     return got_md5, got_sha
 
 
@@ -429,9 +436,18 @@ def fetch_archive(c: Corpus, root: Path, *, url: str | None = None, archive: Pat
             downloaded = download(source_url, local, session=s, progress=progress, expected_size=c.size,
                                   hint=_offline_hint(c.name, source_url))
     # A mirror (--url) or a hand download must still match what the official source published.
-    md5, sha = verify(local, md5=c.md5, sha256=recorded_sha, what=f"{c.name} archive {local.name}") \
-        if archive is None else _verify_given(local, c, recorded_sha)
-    files = extract(local, root)
+    md5, sha = verify(local, md5=c.md5, sha256=recorded_sha, what=f"{c.name} archive {local}",
+                      downloaded=archive is None)
+    try:
+        files = extract(local, root)
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError) as exc:
+        raise FetchError(f"{local} is damaged ({exc}); it passed its checksum check, so the source itself "
+                         "may be broken: download it again by hand and pass it with --archive") from None
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise FetchError(f"disk full while unpacking {local} into {root}; the archive is kept: free space "
+                             "and rerun (no download is needed)") from None
+        raise
     if not files:
         raise FetchError(f"{local} holds no files")
     path = _write_record(root, c.name, {
@@ -440,17 +456,6 @@ def fetch_archive(c: Corpus, root: Path, *, url: str | None = None, archive: Pat
         "complete": True, "files": files,
     })
     return FetchResult(c.name, root, downloaded, len(files), False, path)
-
-
-def _verify_given(path: Path, c: Corpus, recorded_sha: str | None) -> tuple[str, str]:
-    """Like :func:`verify`, for a user's own file: never renamed, the error says why."""
-    got_md5, got_sha = file_digests(path)
-    for kind, want, got in (("md5", c.md5, got_md5), ("sha256", recorded_sha, got_sha)):
-        if want is not None and want.lower() != got:
-            raise FetchError(f"checksum mismatch for {path}: {kind} is {got}, expected {want} "
-                             f"({'published by the source' if kind == 'md5' else 'recorded at the first fetch'}); "
-                             "it is not the archive this corpus was fetched from")
-    return got_md5, got_sha
 
 
 def list_files(c: Corpus, index_text: str, index_url: str, file_url: str | None = None) -> list[RemoteFile]:
@@ -493,13 +498,14 @@ def fetch_listing(c: Corpus, root: Path, *, url: str | None = None, file_url: st
             response = s.get(index_url, timeout=TIMEOUT)
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise FetchError(f"cannot reach {urlsplit(index_url).netloc} ({type(exc).__name__}); are you "
-                             f"online? Otherwise download the files listed at {c.page} by hand into {root}") from None
+                             f"online? Otherwise download the dataset as one archive from {c.page} by hand and "
+                             f"rerun `ser fetch {c.name} {root} --archive FILE`") from None
         if response.status_code >= 400:
             raise FetchError(f"{index_url}: HTTP {response.status_code} {response.reason}; see {c.page}")
         remote = list_files(c, response.text, index_url, file_url)
         if not remote:
             raise FetchError(f"{index_url} lists no files")
-        bar = Progress(len(remote), f"{c.name} files", progress)
+        bar = Progress(len(remote), f"{c.name} files", progress, unit="file")
         try:
             for f in remote:
                 target = root / f.relpath
@@ -507,7 +513,7 @@ def fetch_listing(c: Corpus, root: Path, *, url: str | None = None, file_url: st
                 if not target.exists():
                     downloaded += download(f.url, target, session=s, expected_size=f.size,
                                            hint=f"rerun to resume; the files are listed at {c.page}")
-                    md5, sha = verify(target, md5=f.md5, sha256=recorded.get(f.relpath), what=f.relpath)
+                    _, sha = verify(target, md5=f.md5, sha256=recorded.get(f.relpath), what=f.relpath)
                     recorded[f.relpath] = sha
                 bar.update(1)
         finally:
@@ -553,10 +559,5 @@ def describe(c: Corpus) -> Iterator[str]:
     yield f"  layout:   {c.layout}"
 
 
-def catalogue_rows() -> list[dict[str, object]]:
-    """The catalogue as plain dicts (for docs and JSON output)."""
-    return [asdict(c) for c in CATALOGUE.values()]
-
-
-__all__ = ["CATALOGUE", "Corpus", "FetchError", "FetchResult", "RemoteFile", "catalogue_rows", "corpus",
+__all__ = ["CATALOGUE", "Corpus", "FetchError", "FetchResult", "RemoteFile", "corpus",
            "describe", "download", "extract", "fetch", "file_digests", "list_files", "read_record", "verify"]

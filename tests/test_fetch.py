@@ -16,7 +16,6 @@ import tarfile
 import threading
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -115,7 +114,8 @@ def _wav(seconds: float = 0.2, rate: int = 16000, seed: int = 0) -> bytes:
 
 
 #: Member names as the official EmoDB download.zip and RAVDESS speech zip hold them.
-EMODB_MEMBERS = ("wav/03a01Fa.wav", "wav/08b02Lb.wav", "wav/16a05Tc.wav", "lablaut/03a01Fa.lab")
+EMODB_MEMBERS = ("wav/03a01Fa.wav", "wav/08b02Lb.wav", "wav/16a05Tc.wav", "lablaut/03a01Fa.lab",
+                 "labsilb/03a01Fa.lab", "silb/03a01Fa.silb", "erkennung.txt", "erklaerung.txt")
 RAVDESS_MEMBERS = ("Actor_01/03-01-05-01-01-01-01.wav", "Actor_02/03-01-03-02-02-01-02.wav")
 
 

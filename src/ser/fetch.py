@@ -104,6 +104,7 @@ CATALOGUE: dict[str, Corpus] = {
             page="https://zenodo.org/records/1188976",
             archive="Audio_Speech_Actors_01-24.zip",
             md5="bc696df654c87fed845eb13823edef8a",
+            size=208_468_073,
             checksum_note="md5 as published on the Zenodo record's file list",
             licence="CC BY-NC-SA 4.0 (attribution, non-commercial, share-alike)",
             licence_url="https://zenodo.org/records/1188976 (section 'License')",
@@ -119,9 +120,10 @@ CATALOGUE: dict[str, Corpus] = {
             archive="download.zip",
             checksum_note="the source publishes no checksum; the sha256 of the first download is recorded",
             licence="free for research use, as stated by the authors on the EmoDB site",
-            licence_url="http://emodb.bilderbar.info/docu/ (and the papers cited there)",
+            licence_url="DIR/erklaerung.txt (the authors' statement, unpacked from the archive) and "
+            "http://emodb.bilderbar.info/docu/",
             citation="Burkhardt et al. (2005), A Database of German Emotional Speech, Interspeech 2005",
-            layout="wav/03a01Fa.wav ... (plus the label folders of the distribution)",
+            layout="wav/03a01Fa.wav ...; beside it erkennung.txt, erklaerung.txt, lablaut/, labsilb/, silb/",
         ),
         Corpus(
             name="tess",

@@ -15,6 +15,7 @@ import re
 import tarfile
 import threading
 import zipfile
+from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Iterator
 
@@ -36,6 +37,7 @@ class CorpusServer:
         self.cut: dict[str, int] = {}
         self.log: list[dict[str, object]] = []
         self.ignore_range = False  # answer 200 with the whole file, as some mirrors do
+        self.fail_with: int | None = None  # answer every request with this error status
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -48,9 +50,10 @@ class CorpusServer:
                 rng = None if server.ignore_range else self.headers.get("Range")
                 entry: dict[str, object] = {"path": path, "range": rng}
                 server.log.append(entry)
-                if body is None:
-                    entry.update(status=404, sent=0)
-                    self.send_error(404)
+                if body is None or server.fail_with is not None:
+                    status = server.fail_with or 404
+                    entry.update(status=status, sent=0)
+                    self.send_error(status)
                     return
                 start = 0
                 if rng is not None:
@@ -371,3 +374,20 @@ def test_a_listed_corpus_can_also_come_from_a_hand_downloaded_archive(tmp_path):
     archive.write_bytes(_zip(("OAF_angry/OAF_back_angry.wav", "YAF_sad/YAF_beg_sad.wav")))
     result = fetch("tess", tmp_path / "tess", archive=archive)
     assert result.files == 2 and len(corpora.scan("tess", tmp_path / "tess").rows) == 2
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full to run out of space for real")
+def test_disk_full_keeps_the_partial_file_and_says_so(server, emodb_zip, tmp_path):
+    state = tmp_path / "emodb" / STATE_DIR
+    state.mkdir(parents=True)
+    (state / "download.zip.part").symlink_to("/dev/full")  # every write fails with ENOSPC
+    with pytest.raises(FetchError, match="disk full while writing .*free space and rerun"):
+        fetch("emodb", tmp_path / "emodb", url=server.url("/download/download.zip"))
+    assert (state / "download.zip.part").is_symlink() and not (state / "download.zip").exists()
+
+
+def test_server_fault_says_rerun_later(server, tmp_path):
+    server.files["/download.zip"] = b"x"
+    server.fail_with = 503
+    with pytest.raises(FetchError, match="HTTP 503 .*rerun later"):
+        fetch("emodb", tmp_path / "emodb", url=server.url("/download.zip"))

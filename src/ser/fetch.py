@@ -269,7 +269,9 @@ def download(url: str, dest: Path, *, session: requests.Session, progress: bool 
             part.replace(dest)
             return 0
         if response.status_code >= 400:
-            what = "not found (the source may have moved; see the corpus page)" if response.status_code == 404 else response.reason
+            what = ("not found (the source may have moved; see the corpus page)" if response.status_code == 404
+                    else f"{response.reason} (a server fault: rerun later)" if response.status_code >= 500
+                    else response.reason)
             raise FetchError(f"{url}: HTTP {response.status_code} {what}; {hint or 'check the URL'}")
         mode = "ab"
         if have and (response.status_code != 206 or _range_start(response) != have):

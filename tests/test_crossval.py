@@ -44,9 +44,9 @@ def test_the_last_rule_trains_every_training_speaker_and_scores_only_the_test(sy
     recipe = crossval.load_recipe("plus")
     recipe = recipe.with_(checkpoint="last", train=recipe.train.with_(epochs=2))
     train, test = splits.speaker_folds(synth_logmel)[0]
-    model, fitted, scores, pred, n_val, y_true = crossval.train_fold(synth_logmel, train, test, recipe, seed=0)
-    assert n_val == 0 and fitted.best_epoch == 2 and np.isnan(fitted.best_val_loss)
-    assert len(pred) == len(test) and np.array_equal(y_true, synth_logmel.labels[test])
+    run = crossval.train_fold(synth_logmel, train, test, recipe, seed=0)
+    assert run.n_val == 0 and run.fit.best_epoch == 2 and np.isnan(run.fit.best_val_loss)
+    assert len(run.predictions) == len(test) and np.array_equal(run.y_true, synth_logmel.labels[test])
     assert "fixed rule" in crossval.CHECKPOINT_NOTES["last"] and "optimistic" in crossval.CHECKPOINT_NOTES["test"]
 
 

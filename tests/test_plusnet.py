@@ -1,11 +1,10 @@
 """The plus network (ser.plusnet) and its augmentation (ser.plus)."""
 
-import numpy as np
 import pytest
 import torch
 
 from ser import models, plus
-from ser.plusnet import PlusNet, PlusSpec, window_logits, window_starts
+from ser.plusnet import PlusNet, PlusSpec, window_starts
 
 
 def net(seed: int = 0, **changes) -> PlusNet:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
 from dataclasses import dataclass, field, replace
 from importlib import resources
@@ -213,12 +212,21 @@ class CVResult:
                 "folds": [{k: v for k, v in vars(f).items() if k not in ("y_true", "y_pred")} for f in self.folds]}
 
 
-def train_fold(fs: FeatureSet, train_idx: np.ndarray, test_idx: np.ndarray, recipe: CVRecipe, seed: int, *,
-               device: str = "cpu", progress: bool = False, desc: str = "fold"):
-    """Train one model on ``train_idx`` and score it on ``test_idx``.
+@dataclass
+class FoldRun:
+    """One trained fold: the model with its chosen weights, how it was fitted, and its test scores."""
 
-    Returns (model with its chosen weights, FitResult, test Scores, predictions,
-    number of validation rows)."""
+    model: Any
+    fit: Any
+    scores: metrics.Scores
+    predictions: np.ndarray
+    y_true: np.ndarray
+    n_val: int
+
+
+def train_fold(fs: FeatureSet, train_idx: np.ndarray, test_idx: np.ndarray, recipe: CVRecipe, seed: int, *,
+               device: str = "cpu", progress: bool = False, desc: str = "fold") -> FoldRun:
+    """Train one model on ``train_idx`` (checkpoint chosen by the recipe's rule) and score it on ``test_idx``."""
     import torch
 
     from ser import models
@@ -246,15 +254,14 @@ def train_fold(fs: FeatureSet, train_idx: np.ndarray, test_idx: np.ndarray, reci
     from ser.training import evaluate
 
     ev = evaluate(model, fs.subset(test_idx), device=torch.device(device) if device != "auto" else None)
-    y_true = fs.labels[test_idx]
-    return model, result, metrics.Scores(ev.ua, ev.accuracy, ev.macro_f1), ev.predictions, len(val_idx), y_true
+    return FoldRun(model, result, metrics.Scores(ev.ua, ev.accuracy, ev.macro_f1), ev.predictions, fs.labels[test_idx], len(val_idx))
 
 
 def run(fs: FeatureSet, recipe: CVRecipe, out: str | Path, *, folds: int | None = None, seeds: tuple[int, ...] = (0,),
         device: str = "cpu", progress: bool = True, log: Callable[[str], None] = print) -> CVResult:
     """Cross-validate ``recipe`` on ``fs`` over speaker folds (``folds=None``: one per
     speaker), for each seed; write everything under ``out`` and return the result."""
-    from ser import models, report
+    from ser import models
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -283,12 +290,14 @@ def run(fs: FeatureSet, recipe: CVRecipe, out: str | Path, *, folds: int | None 
                 log(f"fold {i} seed {seed} ({' '.join(speakers)}): done before, UA {100 * res.ua:.1f}%")
             else:
                 t0 = time.perf_counter()
-                model, fitted, sc, pred, n_val, y_true = train_fold(fs, train_idx, test_idx, recipe, seed, device=device, progress=progress,
-                                                                    desc=f"fold {i + 1}/{len(outer)} seed {seed}")
-                res = FoldResult(fold=i, seed=seed, test_speakers=speakers, n_train=int(train_idx.size), n_val=n_val, n_test=int(test_idx.size),
+                done_fold = train_fold(fs, train_idx, test_idx, recipe, seed, device=device, progress=progress,
+                                       desc=f"fold {i + 1}/{len(outer)} seed {seed}")
+                sc, fitted = done_fold.scores, done_fold.fit
+                res = FoldResult(fold=i, seed=seed, test_speakers=speakers, n_train=int(train_idx.size), n_val=done_fold.n_val, n_test=int(test_idx.size),
                                  ua=sc.ua, wa=sc.wa, macro_f1=sc.macro_f1, best_epoch=fitted.best_epoch, epochs_run=fitted.epochs_run,
-                                 seconds=round(time.perf_counter() - t0, 2), y_true=[int(v) for v in y_true], y_pred=[int(v) for v in pred])
-                models.save_bundle(folder / "model.pt", model, fs.label_names, fs.spec.to_dict(),
+                                 seconds=round(time.perf_counter() - t0, 2), y_true=[int(v) for v in done_fold.y_true],
+                                 y_pred=[int(v) for v in done_fold.predictions])
+                models.save_bundle(folder / "model.pt", done_fold.model, fs.label_names, fs.spec.to_dict(),
                                    {"recipe": recipe.name, "fold": i, "seed": seed, "test_speakers": speakers, "checkpoint": recipe.checkpoint})
                 files.write_json(done, {**vars(res), "recipe_key": key})
                 log(f"fold {i} seed {seed} ({' '.join(speakers)}): UA {100 * sc.ua:.1f}%, WA {100 * sc.wa:.1f}%, "

@@ -67,8 +67,8 @@ def test_tess_not_tess(rel: str) -> None:
 
 
 def test_tess_unknown_emotion_raises() -> None:
-    with pytest.raises(ValueError, match="boredom"):
-        tess.parse_name("OAF_x/OAF_back_boredom.wav")
+    with pytest.raises(ValueError, match="sleepy"):
+        tess.parse_name("OAF_x/OAF_back_sleepy.wav")
 
 
 @pytest.mark.parametrize(("rel", "emotion", "speaker", "text"), [
@@ -156,7 +156,7 @@ def test_aesdd_not_aesdd(rel: str) -> None:
 
 
 def test_registry() -> None:
-    assert set(CORPORA) == {"ravdess", "tess", "savee", "cremad", "aesdd"}
+    assert set(CORPORA) == {"ravdess", "tess", "savee", "cremad", "aesdd", "emodb"}
     for name, module in CORPORA.items():
         assert module.NAME == name and module.PATTERN and callable(module.parse_name)
 
@@ -201,7 +201,7 @@ def test_scan_reads_container_from_header(tmp_path: Path) -> None:
 
 def test_scan_rejects_unknown_corpus_and_missing_root(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown corpus"):
-        scan("emodb", tmp_path)
+        scan("iemocap", tmp_path)
     with pytest.raises(FileNotFoundError):
         scan("tess", tmp_path / "nope")
 

@@ -31,8 +31,9 @@ def test_bytes_and_file_paths_give_identical_images(tmp_path):
 
 def test_fixed_rate_option_changes_band_layout(tmp_path):
     data = wav_bytes(tone(rate=44100), 44100)
-    native = F.extract_bytes(data, F.FeatureSpec())
-    fixed = F.extract_bytes(data, F.FeatureSpec(sample_rate=16000))
+    native = F.extract_bytes(data, F.FeatureSpec(sample_rate=None))
+    fixed = F.extract_bytes(data, F.FeatureSpec())
+    assert F.FeatureSpec().sample_rate == 16000
     assert native.shape == fixed.shape and not np.allclose(native, fixed)
 
 

@@ -486,7 +486,8 @@ def run_stage(
     for v in vectors if st.kind != "random" else ():
         if v.key not in feature_sets:
             raise SearchError(f"stage {st.number}: vector {v.id} trains on {v.feature} {v.size}x{v.size}, which was not given")
-    log(f"stage {st.number} ({st.kind}): {len(vectors)} vectors, {recipe.folds}-fold CV, up to {st.max_epochs} epochs, rules {_rules_name(st.rules)}")
+    schedule = "".join(f"; {rule} from vector {math.ceil(at * len(vectors)) + 1}" for at, rule in st.c_schedule)
+    log(f"stage {st.number} ({st.kind}): {len(vectors)} vectors, {recipe.folds}-fold CV, up to {st.max_epochs} epochs, rules {_rules_name(st.rules)}{schedule}")
     results: list[VectorResult] = []
     stage_dir = Path(workdir) / f"stage{st.number}"
     bar = tqdm(vectors, desc=f"stage {st.number} vectors", unit="vector", disable=not progress, dynamic_ncols=True)
@@ -494,10 +495,10 @@ def run_stage(
                     "folds": recipe.folds, "max_epochs": st.max_epochs, "rules": _rules_name(st.rules), "split": recipe.split,
                     "seed": recipe.seed}
     with _tracker_run(tracker, f"stage {st.number}", "stage", stage_params, {"stage": st.number}):
-        for vector in bar:
+        for position, vector in enumerate(bar):
             fs = feature_sets[vector.key]
             idx = None if train_idx is None else train_idx[vector.key]
-            result = score_vector(vector, fs, idx, st.rules, folds=recipe.folds, seed=recipe.seed, epochs=st.max_epochs,
+            result = score_vector(vector, fs, idx, st.rules_at(position, len(vectors)), folds=recipe.folds, seed=recipe.seed, epochs=st.max_epochs,
                                   workdir=stage_dir, device=device, tracker=tracker, protocol=recipe.split, score_at=recipe.score_at,
                                   eval_every=recipe.eval_every, checkpoint_every=recipe.checkpoint_every, progress=progress,
                                   stage=st.number)

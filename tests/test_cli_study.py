@@ -247,3 +247,28 @@ def test_predict_timeline_gives_an_emotion_per_window(work, tmp_path, capsys):
     assert main(["predict", str(long), "--model", str(work.model_dir), "--timeline", "--window", "2", "--hop", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith(f"{long}: ") and len(lines) == 1 + 4 and "(silence)" not in lines[1]
+
+
+def test_train_on_the_rows_a_search_held_out(work, tmp_path, capsys):
+    """`ser train --held-out search.json`: the test rows are the search's held-out
+    sources, whatever split the flags would have drawn; a search.json without them
+    is a clear error."""
+    from ser import search
+    from ser.dataset import FeatureSet
+
+    fs = FeatureSet.load(work.english)
+    _, desc = search.search_split({("mel", 30): fs}, "random", 7, 0.25)
+    search_json = tmp_path / "search.json"
+    search_json.write_text(json.dumps({"split": desc}))
+    out = tmp_path / "final"
+    assert main(["train", "--features", str(work.english), "--config", str(work.config), "--held-out", str(search_json),
+                 "--epochs", "1", "--out", str(out), *FAST]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["sizes"]["test_rows"] == len(desc["test_source_ids"]) == round(0.25 * len(fs))
+    assert metrics["sizes"]["train_rows"] == desc["rows"]["mel-30"]["train_rows"]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"split": {"protocol": "random"}}))
+    capsys.readouterr()
+    assert main(["train", "--features", str(work.english), "--config", str(work.config), "--held-out", str(bad),
+                 "--out", str(tmp_path / "o"), *FAST]) == 2
+    assert "test_source_ids" in capsys.readouterr().err

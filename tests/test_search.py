@@ -295,3 +295,30 @@ def test_four_stages_end_to_end_produce_a_winner_and_resume(monkeypatch, tmp_pat
     fit.calls.clear()
     again = search.run_search(recipe, {("mel", 30): fs}, out=tmp_path / "out", device="cpu", progress=False, log=logs.append)
     assert fit.calls == [] and again.winner["id"] == outcome.winner["id"]
+
+
+def test_final_model_is_tested_on_the_rows_the_search_held_out(tmp_path):
+    """The search splits on its first feature set and holds those sources out of every
+    set; the winner's test rows must be exactly them, never a fresh split of its own
+    set (which here puts utterances the search trained on into the test side)."""
+    from ser import splits
+    from tests.helpers import banded_feature_set
+
+    mel = banded_feature_set(label_set("english"), 140)
+    order = np.random.default_rng(5).permutation(len(mel))
+    chroma = replace(mel.subset(order), spec=FeatureSpec(kind="chroma", size=30, sample_rate=16000))
+    train_idx, desc = search.search_split({("mel", 30): mel, ("chroma", 30): chroma}, "random", 0, 0.2)
+    assert desc["reference"] == "chroma-30"  # the winner below (mel) is not the set the split was drawn on
+    searched = set(mel.source_id[train_idx[("mel", 30)]])
+    held_out = set(desc["test_source_ids"])
+    train, test = search.held_out_rows(mel, held_out)
+    assert set(mel.source_id[test]) == held_out and not held_out & searched
+    assert set(train) == set(train_idx[("mel", 30)]) and not set(train) & set(test)
+    assert len(train) + len(test) == len(mel)
+    _, fresh = splits.train_test(mel, 0.2, seed=0, protocol="random")
+    assert set(mel.source_id[fresh]) & searched  # what re-splitting would have done
+    (tmp_path / "search.json").write_text(json.dumps({"split": desc}))
+    assert search.read_held_out(tmp_path / "search.json") == sorted(held_out)
+    (tmp_path / "old.json").write_text(json.dumps({"split": {"test_sources": 28}}))
+    with pytest.raises(search.SearchError, match="test_source_ids"):
+        search.read_held_out(tmp_path / "old.json")

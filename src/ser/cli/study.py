@@ -206,6 +206,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", choices=("random", "speaker"), default="random",
                    help="random: stratified by label (the study; speakers shared); speaker: no speaker in both train and test")
     p.add_argument("--test-size", type=float, default=0.2, help="test fraction (default 0.2)")
+    p.add_argument("--held-out", type=Path, default=None, metavar="SEARCH_JSON",
+                   help="a search's search.json: test on exactly the rows that search held out (the study's final model; "
+                   "--split and --test-size are then not used)")
     p.add_argument("--epochs", type=int, default=None, help="epochs to train (default: the config's, else 300)")
     p.add_argument("--eval-every", type=int, default=None, help="evaluate the test split every K epochs (default: config's, else 1; the study used 10)")
     p.add_argument("--batch-size", type=int, default=None, help="override the config's batch size")
@@ -297,7 +300,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _run_hash(fs, arch, cfg, args) -> str:
     """What identifies a finished final run on disk (cfg carries the seed; the device does not count)."""
-    return config_hash(arch.to_dict(), {k: v for k, v in cfg.to_dict().items() if k != "device"}, args.split, args.test_size, fs.spec.key())
+    held_out = getattr(args, "held_out", None)
+    split = ("held-out", config_hash(_held_out_sources(held_out))) if held_out else (args.split, args.test_size)
+    return config_hash(arch.to_dict(), {k: v for k, v in cfg.to_dict().items() if k != "device"}, *split, fs.spec.key())
+
+
+def _held_out_sources(path: Path) -> list[str]:
+    from ser import search
+
+    try:
+        return search.read_held_out(path)
+    except search.SearchError as exc:
+        raise UserError(str(exc)) from None
 
 
 def _train_one(fs, arch, cfg, args, seed: int, out: Path, features_path: Path, session, register: str | None) -> dict[str, Any]:
@@ -308,15 +322,24 @@ def _train_one(fs, arch, cfg, args, seed: int, out: Path, features_path: Path, s
 
     cfg = cfg.with_(seed=seed)
     chash = _run_hash(fs, arch, cfg, args)
-    try:
-        train_idx, test_idx = splits.train_test(fs, args.test_size, seed=seed, protocol=args.split)
-    except ValueError as exc:
-        raise UserError(f"cannot split {features_path}: {exc}") from None
+    if getattr(args, "held_out", None):
+        from ser import search
+
+        train_idx, test_idx = search.held_out_rows(fs, _held_out_sources(args.held_out))
+        if not test_idx.size:
+            raise UserError(f"none of the sources {args.held_out} held out is in {features_path}: not the search's data")
+    else:
+        try:
+            train_idx, test_idx = splits.train_test(fs, args.test_size, seed=seed, protocol=args.split)
+        except ValueError as exc:
+            raise UserError(f"cannot split {features_path}: {exc}") from None
     train, test = fs.subset(train_idx), fs.subset(test_idx)
     sizes = splits.describe(fs, train_idx, test_idx)
     run_args = {"seed": seed, "arch": arch, "cfg": cfg, "spec": fs.spec, "labels": fs.label_names, "split": args.split,
                 "test_size": args.test_size, "features": features_path, "config_hash": chash, "sizes": sizes, "out": out}
     test_set = {"features": str(features_path), "split": args.split, "seed": seed, "test_size": args.test_size}
+    if getattr(args, "held_out", None):  # the test rows are the search's, not a split drawn here
+        test_set["held_out"] = str(args.held_out)
     metrics_path = out / "metrics.json"
     if metrics_path.is_file() and (out / "model.pt").is_file():
         old = files.read_json(metrics_path)

@@ -322,3 +322,26 @@ def test_final_model_is_tested_on_the_rows_the_search_held_out(tmp_path):
     (tmp_path / "old.json").write_text(json.dumps({"split": {"test_sources": 28}}))
     with pytest.raises(search.SearchError, match="test_source_ids"):
         search.read_held_out(tmp_path / "old.json")
+
+
+def _scored(f1s: list[float], accs: list[float], n_folds: int = 5, abandoned: bool = False) -> search.VectorResult:
+    vector = search_space.sample_vectors(search_space.SearchSpace(), 1, seed=0, cnn="squirtle", in_size=30)[0]
+    folds = [search.FoldResult(k, 80, 20, 300, 60, 50, "B1", False, None, 1.0, 1.2, a, f, 1.0) for k, (f, a) in enumerate(zip(f1s, accs))]
+    return search.VectorResult(vector, folds, n_folds, abandoned=abandoned)
+
+
+@pytest.mark.parametrize(("f1", "acc", "listed"), [
+    (0.60, 0.60, True),      # exactly at both thresholds: listed
+    (0.5999, 0.70, False),   # F1 just under
+    (0.70, 0.5999, False),   # accuracy just under: both must pass
+    (0.664, 0.661, True),
+])
+def test_listing_thresholds_at_the_boundary(f1, acc, listed):
+    result = _scored([f1] * 5, [acc] * 5)
+    assert search.qualifies(result, (0.60, 0.60)) is listed
+
+
+def test_an_incomplete_or_abandoned_vector_is_never_listed():
+    assert not search.qualifies(_scored([0.9] * 4, [0.9] * 4), (0.60, 0.60))  # 4 of 5 folds
+    assert not search.qualifies(_scored([0.9] * 5, [0.9] * 5, abandoned=True), (0.60, 0.60))
+    assert search.qualifies(_scored([0.9] * 5, [0.9] * 5), (0.60, 0.60))

@@ -277,6 +277,11 @@ def test_four_stages_end_to_end_produce_a_winner_and_resume(monkeypatch, tmp_pat
     out = tmp_path / "out"
     for n in (1, 2, 3, 4):
         assert (out / f"stage{n}" / "ranking.csv").is_file() and (out / f"stage{n}" / "ranking.md").is_file()
+    # stage 4 states its winner rule and shows the curves it rests on
+    stage4_md = (out / "stage4" / "ranking.md").read_text()
+    assert "Winner rule" in stage4_md and "curves.png" in stage4_md
+    assert (out / "stage4" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (out / "stage3" / "curves.png").exists()
     arch, train = search.load_winner(out / "winner.json")
     assert isinstance(arch, ArchSpec) and arch.in_size == 30 and arch.n_classes == 7
     assert arch.to_dict() == ranking.vector_from_row(outcome.winner).arch.to_dict()

@@ -587,6 +587,19 @@ def write_stage(result: StageResult, out_dir: str | Path, meta: Mapping[str, Any
     ]
     if result.skipped:
         notes.append(f"Skipped for want of features: {'; '.join(result.skipped)}.")
+    curves_png = None
+    if st.kind == "final" and result.results:
+        # The study read the four's curves to pick its winner; the software applies a
+        # rule, and shows the curves that rule is checked against.
+        from ser import report
+
+        curves = {r.vector.id: report.fold_mean_history([f.history for f in r.folds]) for r in result.results}
+        winner_id = result.winner["id"] if result.winner else None
+        curves_png = report.plot_candidates(curves, sdir / "curves.png", f"Stage {st.number}: the {len(curves)} candidates", winner_id)
+        notes.append(
+            f"Winner rule: rank 1 of this ranking: vectors over the thresholds first, then by mean macro F1 over the folds "
+            f"(measured at the fold's {meta.get('score_at', 'last')} epoch), ties by mean accuracy. The study chose by reading "
+            f"the candidates' learning curves: fold-mean validation loss and macro F1 per epoch are in curves.png.")
     title = f"Ranking after stage {st.number}"
     paths: dict[str, Path] = {}
     paths["csv"], paths["md"] = write_ranking(result.ranking, sdir, title, notes)
@@ -594,6 +607,8 @@ def write_stage(result: StageResult, out_dir: str | Path, meta: Mapping[str, Any
     stage_meta = {**meta, "stage": st.to_dict() | {"number": st.number}, "skipped": result.skipped,
                   "results": [r.to_dict() for r in result.results]}
     paths["results"] = write_json(sdir / "results.json", stage_meta)
+    if curves_png is not None:
+        paths["curves"] = curves_png
     if result.winner is not None:
         row = result.winner
         v = vector_from_row(row)

@@ -272,3 +272,25 @@ def test_train_on_the_rows_a_search_held_out(work, tmp_path, capsys):
     assert main(["train", "--features", str(work.english), "--config", str(work.config), "--held-out", str(bad),
                  "--out", str(tmp_path / "o"), *FAST]) == 2
     assert "test_source_ids" in capsys.readouterr().err
+
+
+def test_transfer_scored_by_cross_validation_then_one_final_model(work, tmp_path, capsys):
+    """--cv-folds: cells scored on the training side, the best one trained for
+    --final-epochs and tested once."""
+    import csv
+
+    out = tmp_path / "cv"
+    args = ["transfer", "--model", str(work.model_dir), "--features", str(work.greek), "--freeze", "g", "--lrs", "1e-3,3e-3",
+            "--batches", "16", "--epochs", "2", "--eval-every", "1", "--cv-folds", "2", "--final-epochs", "3", "--out", str(out), *FAST]
+    assert main(args) == 0
+    with open(out / "runs.csv", newline="") as fh:
+        runs = list(csv.DictReader(fh))
+    assert len(runs) == 2 and {r["scored_on"] for r in runs} == {"2-fold CV"}
+    chosen = max(runs, key=lambda r: (float(r["accuracy"]), float(r["macro_f1"])))
+    bundle = models.load_bundle(out / "model.pt")
+    assert bundle.meta["transfer"]["lr"] == pytest.approx(float(chosen["lr"]))
+    assert bundle.meta["transfer"]["scored_on"] == "test" and bundle.meta["transfer"]["epochs"] == 3  # the final model
+    assert "cross-validated" in (out / "summary.md").read_text()
+    capsys.readouterr()
+    assert main([*args[:-len(FAST) - 2], "--cv-folds", "1", "--out", str(tmp_path / "bad"), *FAST]) == 2
+    assert "--cv-folds" in capsys.readouterr().err

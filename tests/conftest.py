@@ -23,12 +23,20 @@ def tess_dir() -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def emodb_dir() -> Path:
+    path = shared_dir() / "data" / "emodb"
+    if not path.is_dir():
+        pytest.skip(f"real EmoDB copy not found at {path} (../shared absent): integration test skipped")
+    return path
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Every test that asks for real corpus audio (``tess_dir``) reads ../shared: mark
+    """Every test that asks for real corpus audio (``tess_dir``, ``emodb_dir``) reads ../shared: mark
     it ``shared`` here, once, so that ``make test-fast`` (-m "not shared") is fast and
     no test file can forget the mark."""
     for item in items:
-        if "tess_dir" in getattr(item, "fixturenames", ()):
+        if {"tess_dir", "emodb_dir"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.shared)
 
 

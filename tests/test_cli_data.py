@@ -116,3 +116,19 @@ def test_upload_puts_a_corpus_where_ingest_reads_it(s3_env, s3_server, tmp_path,
     assert "folder not found" in capsys.readouterr().err
     assert main(["upload", str(corpus), "not-a-uri"]) == 2
     assert "not an S3 URI" in capsys.readouterr().err
+
+
+def test_features_resample_to_16_khz_unless_told_native(tmp_path, capsys):
+    corpus, table = tmp_path / "synth", tmp_path / "t.csv"
+    assert main(["synth", "--out", str(corpus), "--per-class", "1", "--speakers", "1", "--rate", "22050"]) == 0
+    assert main(["ingest", "--corpus", f"synthetic={corpus}", "--out", str(table)]) == 0
+    common = ["features", "--table", str(table), "--size", "30", "--cache", str(tmp_path / "cache"), "--workers", "1"]
+    assert main([*common, "--out", str(tmp_path / "f.npz")]) == 0
+    assert FeatureSet.load(tmp_path / "f.npz").spec.sample_rate == 16000
+    assert main([*common, "--rate", "native", "--out", str(tmp_path / "n.npz")]) == 0
+    native = FeatureSet.load(tmp_path / "n.npz")
+    assert native.spec.sample_rate is None
+    assert not np.allclose(native.images, FeatureSet.load(tmp_path / "f.npz").images)
+    with pytest.raises(SystemExit):
+        main([*common, "--rate", "fast", "--out", str(tmp_path / "x.npz")])
+    assert "expected a rate in Hz or 'native'" in capsys.readouterr().err

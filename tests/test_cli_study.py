@@ -294,3 +294,32 @@ def test_transfer_scored_by_cross_validation_then_one_final_model(work, tmp_path
     capsys.readouterr()
     assert main([*args[:-len(FAST) - 2], "--cv-folds", "1", "--out", str(tmp_path / "bad"), *FAST]) == 2
     assert "--cv-folds" in capsys.readouterr().err
+
+
+def test_train_chooses_its_checkpoint_on_validation_speakers_unless_told_the_study_rule(work, tmp_path, capsys):
+    """Default: the kept epoch is chosen on validation rows carved (whole speakers) from
+    the training side, and the test rows are only scored; --checkpoint test is the
+    study's rule, and says its score is optimistic."""
+    from ser import splits
+    from ser.dataset import FeatureSet
+
+    english = work.english
+    fs = FeatureSet.load(english)
+    out = tmp_path / "val"
+    assert main(["train", "--features", str(english), "--config", str(work.config), "--split", "speaker", "--seed", "4",
+                 "--out", str(out), *FAST]) == 0
+    data = json.loads((out / "metrics.json").read_text())
+    assert data["checkpoint"] == "validation" and "ua" in data and 0 <= data["ua"] <= 1
+    train_idx, test_idx = splits.train_test(fs, 0.2, seed=4, protocol="speaker")
+    fit_idx, val_idx = splits.validation_split(fs, train_idx, 0.2, seed=4)
+    assert data["sizes"]["val_rows"] == len(val_idx) and data["sizes"]["fit_rows"] == len(fit_idx)
+    keys = splits.speaker_keys(fs)
+    assert not set(keys[val_idx]) & set(keys[test_idx]) and not set(keys[val_idx]) & set(keys[fit_idx])
+    assert "optimistic" not in capsys.readouterr().out
+    study_out = tmp_path / "study"
+    assert main(["train", "--features", str(english), "--config", str(work.config), "--split", "speaker", "--seed", "4",
+                 "--checkpoint", "test", "--out", str(study_out), *FAST]) == 0
+    assert "optimistic" in capsys.readouterr().out
+    study_data = json.loads((study_out / "metrics.json").read_text())
+    assert study_data["checkpoint"] == "test" and "optimistic" in study_data["checkpoint_note"]
+    assert study_data["config_hash"] != data["config_hash"]

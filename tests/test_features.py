@@ -7,7 +7,7 @@ from ser.audio import AudioError
 from tests.helpers import tone, wav_bytes
 
 
-@pytest.mark.parametrize("kind", F.KINDS)
+@pytest.mark.parametrize("kind", F.IMAGE_KINDS)
 @pytest.mark.parametrize("size", F.SIZES)
 def test_extract_gives_n_by_n_unit_image(kind, size):
     image = F.extract(tone(), 16000, F.FeatureSpec(kind=kind, size=size))

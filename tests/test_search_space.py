@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ser import recipes, search_space, stopping
-from ser.features import KINDS, SIZES
+from ser.features import IMAGE_KINDS as KINDS, SIZES
 from ser.models import ArchSpec, SpecError
 
 

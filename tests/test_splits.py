@@ -177,3 +177,76 @@ def test_describe_reports_shared_speakers():
     train, test = splits.train_test(fs, 0.2, seed=0, protocol="speaker")
     info = splits.describe(fs, train, test)
     assert info["shared_speakers"] == 0 and info["test_rows"] == test.size
+
+
+# --------------------------------------------------------------------------- speaker-independent protocol
+
+
+def _random_corpus(rng: np.random.Generator):
+    """A feature set of random size with 2..9 speakers, unbalanced classes and some
+    augmented copies (add and replace) of random sources."""
+    from ser.dataset import FeatureSet
+    from ser.features import FeatureSpec
+
+    n_orig = int(rng.integers(30, 120))
+    n_spk = int(rng.integers(2, 10))
+    spk = rng.integers(0, n_spk, n_orig)
+    spk[:n_spk] = np.arange(n_spk)  # every speaker has a row
+    labels = rng.integers(0, 4, n_orig)
+    ids = np.array([f"src{i}" for i in range(n_orig)])
+    copies = rng.choice(n_orig, size=int(rng.integers(0, n_orig // 2)), replace=False)
+    modes = rng.choice(["add", "replace"], size=copies.size)
+    speaker = np.concatenate([np.array([f"s{s}" for s in spk]), np.array([f"s{spk[c]}" for c in copies])])
+    n = n_orig + copies.size
+    return FeatureSet(
+        images=np.zeros((n, 8, 8), np.float32), labels=np.concatenate([labels, labels[copies]]).astype(np.int64),
+        label_names=("a", "b", "c", "d"), spec=FeatureSpec(size=8), speaker=speaker, corpus=np.array(["x"] * n),
+        source_id=np.concatenate([ids, np.array([f"copy{i}" for i in range(copies.size)])]),
+        group=np.concatenate([ids, ids[copies]]), augment=np.concatenate([np.array([""] * n_orig), modes]),
+    )
+
+
+def test_no_speaker_ever_crosses_train_validation_and_test():
+    """Property over 40 random corpora: in every speaker fold, the test, validation and
+    fit sides share no speaker (when the fold's training side has two or more), no
+    source crosses sides, copies stay on the fit side, and every speaker is tested once."""
+    rng = np.random.default_rng(0)
+    for trial in range(40):
+        fs = _random_corpus(rng)
+        keys = splits.speaker_keys(fs)
+        n_spk = np.unique(keys).size
+        k = None if trial % 2 == 0 else int(rng.integers(2, n_spk + 1))
+        folds = splits.speaker_folds(fs, k, seed=trial)
+        tested = np.concatenate([test for _, test in folds])
+        assert np.unique(keys[tested]).size == n_spk and tested.size == np.unique(tested).size
+        for train, test in folds:
+            fit, val = splits.validation_split(fs, train, 0.25, seed=trial)
+            assert not set(keys[test]) & set(keys[train])
+            assert not set(fs.group[test]) & set(fs.group[fit]) and not set(fs.group[val]) & set(fs.group[fit])
+            assert fs.is_original[test].all() and fs.is_original[val].all()
+            assert set(fit) | set(val) <= set(np.flatnonzero(np.isin(fs.group, fs.group[train])))
+            if np.unique(keys[train]).size >= 2:
+                assert not set(keys[val]) & set(keys[fit]), f"trial {trial}: a validation speaker also trains"
+
+
+def test_leave_one_speaker_out_tests_each_speaker_alone():
+    fs = _random_corpus(np.random.default_rng(3))
+    keys = splits.speaker_keys(fs)
+    folds = splits.speaker_folds(fs)
+    assert len(folds) == np.unique(keys).size
+    for train, test in folds:
+        assert np.unique(keys[test]).size == 1 and keys[test][0] not in set(keys[train])
+
+
+def test_one_training_speaker_validates_on_its_own_rows():
+    """TESS one speaker to the other: the fold trains on one voice, so validation rows
+    come from that voice (stratified), never from the test speaker."""
+    fs = _random_corpus(np.random.default_rng(5))
+    keep = np.isin(splits.speaker_keys(fs), ["x/s0", "x/s1"])
+    fs = fs.subset(np.flatnonzero(keep))
+    for train, test in splits.speaker_folds(fs):
+        fit, val = splits.validation_split(fs, train, 0.2)
+        assert set(splits.speaker_keys(fs)[val]) == set(splits.speaker_keys(fs)[train])
+        assert not set(fs.group[val]) & set(fs.group[fit]) and not set(fs.group[val]) & set(fs.group[test])
+    with pytest.raises(splits.SplitError, match="at least 2 speakers"):
+        splits.speaker_folds(fs.subset(np.flatnonzero(splits.speaker_keys(fs) == "x/s0")))

@@ -182,3 +182,10 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: fh.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def encode_wav(wave: np.ndarray, rate: int) -> bytes:
+    """A waveform as the bytes of a 16-bit PCM WAV file (what most clients send)."""
+    buf = io.BytesIO()
+    sf.write(buf, np.clip(np.asarray(wave, dtype=np.float32), -1.0, 1.0), int(rate), format="WAV", subtype="PCM_16")
+    return buf.getvalue()

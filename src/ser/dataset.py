@@ -42,7 +42,7 @@ class FeatureSet:
     mode ("add" or "replace"). Splits use both so copies follow their source.
     """
 
-    images: np.ndarray  # (n, N, N) float32 in [0, 1]
+    images: np.ndarray  # (n, N, N) float32 in [0, 1]; logmel: (n, N, T) padded, see ``length``
     labels: np.ndarray  # (n,) int64 indices into label_names
     label_names: tuple[str, ...]
     spec: FeatureSpec
@@ -52,6 +52,14 @@ class FeatureSet:
     group: np.ndarray
     augment: np.ndarray
     meta: dict[str, Any] = field(default_factory=dict)
+    #: Valid frames per row: logmel arrays are padded on the right to the longest one
+    #: (at most MAX_FRAMES); image kinds are always full width.
+    length: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.length is None:
+            self.length = np.full(len(self.labels), self.images.shape[-1] if self.images.ndim == 3 else 0, dtype=np.int64)
+        self.length = np.asarray(self.length, dtype=np.int64)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -63,7 +71,7 @@ class FeatureSet:
     def subset(self, index: np.ndarray | Sequence[int]) -> "FeatureSet":
         idx = np.asarray(index, dtype=np.int64)
         cols = {name: getattr(self, name)[idx] for name in _STR_COLUMNS}
-        return FeatureSet(self.images[idx], self.labels[idx], self.label_names, self.spec, meta=dict(self.meta), **cols)
+        return FeatureSet(self.images[idx], self.labels[idx], self.label_names, self.spec, meta=dict(self.meta), length=self.length[idx], **cols)
 
     def class_counts(self) -> dict[str, int]:
         counts = np.bincount(self.labels, minlength=len(self.label_names))
@@ -82,6 +90,7 @@ class FeatureSet:
             label_names=np.array(self.label_names),
             spec=np.array(json.dumps(self.spec.to_dict())),
             meta=np.array(json.dumps(self.meta)),
+            length=self.length,
             **{name: getattr(self, name).astype(str) for name in _STR_COLUMNS},
         )
         os.replace(tmp, path)
@@ -100,6 +109,7 @@ class FeatureSet:
                 label_names=tuple(str(x) for x in data["label_names"]),
                 spec=FeatureSpec.from_dict(json.loads(str(data["spec"]))),
                 meta=json.loads(str(data["meta"])),
+                length=data["length"] if "length" in data.files else None,
                 **{name: data[name].astype(str) for name in _STR_COLUMNS},
             )
 
@@ -110,12 +120,14 @@ class FeatureSet:
             if part.spec != first.spec or part.label_names != first.label_names:
                 raise ValueError("cannot join feature sets of different specs or label sets")
         cols = {name: np.concatenate([getattr(p, name) for p in parts]) for name in _STR_COLUMNS}
+        width = max(p.images.shape[-1] for p in parts)
         return cls(
-            np.concatenate([p.images for p in parts]),
+            np.concatenate([pad_frames(p.images, width) for p in parts]),
             np.concatenate([p.labels for p in parts]),
             first.label_names,
             first.spec,
             meta=dict(first.meta),
+            length=np.concatenate([p.length for p in parts]),
             **cols,
         )
 
@@ -153,7 +165,8 @@ class FeatureCache:
                     hits = [i for i, k in enumerate(shard_keys) if k in wanted and k not in found]
                     if hits:
                         images = data["images"]
-                        found.update((shard_keys[i], images[i]) for i in hits)
+                        length = data["length"] if "length" in data.files else np.full(len(shard_keys), images.shape[-1])
+                        found.update((shard_keys[i], images[i][:, : int(length[i])]) for i in hits)
             except (OSError, ValueError, KeyError, zipfile.BadZipFile):
                 continue
         return found
@@ -164,7 +177,8 @@ class FeatureCache:
         name = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:32]
         tmp = self.dir / f".{name}.{os.getpid()}.tmp.npz"
         self.dir.mkdir(parents=True, exist_ok=True)
-        np.savez(tmp, keys=np.array(keys), images=np.stack(images))
+        stacked, length = stack_frames(images, images[0].shape[0])
+        np.savez(tmp, keys=np.array(keys), images=stacked, length=length)
         os.replace(tmp, self.dir / f"{name}.npz")
 
 
@@ -212,6 +226,34 @@ def _work(args: tuple[list[tuple[str, str]], dict, str | None]) -> list[tuple[np
         except OSError as exc:  # the cache only saves time: keep the images, say why it failed
             warnings.warn(f"feature cache not written ({exc}); the images are kept", stacklevel=1)
     return results
+
+
+#: The longest logmel array a feature set keeps (10 s at a 10 ms hop): a longer
+#: utterance keeps its central part, so one long file cannot blow up the whole array.
+MAX_FRAMES = 1000
+
+
+def pad_frames(images: np.ndarray, width: int) -> np.ndarray:
+    """(n, N, T) -> (n, N, width), zeros on the right (rows keep their ``length``)."""
+    if images.shape[-1] >= width:
+        return images
+    return np.pad(images, ((0, 0), (0, 0), (0, width - images.shape[-1])))
+
+
+def stack_frames(images: Sequence[np.ndarray], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Images of equal height and any width -> one float32 (n, N, T) array padded on
+    the right, and each row's valid width (at most MAX_FRAMES, centre kept)."""
+    if not images:
+        return np.zeros((0, size, size), np.float32), np.zeros(0, np.int64)
+    kept = []
+    for image in images:
+        extra = image.shape[-1] - MAX_FRAMES
+        kept.append(image[:, extra // 2 : extra // 2 + MAX_FRAMES] if extra > 0 else image)
+    length = np.array([k.shape[-1] for k in kept], dtype=np.int64)
+    out = np.zeros((len(kept), kept[0].shape[0], int(length.max())), np.float32)
+    for i, k in enumerate(kept):
+        out[i, :, : k.shape[-1]] = k
+    return out, length
 
 
 @dataclass(frozen=True)
@@ -289,8 +331,10 @@ def build(
         with threadpool_limits(1):  # as in the workers: identical bits
             gather(map(_work, jobs))
     ok = [i for i in keep if images[i] is not None]
+    stacked, length = stack_frames([images[i] for i in ok], spec.size)
     fs = FeatureSet(
-        images=np.stack([images[i] for i in ok]).astype(np.float32) if ok else np.zeros((0, spec.size, spec.size), np.float32),
+        images=stacked,
+        length=length,
         labels=np.array([names.index(_field(rows[i], "emotion")) for i in ok], dtype=np.int64),
         label_names=names,
         spec=spec,

@@ -19,8 +19,14 @@ from PIL import Image
 
 from ser import audio
 
-FeatureKind = Literal["mel", "chroma", "mfcc"]
-KINDS: tuple[str, ...] = ("mel", "chroma", "mfcc")
+FeatureKind = Literal["mel", "chroma", "mfcc", "logmel"]
+KINDS: tuple[str, ...] = ("mel", "chroma", "mfcc", "logmel")
+#: The kinds of the study: N x N pictures, the time axis squeezed to N columns.
+IMAGE_KINDS: tuple[str, ...] = ("mel", "chroma", "mfcc")
+#: Sample rate every recording is resampled to by default: the same recording must give
+#: the same features whether it arrives at 16, 22.05, 44.1 or 48 kHz (docs/QUALITY.md).
+DEFAULT_RATE = 16000
+NORMALISATIONS: tuple[str, ...] = ("utterance", "none")
 SIZES: tuple[int, ...] = (30, 50, 60, 80)
 
 
@@ -28,20 +34,31 @@ SIZES: tuple[int, ...] = (30, 50, 60, 80)
 class FeatureSpec:
     """Everything that decides what image an utterance becomes.
 
-    ``size`` is N: the number of frequency bins (n_mels, n_chroma or n_mfcc) and the
-    width the time axis is resized to. ``sample_rate=None`` keeps each corpus at its
-    native rate, as the study did; an integer resamples every file to that rate.
+    ``size`` is N: the number of frequency bins (n_mels, n_chroma or n_mfcc) and, for
+    the study's kinds, the width the time axis is resized to. ``logmel`` (the ``plus``
+    recipe) keeps the time axis at its fixed hop instead: an utterance of T frames gives
+    a (size, T) array in dB, standardised per utterance (mean 0, deviation 1; with
+    ``normalise="none"`` dB below the utterance's peak, divided by 80), and the network
+    crops or windows it; nothing squeezes a long utterance into N columns.
+
+    ``sample_rate``: every file is resampled to it (16 kHz by default), so a recording
+    gives the same image at whatever rate it arrives; ``None`` keeps each corpus at
+    its native rate, as the study did, and then the image depends on the rate the
+    audio came at (docs/METHOD_DEVIATIONS.md).
     """
 
     kind: FeatureKind = "mel"
     size: int = 60
     n_fft: int = 2048
     hop: int = 512
-    sample_rate: int | None = None
+    sample_rate: int | None = DEFAULT_RATE
     preemphasis: float = 0.97
     top_db: float = 60.0
+    normalise: str = "utterance"  #: logmel only: "utterance" (mean 0, deviation 1) or "none" (dB below the peak)
 
     def __post_init__(self) -> None:
+        if self.normalise not in NORMALISATIONS:
+            raise ValueError(f"normalise must be one of {NORMALISATIONS}, got {self.normalise!r}")
         if self.kind not in KINDS:
             raise ValueError(f"feature kind must be one of {KINDS}, got {self.kind!r}")
         if not 8 <= int(self.size) <= 512:
@@ -104,9 +121,9 @@ def power_spectrum(wave: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
 def spectral(wave: np.ndarray, rate: int, spec: FeatureSpec) -> np.ndarray:
     """Step 3 and 4: the (N, frames) spectral feature in dB."""
     power = power_spectrum(wave, spec.n_fft, spec.hop)
-    if spec.kind == "mel":
+    if spec.kind in ("mel", "logmel"):
         mel = _mel_basis(rate, spec.n_fft, spec.size) @ power
-        return librosa.power_to_db(mel, ref=np.max)
+        return librosa.power_to_db(mel, ref=np.max, top_db=80.0 if spec.kind == "logmel" else None)
     if spec.kind == "chroma":
         # librosa's chroma_stft as the study called it: the tuning of each clip is
         # estimated (tuning=None), and each frame is scaled to a peak of 1. A fixed
@@ -116,6 +133,14 @@ def spectral(wave: np.ndarray, rate: int, spec: FeatureSpec) -> np.ndarray:
     # MFCCs are computed from a dB mel spectrogram already, so step 4 is built in.
     mel_db = librosa.power_to_db(_mel_basis(rate, spec.n_fft, max(128, spec.size)) @ power)
     return librosa.feature.mfcc(S=mel_db, n_mfcc=spec.size)
+
+
+def standardise(image: np.ndarray) -> np.ndarray:
+    """Mean 0, deviation 1 over the whole utterance: removes recording gain and level,
+    which say more about the microphone than about the emotion."""
+    image = np.asarray(image, dtype=np.float32)
+    std = float(image.std())
+    return ((image - image.mean()) / (std if std > 1e-6 else 1.0)).astype(np.float32)
 
 
 def resize_time(image: np.ndarray, size: int) -> np.ndarray:
@@ -138,7 +163,8 @@ def prepare(wave: np.ndarray, spec: FeatureSpec) -> np.ndarray:
 
 
 def extract(wave: np.ndarray, rate: int, spec: FeatureSpec) -> np.ndarray:
-    """One waveform at ``rate`` Hz -> float32 image of shape (N, N) in [0, 1].
+    """One waveform at ``rate`` Hz -> float32 image of shape (N, N) in [0, 1], or for
+    ``logmel`` a standardised (N, frames) log-mel array at the spec's hop.
 
     The waveform should already be at the spec's rate (see :func:`load`); resampling
     is the decoder's job so that serving and training decode identically.
@@ -146,6 +172,8 @@ def extract(wave: np.ndarray, rate: int, spec: FeatureSpec) -> np.ndarray:
     if wave.ndim != 1 or wave.size == 0:
         raise audio.AudioError("expected a non-empty mono waveform")
     image = spectral(prepare(wave, spec), rate, spec)
+    if spec.kind == "logmel":
+        return standardise(image) if spec.normalise == "utterance" else (image / 80.0).astype(np.float32)
     return to_unit_range(resize_time(image, spec.size))
 
 

@@ -14,7 +14,20 @@ ENGLISH: tuple[str, ...] = ("happy", "angry", "disgust", "fearful", "sad", "neut
 #: The Greek AESDD classes, in canonical spelling (anger -> angry, fear -> fearful ...).
 GREEK: tuple[str, ...] = ("angry", "disgust", "fearful", "happy", "sad")
 
-LABEL_SETS: dict[str, tuple[str, ...]] = {"english": ENGLISH, "greek": GREEK}
+#: EmoDB's seven classes: boredom instead of the English set's surprise.
+EMODB: tuple[str, ...] = ("angry", "boredom", "disgust", "fearful", "happy", "neutral", "sad")
+
+#: The six classes EmoDB, the English corpora and (but neutral) AESDD share: a run
+#: that mixes or crosses corpora keeps these.
+BASIC6: tuple[str, ...] = ("angry", "disgust", "fearful", "happy", "neutral", "sad")
+
+#: The four classes nearly every acted corpus has (the usual cross-corpus set).
+BASIC4: tuple[str, ...] = ("angry", "happy", "neutral", "sad")
+
+LABEL_SETS: dict[str, tuple[str, ...]] = {"english": ENGLISH, "greek": GREEK, "emodb": EMODB, "basic6": BASIC6, "basic4": BASIC4}
+
+#: Emotions some corpora have beyond the English set (RAVDESS calm, EmoDB boredom).
+EXTRA: frozenset[str] = frozenset({"calm", "boredom"})
 
 _ALIASES: dict[str, str] = {
     "happiness": "happy",
@@ -28,6 +41,7 @@ _ALIASES: dict[str, str] = {
     "ps": "surprised",
     "pleasant_surprise": "surprised",
     "pleasant_surprised": "surprised",
+    "bored": "boredom",
 }
 
 
@@ -35,13 +49,13 @@ def canonical(name: str) -> str:
     """Return the canonical spelling of an emotion name, or raise ValueError."""
     key = name.strip().lower().replace(" ", "_").replace("-", "_")
     key = _ALIASES.get(key, key)
-    if key not in ENGLISH and key != "calm":
-        raise ValueError(f"unknown emotion {name!r}; expected one of {', '.join(ENGLISH)}")
+    if key not in ENGLISH and key not in EXTRA:
+        raise ValueError(f"unknown emotion {name!r}; expected one of {', '.join(ENGLISH + tuple(sorted(EXTRA)))}")
     return key
 
 
 def label_set(name: str) -> tuple[str, ...]:
-    """Look up a label set by name ("english" or "greek")."""
+    """Look up a label set by name (english, greek, emodb, basic6, basic4)."""
     try:
         return LABEL_SETS[name]
     except KeyError:

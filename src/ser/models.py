@@ -17,6 +17,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from ser.plusnet import PlusNet, PlusSpec
+
 CNNName = Literal["bulba", "charma", "squirtle"]
 CNNS: tuple[str, ...] = ("bulba", "charma", "squirtle")
 DISPLAY = {"bulba": "BulbaNET", "charma": "CharmaNET", "squirtle": "SquirtleNET"}
@@ -221,8 +223,72 @@ class SquirtleNet(_Net):
 _CLASSES: dict[str, type[_Net]] = {"bulba": BulbaNet, "charma": CharmaNet, "squirtle": SquirtleNet}
 
 
-def build(spec: ArchSpec) -> _Net:
+def spec_from_dict(data: dict[str, Any]) -> "ArchSpec | PlusSpec | EnsembleSpec":
+    """The architecture a bundle's ``arch`` dict describes: a study CNN, the ``plus``
+    recipe's network (:mod:`ser.plusnet`) or an ensemble of either."""
+    kind = data.get("cnn")
+    if kind == "plus":
+        return PlusSpec.from_dict(data)
+    if kind == "ensemble":
+        return EnsembleSpec.from_dict(data)
+    return ArchSpec.from_dict(data)
+
+
+@dataclass(frozen=True)
+class EnsembleSpec:
+    """Models trained on different folds, served as one: their logits are averaged."""
+
+    members: tuple[Any, ...]
+    cnn: str = "ensemble"
+
+    def __post_init__(self) -> None:
+        members = tuple(m if not isinstance(m, dict) else spec_from_dict(m) for m in self.members)
+        if not members or any(isinstance(m, EnsembleSpec) for m in members):
+            raise SpecError("an ensemble needs one or more member networks (not ensembles)")
+        first = members[0]
+        if any((m.in_size, m.n_classes) != (first.in_size, first.n_classes) for m in members):
+            raise SpecError("ensemble members must take the same input and predict the same classes")
+        object.__setattr__(self, "members", members)
+
+    @property
+    def in_size(self) -> int:
+        return self.members[0].in_size
+
+    @property
+    def n_classes(self) -> int:
+        return self.members[0].n_classes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"cnn": self.cnn, "members": [m.to_dict() for m in self.members]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "EnsembleSpec":
+        unknown = set(data) - {"cnn", "members"}
+        if unknown:
+            raise SpecError(f"unknown EnsembleSpec fields: {sorted(unknown)}")
+        return cls(members=tuple(data["members"]))
+
+
+class Ensemble(nn.Module):
+    """Mean logits of member networks (each in its own eval/train mode)."""
+
+    def __init__(self, spec: EnsembleSpec, members: list[nn.Module] | None = None) -> None:
+        super().__init__()
+        self.spec = spec
+        self.members = nn.ModuleList(members if members is not None else [build(m) for m in spec.members])
+        self.takes_lengths = any(getattr(m, "takes_lengths", False) for m in self.members)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        outs = [m(x, lengths) if getattr(m, "takes_lengths", False) else m(x) for m in self.members]
+        return torch.stack(outs).mean(0)
+
+
+def build(spec: "ArchSpec | PlusSpec | EnsembleSpec") -> nn.Module:
     """A freshly initialised network for the spec (spec already validated)."""
+    if isinstance(spec, PlusSpec):
+        return PlusNet(spec)
+    if isinstance(spec, EnsembleSpec):
+        return Ensemble(spec)
     return _CLASSES[spec.cnn](spec)
 
 
@@ -230,8 +296,8 @@ def build(spec: ArchSpec) -> _Net:
 class ModelBundle:
     """A trained network and what is needed to use it: labels, feature spec, provenance."""
 
-    model: _Net
-    arch: ArchSpec
+    model: nn.Module
+    arch: "ArchSpec | PlusSpec | EnsembleSpec"
     labels: tuple[str, ...]
     feature_spec: dict[str, Any]
     meta: dict[str, Any]
@@ -262,7 +328,7 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> ModelBu
         raise ValueError(f"{path}: not a ser model file ({exc})") from None
     if not isinstance(payload, dict) or not {"arch", "state_dict", "labels"} <= set(payload):
         raise ValueError(f"{path}: not a ser model file (missing arch, state_dict or labels)")
-    arch = ArchSpec.from_dict(payload["arch"])
+    arch = spec_from_dict(payload["arch"])
     model = build(arch)
     model.load_state_dict(payload["state_dict"])
     model.to(device).eval()

@@ -39,10 +39,11 @@ def _save(fig, path: str | Path) -> Path:
 
 
 def metrics(evaluation: Any, *, best_epoch: int | None, seed: int | None, split: str | None, **extra: Any) -> dict[str, Any]:
-    """The metrics.json dict: accuracy, macro_f1, per_class, confusion_matrix, labels,
+    """The metrics.json dict: accuracy (WA), ua, macro_f1, per_class, confusion_matrix, labels,
     loss, best_epoch, seed, split, plus ``extra`` (config hash, epochs, sizes ...)."""
     data = {
         "accuracy": evaluation.accuracy,
+        "ua": getattr(evaluation, "ua", None),
         "macro_f1": evaluation.macro_f1,
         "loss": evaluation.loss,
         "per_class": evaluation.per_class,

@@ -359,9 +359,14 @@ class Predictor:
         torch = self._torch
         if not len(images):
             return np.zeros((0, len(self.labels)))
-        batch = torch.from_numpy(np.stack(images).astype(np.float32, copy=False))
         with torch.inference_mode():
-            logits = self.model(batch).float().cpu().numpy()
+            if getattr(self.model, "takes_lengths", False):  # the plus network: frames of any length
+                from ser.plusnet import batch_frames
+
+                logits = self.model(*batch_frames(list(images))).float().cpu().numpy()
+            else:
+                batch = torch.from_numpy(np.stack(images).astype(np.float32, copy=False))
+                logits = self.model(batch).float().cpu().numpy()
         return softmax(logits)
 
     def result(self, probs: np.ndarray, **extra: Any) -> dict[str, Any]:

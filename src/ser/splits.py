@@ -17,6 +17,11 @@ Protocols:
   side; with fewer speakers than folds (TESS alone: 2 speakers) the subset of
   speakers closest to the wanted size is chosen (one speaker each side for TESS).
 
+Speaker-independent evaluation (:func:`speaker_folds`): every speaker is tested once,
+by a model that never heard them (leave-one-speaker-out, or grouped k-fold), and the
+model's checkpoint and early stop are chosen on a validation side carved from the
+*training speakers* of that fold (:func:`validation_split`), never from test rows.
+
 All indices are sorted int64 arrays of rows of ``fs``.
 """
 
@@ -166,6 +171,44 @@ def kfold(fs: FeatureSet, idx: Sequence[int] | np.ndarray, k: int = 5, seed: int
             train = training_rows(fs, pool[~np.isin(pool, val_groups)])
             folds.append((train, val))
     return folds
+
+
+def speaker_folds(fs: FeatureSet, k: int | None = None, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Outer folds for speaker-independent evaluation: a list of (training rows, test
+    rows) over all original rows, no speaker on both sides of any fold.
+
+    ``k=None``: leave-one-speaker-out (one fold per speaker, in speaker order);
+    otherwise ``k`` speaker groups balanced by class (StratifiedGroupKFold)."""
+    orig = np.flatnonzero(fs.is_original)
+    speakers = speaker_keys(fs)[orig]
+    unique = np.unique(speakers)
+    if unique.size < 2:
+        raise SplitError(f"speaker-independent folds need at least 2 speakers, the data has {unique.size}")
+    if k is not None:
+        return kfold(fs, orig, k=k, seed=seed, protocol="speaker")
+    all_groups = np.unique(fs.group)
+    folds = []
+    for speaker in unique:
+        test = np.sort(orig[speakers == speaker]).astype(np.int64)
+        train = training_rows(fs, all_groups[~np.isin(all_groups, fs.source_id[test])])
+        folds.append((train, test))
+    return folds
+
+
+def validation_split(fs: FeatureSet, idx: Sequence[int] | np.ndarray, size: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Carve a validation side out of training rows ``idx``: (fit rows, validation rows).
+
+    Speakers are held out whole when the training side has two or more (so early
+    stopping and checkpoint choice see voices the fit did not hear, like the test);
+    with a single training speaker (TESS one speaker to the other) validation rows
+    are drawn from that speaker, stratified by class. Copies follow their source."""
+    idx = np.asarray(idx, dtype=np.int64)
+    pool = np.unique(fs.group[idx])
+    rows = np.flatnonzero(np.isin(fs.group, pool))
+    sub = fs.subset(rows)
+    n_speakers = np.unique(speaker_keys(sub)[sub.is_original]).size
+    fit, val = train_test(sub, size, seed=seed, protocol="speaker" if n_speakers >= 2 else "random")
+    return rows[fit], rows[val]
 
 
 def describe(fs: FeatureSet, train: np.ndarray, test: np.ndarray) -> dict:

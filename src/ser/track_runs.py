@@ -50,7 +50,7 @@ RECORD_FILE = "tracking.json"
 RESULT_FILES = ("metrics.json", "learning_curve.png", "confusion_matrix.png", "improvements.md", "improvements.csv",
                 "config.json", "history.csv", "per_class.md", "per_class.csv", "runs.md", "runs.csv", "summary.md",
                 "summary.csv", "seeds.md", "seeds.csv", "seeds.json", "predictions.csv")
-HISTORY_FIELDS = ("epoch", "train_loss", "val_loss", "accuracy", "macro_f1")
+HISTORY_FIELDS = ("epoch", "train_loss", "val_loss", "accuracy", "macro_f1", "ua")
 
 
 def add_arguments(parser: Any, register: bool = True) -> None:
@@ -251,7 +251,7 @@ class Session:
             return None
         out = Path(out)
         self.log_history(history)
-        summary = {f"test_{k}": metrics.get(k) for k in ("accuracy", "macro_f1", "loss")}
+        summary = {f"test_{k}": metrics.get(k) for k in ("accuracy", "ua", "macro_f1", "loss")}
         summary.update({k: metrics.get(k) for k in ("best_epoch", "epochs_run", "train_seconds", "seconds_per_epoch", "n")})
         summary.update({f"test_f1_{label}": (values or {}).get("f1") for label, values in (metrics.get("per_class") or {}).items()})
         self.log_metrics(summary)

@@ -39,11 +39,14 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from ser import metrics
+
 if TYPE_CHECKING:  # pragma: no cover
     from ser import stopping
     from ser.dataset import FeatureSet  # only read as .images / .labels: no librosa import needed here
 
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 CHECKPOINT_VERSION = 1
 
 
@@ -53,7 +56,10 @@ class TrainConfig:
 
     ``eval_every``: validate every k epochs (and at the last epoch); ``device``:
     "auto" (cuda if available, else cpu), "cpu", "cuda" or "cuda:N";
-    ``precision``: "fp32", or "bf16" autocast on CUDA (ignored on CPU).
+    ``precision``: "fp32", or "bf16" autocast on CUDA (ignored on CPU);
+    ``schedule``: "constant" LR (the study), or "cosine" from ``lr`` down to zero over
+    ``epochs`` (set per epoch from the epoch number, so a resumed fit follows it
+    exactly); ``weight_decay``: decoupled (AdamW) weight decay, 0 = plain Adam (the study).
     """
 
     epochs: int = 300
@@ -63,9 +69,16 @@ class TrainConfig:
     eval_every: int = 1
     device: str = "auto"
     precision: str = "fp32"
+    schedule: str = "constant"
+    weight_decay: float = 0.0
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
+        set_(self, "weight_decay", float(self.weight_decay))
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         for name in ("epochs", "batch_size", "seed", "eval_every"):
             set_(self, name, int(round(float(getattr(self, name)))))
         set_(self, "lr", float(self.lr))
@@ -100,13 +113,14 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EpochRecord:
-    """One epoch; accuracy and F1 are fractions, val fields NaN when not evaluated."""
+    """One epoch; accuracy (WA), macro F1 and UA are fractions, val fields NaN when not evaluated."""
 
     epoch: int
     train_loss: float
     val_loss: float = math.nan
     accuracy: float = math.nan
     macro_f1: float = math.nan
+    ua: float = math.nan
 
     @property
     def evaluated(self) -> bool:
@@ -150,6 +164,8 @@ class FitResult:
 
 @dataclass
 class Evaluation:
+    """Scores of a model on a set of rows; ``accuracy`` is WA, ``ua`` the mean per-class recall."""
+
     loss: float
     accuracy: float
     macro_f1: float
@@ -158,12 +174,14 @@ class Evaluation:
     probabilities: np.ndarray
     labels: tuple[str, ...] = ()
     predictions: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    ua: float = math.nan
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able summary (no probabilities)."""
         return {
             "loss": self.loss,
             "accuracy": self.accuracy,
+            "ua": self.ua,
             "macro_f1": self.macro_f1,
             "per_class": self.per_class,
             "confusion_matrix": self.confusion,
@@ -215,47 +233,24 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
-def confusion(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
-    """Confusion matrix: rows true class, columns predicted class."""
-    index = np.asarray(y_true, np.int64) * n_classes + np.asarray(y_pred, np.int64)
-    return np.bincount(index, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
-
-
-def _prf(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per-class precision, recall, F1 (0 where undefined) and support, from a confusion matrix."""
-    tp = np.diag(cm).astype(float)
-    predicted, support = cm.sum(0).astype(float), cm.sum(1).astype(float)
-    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
-    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
-    denom = precision + recall
-    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
-    return precision, recall, f1, support.astype(np.int64)
-
-
-def macro_f1_score(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int | None = None) -> float:
-    """Macro F1 over the classes present in the labels or the predictions (as
-    scikit-learn's default), so a class absent from a fold does not count as 0.
-    Plain NumPy: the training loop needs no scikit-learn import."""
-    y_true, y_pred = np.asarray(y_true, np.int64), np.asarray(y_pred, np.int64)
-    if y_true.size == 0:
-        return math.nan
-    n = int(n_classes or max(y_true.max(), y_pred.max()) + 1)
-    cm = confusion(y_true, y_pred, n)
-    present = (cm.sum(0) + cm.sum(1)) > 0
-    return float(_prf(cm)[2][present].mean())
-
-
 @torch.no_grad()
-def _predict(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int, precision: str = "fp32") -> tuple[float, np.ndarray]:
-    """(mean cross-entropy, logits as float32 numpy) over tensors already on the model's device."""
+def _predict(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int, precision: str = "fp32",
+             lengths: torch.Tensor | None = None) -> tuple[float, np.ndarray]:
+    """(mean cross-entropy, logits as float32 numpy) over tensors already on the model's device.
+    ``lengths``: valid frames per row, for networks that take them (the plus network)."""
     was_training = model.training
     model.eval()
     device = images.device
     total, chunks = 0.0, []
+    with_lengths = getattr(model, "takes_lengths", False)
     try:
         for i in range(0, images.shape[0], batch_size):
             with _autocast(device, precision):
-                logits = model(images[i : i + batch_size]).float()
+                batch = images[i : i + batch_size]
+                if with_lengths:
+                    logits = model(batch, None if lengths is None else lengths[i : i + batch_size]).float()
+                else:
+                    logits = model(batch).float()
             total += float(F.cross_entropy(logits, labels[i : i + batch_size], reduction="sum"))
             chunks.append(logits.cpu())
     finally:
@@ -265,11 +260,9 @@ def _predict(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
     return total / n, logits
 
 
-def _quick_eval(model, images, labels, batch_size, precision) -> tuple[float, float, float]:
-    loss, logits = _predict(model, images, labels, batch_size, precision)
-    y = labels.cpu().numpy()
-    pred = logits.argmax(1)
-    return loss, float(np.mean(pred == y)), macro_f1_score(y, pred, logits.shape[1])
+def _quick_eval(model, images, labels, batch_size, precision, lengths=None) -> tuple[float, metrics.Scores]:
+    loss, logits = _predict(model, images, labels, batch_size, precision, lengths)
+    return loss, metrics.scores(labels.cpu().numpy(), logits.argmax(1))
 
 
 def evaluate(model: nn.Module, fs: FeatureSet, batch_size: int = 256, device: str | torch.device | None = None, precision: str = "fp32") -> Evaluation:
@@ -281,21 +274,20 @@ def evaluate(model: nn.Module, fs: FeatureSet, batch_size: int = 256, device: st
     device = resolve_device(device) if isinstance(device, str) else device
     model.to(device)
     images, labels = as_tensors(fs, device)
-    loss, logits = _predict(model, images, labels, batch_size, precision)
+    loss, logits = _predict(model, images, labels, batch_size, precision, torch.from_numpy(fs.length))
     n_classes = int(getattr(getattr(model, "spec", None), "n_classes", 0)) or (logits.shape[1] if logits.ndim == 2 else len(fs.label_names))
     probs = torch.softmax(torch.from_numpy(logits), dim=1).numpy() if logits.size else np.zeros((0, n_classes), np.float32)
     y = fs.labels.astype(np.int64)
     pred = probs.argmax(1).astype(np.int64) if probs.size else np.zeros(0, np.int64)
     names = tuple(fs.label_names) if len(fs.label_names) == n_classes else tuple(str(i) for i in range(n_classes))
-    cm = confusion(y, pred, n_classes)
-    p, r, f, s = _prf(cm)
-    per_class = {names[i]: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])} for i in range(n_classes)}
+    sc = metrics.scores(y, pred)
     return Evaluation(
         loss=float(loss) if y.size else math.nan,
-        accuracy=float(np.mean(pred == y)) if y.size else math.nan,
-        macro_f1=macro_f1_score(y, pred, n_classes),
-        per_class=per_class,
-        confusion=cm.tolist(),
+        accuracy=sc.wa,
+        macro_f1=sc.macro_f1,
+        ua=sc.ua,
+        per_class=metrics.per_class(y, pred, names),
+        confusion=metrics.confusion(y, pred, n_classes).tolist(),
         probabilities=probs.astype(np.float32),
         labels=names,
         predictions=pred,
@@ -312,7 +304,7 @@ def _atomic_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-_RESUME_KEYS = ("batch_size", "lr", "seed", "eval_every", "precision")
+_RESUME_KEYS = ("batch_size", "lr", "seed", "eval_every", "precision", "schedule", "weight_decay")
 
 
 def _load_checkpoint(path: Path, cfg: TrainConfig, n_train: int, n_val: int) -> dict[str, Any]:
@@ -323,7 +315,8 @@ def _load_checkpoint(path: Path, cfg: TrainConfig, n_train: int, n_val: int) -> 
     if ckpt.get("version") != CHECKPOINT_VERSION:
         raise ValueError(f"{path}: unknown checkpoint version {ckpt.get('version')}")
     old = ckpt["config"]
-    diff = [k for k in _RESUME_KEYS if old.get(k) != cfg.to_dict()[k]]
+    defaults = TrainConfig().to_dict()  # checkpoints from before a field existed hold its default
+    diff = [k for k in _RESUME_KEYS if old.get(k, defaults[k]) != cfg.to_dict()[k]]
     if diff or (ckpt["n_train"], ckpt["n_val"]) != (n_train, n_val):
         what = ", ".join(f"{k} {old.get(k)!r} -> {cfg.to_dict()[k]!r}" for k in diff) or "different data sizes"
         raise ValueError(f"{path} belongs to another training run ({what}); delete it or choose another checkpoint path")
@@ -331,6 +324,10 @@ def _load_checkpoint(path: Path, cfg: TrainConfig, n_train: int, n_val: int) -> 
 
 
 # --------------------------------------------------------------------------- fit
+
+
+#: (images, labels, valid frames, generator) of a batch -> (inputs, target distributions).
+Augmenter = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -354,6 +351,7 @@ def fit(
     checkpoint_every: int = 1,
     eval_batch_size: int = 256,
     desc: str = "train",
+    augment: "Augmenter | None" = None,
 ) -> FitResult:
     """Train ``model`` on ``train`` for ``cfg.epochs`` epochs, validating on ``val``.
 
@@ -364,18 +362,27 @@ def fit(
     state (lowest validation loss; the last state when there is no validation set).
     The model is left with the weights of the last epoch run; load ``best_state``
     for the best.
+
+    ``augment`` (the plus recipe, :mod:`ser.plus`) turns each batch of rows into
+    network inputs and target distributions (crops, SpecAugment, mixup, label
+    smoothing), drawing from the shuffling generator so a resumed fit is exact.
     """
     device = resolve_device(cfg.device)
     if len(train) == 0:
         raise ValueError("the training set is empty")
     model.to(device)
     images, labels = as_tensors(train, device)
+    lengths = torch.from_numpy(train.length).to(device)
     has_val = val is not None and len(val) > 0
     val_images, val_labels = as_tensors(val, device) if has_val else (None, None)
+    val_lengths = torch.from_numpy(val.length) if has_val else None
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("every parameter is frozen: nothing to train")
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, fused=device.type == "cuda")
+    if cfg.weight_decay > 0:
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
+    else:
+        optimizer = torch.optim.Adam(params, lr=cfg.lr, fused=device.type == "cuda")
     shuffle = torch.Generator().manual_seed(cfg.seed)
 
     history: list[EpochRecord] = []
@@ -431,6 +438,9 @@ def fit(
     bar = tqdm(total=cfg.epochs, initial=min(start - 1, cfg.epochs), desc=desc, unit="epoch", disable=not progress or done, leave=False, dynamic_ncols=True)
     for epoch in range(start, cfg.epochs + 1) if not done else ():
         t0 = time.perf_counter()
+        if cfg.schedule == "cosine":
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - 1) / cfg.epochs))
         set_train_mode(model)
         order = torch.randperm(n, generator=shuffle)
         if n > 1 and n % cfg.batch_size == 1:
@@ -440,17 +450,23 @@ def fit(
         for i in range(0, order.shape[0], cfg.batch_size):
             batch = order[i : i + cfg.batch_size]
             optimizer.zero_grad(set_to_none=True)
-            with _autocast(device, cfg.precision):
-                logits = model(images[batch])
-            loss = F.cross_entropy(logits.float(), labels[batch])
+            if augment is None:
+                with _autocast(device, cfg.precision):
+                    logits = model(images[batch])
+                loss = F.cross_entropy(logits.float(), labels[batch])
+            else:
+                inputs, targets = augment(images[batch], labels[batch], lengths[batch], shuffle)
+                with _autocast(device, cfg.precision):
+                    logits = model(inputs)
+                loss = F.cross_entropy(logits.float(), targets)
             loss.backward()
             optimizer.step()
             total += loss.detach() * batch.shape[0]
         train_loss = float(total) / max(1, order.shape[0])
         record = EpochRecord(epoch, train_loss)
         if has_val and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
-            vloss, acc, f1 = _quick_eval(model, val_images, val_labels, eval_batch_size, cfg.precision)
-            record = EpochRecord(epoch, train_loss, vloss, acc, f1)
+            vloss, sc = _quick_eval(model, val_images, val_labels, eval_batch_size, cfg.precision, val_lengths)
+            record = EpochRecord(epoch, train_loss, vloss, sc.wa, sc.macro_f1, sc.ua)
             if vloss < best_val:
                 best_epoch, best_val, best_state = epoch, vloss, _cpu_state(model)
         history.append(record)
@@ -507,17 +523,20 @@ def final_train(
     test: FeatureSet,
     cfg: TrainConfig,
     *,
+    val: FeatureSet | None = None,
     checkpoint: str | Path | None = None,
     on_epoch: Callable[[EpochRecord], None] | None = None,
     progress: bool = True,
     checkpoint_every: int = 1,
     desc: str = "final",
 ) -> FinalResult:
-    """The study's final training (METHOD.md section 7): train on the whole training
-    split without early stopping, evaluate the test set every ``cfg.eval_every``
-    epochs, keep the lowest-test-loss checkpoint. The model ends with the best
-    weights; the evaluation is of those weights."""
-    result = fit(model, train, test, cfg, checkpoint=checkpoint, on_epoch=on_epoch, progress=progress, checkpoint_every=checkpoint_every, desc=desc)
+    """Final training (METHOD.md section 7): train on the whole training split without
+    early stopping and keep the checkpoint with the lowest loss on ``val``, then score
+    it on ``test``. With ``val=None`` the test set chooses the checkpoint, the study's
+    own rule: that score is optimistic, and the callers say so. The model ends with
+    the chosen weights; the evaluation is of those weights on ``test``."""
+    chooser = val if val is not None else test
+    result = fit(model, train, chooser, cfg, checkpoint=checkpoint, on_epoch=on_epoch, progress=progress, checkpoint_every=checkpoint_every, desc=desc)
     model.load_state_dict(result.best_state)
     evaluation = evaluate(model, test, precision=cfg.precision)
     return FinalResult(result, improvements(result.history), evaluation)

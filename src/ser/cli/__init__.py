@@ -14,7 +14,7 @@ import os
 import sys
 import warnings
 
-GROUPS: tuple[str, ...] = ("data", "study", "search", "serve", "services", "pipeline", "demo")
+GROUPS: tuple[str, ...] = ("data", "study", "cv", "search", "serve", "services", "pipeline", "demo", "fetch")
 
 
 class UserError(Exception):

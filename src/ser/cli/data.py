@@ -46,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "table, *.problems.csv); none is dropped silently and none stops the scan.",
     )
     p.add_argument("--corpus", action="append", required=True, metavar="NAME=DIR",
-                   help="corpus name (ravdess, tess, savee, cremad, aesdd, synthetic) and its folder; repeatable")
+                   help="corpus name (ravdess, tess, savee, cremad, aesdd, emodb, synthetic) and its folder; repeatable")
     p.add_argument("--select", choices=("all", "study"), default="all",
                    help="'study' reproduces the study's Table 1 selection (RAVDESS without calm, TESS without "
                    "its two unreadable files, all SAVEE, CREMA-D by the IEO LO/MD/HI rule + 509 random neutral)")
@@ -84,8 +84,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--table", type=Path, required=True, help="utterance table (from ingest or augment)")
     p.add_argument("--feature", choices=("mel", "chroma", "mfcc"), default="mel", help="spectral feature (default mel)")
     p.add_argument("--size", type=int, default=60, help="N: frequency bins and image side (study: 30 50 60 80)")
-    p.add_argument("--rate", type=int, default=None, help="resample every file to this rate (default: native, as the study)")
-    p.add_argument("--labels", choices=("english", "greek"), default="english", help="label set (rows outside it are reported)")
+    p.add_argument("--rate", type=_rate, default=16000,
+                   help="resample every file to this rate in Hz (default 16000: a recording then gives the same image at "
+                   "any rate it arrives at); 'native' keeps each corpus at its own rate, as the study did")
+    p.add_argument("--labels", choices=("english", "greek", "emodb", "basic6", "basic4"), default="english",
+                   help="label set, i.e. which classes this run keeps (rows outside it are reported and left out): english (the "
+                   "study's 7, with surprise), greek (AESDD's 5), emodb (EmoDB's 7, with boredom), basic6 (angry disgust fearful "
+                   "happy neutral sad, shared by EmoDB and the English corpora), basic4 (angry happy neutral sad)")
     p.add_argument("--cache", type=Path, default=Path(".ser/cache/features"), help="feature cache folder")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--out", type=Path, required=True, help="feature set to write (.npz)")
@@ -181,6 +186,19 @@ def cmd_augment(args: argparse.Namespace) -> int:
         print(f"  skipped {path}: {reason}")
     print(f"table: {args.out} ({len(rows)} originals + {len(new_rows)} copies)")
     return 0
+
+
+def _rate(text: str) -> int | None:
+    """--rate: a rate in Hz, or 'native' (None: no resampling)."""
+    if text.strip().lower() == "native":
+        return None
+    try:
+        rate = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a rate in Hz or 'native', got {text!r}") from None
+    if not 4000 <= rate <= 192000:
+        raise argparse.ArgumentTypeError(f"rate {rate} Hz is outside 4000..192000")
+    return rate
 
 
 def cmd_features(args: argparse.Namespace) -> int:

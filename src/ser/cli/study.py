@@ -20,6 +20,7 @@ from typing import Any
 from ser.cli import UserError, load_feature_set
 
 MODEL_ENV = "SER_MODEL"
+OPTIMISTIC = "checkpoint chosen on the TEST rows (the study's rule): this score is optimistic, not what a new voice gets"
 DEVICES = ("auto", "cpu", "cuda")
 
 CONFIG_HELP = (
@@ -186,10 +187,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="train a model on the training split and evaluate it on the held-out test split",
-        description="The study's final training (METHOD.md section 7): split the feature set into "
-        "train/test (80/20, random stratified or speaker-independent), train on the whole training "
-        "side without early stopping, evaluate the test side every K epochs and keep the checkpoint "
-        "with the lowest test loss. Writes OUT/model.pt, metrics.json (accuracy, macro_f1, per_class, "
+        description="Final training (METHOD.md section 7): split the feature set into train/test (80/20, "
+        "random stratified or speaker-independent), train without early stopping, evaluate every K epochs "
+        "and keep the checkpoint with the lowest validation loss (validation rows carved from the training "
+        "side; --checkpoint test keeps the study's rule, lowest TEST loss, labelled optimistic), then score "
+        "the test rows. For speaker-independent cross-validation over every speaker use `ser cv`. Writes OUT/model.pt, metrics.json (accuracy, macro_f1, per_class, "
         "confusion_matrix, best_epoch, seed, split), learning_curve.png, confusion_matrix.png, "
         "improvements.md/.csv (the study's Table 5), history.csv and config.json. A killed run "
         "resumes from OUT/checkpoint.pt when rerun with the same arguments. With --seeds K, one "
@@ -209,8 +211,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--held-out", type=Path, default=None, metavar="SEARCH_JSON",
                    help="a search's search.json: test on exactly the rows that search held out (the study's final model; "
                    "--split and --test-size are then not used)")
+    p.add_argument("--checkpoint", choices=("validation", "test"), default="validation",
+                   help="which rows choose the kept epoch: validation (default: a part of the training side, whole "
+                   "speakers held out with --split speaker; the test rows are only scored) or test (the study's rule: "
+                   "lowest TEST loss; the score is then optimistic and every report says so)")
+    p.add_argument("--val-size", type=float, default=0.2, help="fraction of the training side held out for --checkpoint validation (default 0.2)")
     p.add_argument("--epochs", type=int, default=None, help="epochs to train (default: the config's, else 300)")
-    p.add_argument("--eval-every", type=int, default=None, help="evaluate the test split every K epochs (default: config's, else 1; the study used 10)")
+    p.add_argument("--eval-every", type=int, default=None, help="evaluate the checkpoint rows every K epochs (default: config's, else 1; the study used 10)")
     p.add_argument("--batch-size", type=int, default=None, help="override the config's batch size")
     p.add_argument("--lr", type=float, default=None, help="override the config's learning rate")
     p.add_argument("--seed", type=int, default=0, help="first seed (split, initialisation and shuffling; default 0)")
@@ -307,7 +314,8 @@ def _run_hash(fs, arch, cfg, args) -> str:
     """What identifies a finished final run on disk (cfg carries the seed; the device does not count)."""
     held_out = getattr(args, "held_out", None)
     split = ("held-out", config_hash(_held_out_sources(held_out))) if held_out else (args.split, args.test_size)
-    return config_hash(arch.to_dict(), {k: v for k, v in cfg.to_dict().items() if k != "device"}, *split, fs.spec.key())
+    choice = () if args.checkpoint == "test" else ("validation", args.val_size)  # study-rule runs keep their old hashes
+    return config_hash(arch.to_dict(), {k: v for k, v in cfg.to_dict().items() if k != "device"}, *split, fs.spec.key(), *choice)
 
 
 def _held_out_sources(path: Path) -> list[str]:
@@ -327,7 +335,7 @@ def _train_one(fs, arch, cfg, args, seed: int, out: Path, features_path: Path, s
 
     cfg = cfg.with_(seed=seed)
     chash = _run_hash(fs, arch, cfg, args)
-    if getattr(args, "held_out", None):
+    if getattr(args, "held_out", None):  # the search's own split: test rows it never saw
         from ser import search
 
         train_idx, test_idx = search.held_out_rows(fs, _held_out_sources(args.held_out))
@@ -338,8 +346,20 @@ def _train_one(fs, arch, cfg, args, seed: int, out: Path, features_path: Path, s
             train_idx, test_idx = splits.train_test(fs, args.test_size, seed=seed, protocol=args.split)
         except ValueError as exc:
             raise UserError(f"cannot split {features_path}: {exc}") from None
-    train, test = fs.subset(train_idx), fs.subset(test_idx)
+    val = None
+    if args.checkpoint == "validation":
+        try:
+            fit_idx, val_idx = splits.validation_split(fs, train_idx, args.val_size, seed=seed)
+        except ValueError as exc:
+            raise UserError(f"cannot carve a validation side from the training rows: {exc} (or use --checkpoint test)") from None
+        val = fs.subset(val_idx)
+        train = fs.subset(fit_idx)
+    else:
+        train = fs.subset(train_idx)
+    test = fs.subset(test_idx)
     sizes = splits.describe(fs, train_idx, test_idx)
+    if val is not None:
+        sizes.update(val_rows=len(val), fit_rows=len(train))
     run_args = {"seed": seed, "arch": arch, "cfg": cfg, "spec": fs.spec, "labels": fs.label_names, "split": args.split,
                 "test_size": args.test_size, "features": features_path, "config_hash": chash, "sizes": sizes, "out": out}
     test_set = {"features": str(features_path), "split": args.split, "seed": seed, "test_size": args.test_size}
@@ -365,7 +385,7 @@ def _train_one(fs, arch, cfg, args, seed: int, out: Path, features_path: Path, s
     ckpt = out / "checkpoint.pt"
     with session.final_run(**run_args):
         try:
-            result = final_train(model, train, test, cfg, checkpoint=ckpt, progress=not args.no_progress, checkpoint_every=args.checkpoint_every,
+            result = final_train(model, train, test, cfg, val=val, checkpoint=ckpt, progress=not args.no_progress, checkpoint_every=args.checkpoint_every,
                                  desc=f"train seed {seed}", on_epoch=session.epoch_callback())
         except ValueError as exc:
             raise UserError(str(exc)) from None
@@ -390,21 +410,27 @@ def _train_one(fs, arch, cfg, args, seed: int, out: Path, features_path: Path, s
             train=cfg.to_dict(),
             sizes=sizes,
             loss_note="cross-entropy on logits (the study applied softmax twice; its losses floor near 1.35 and are not comparable)",
+            checkpoint=args.checkpoint,
+            checkpoint_note=OPTIMISTIC if args.checkpoint == "test" else "epoch chosen on validation rows from the training side; test rows only scored",
         )
         meta = {"seed": seed, "split": args.split, "test_size": args.test_size, "config_hash": chash, "best_epoch": fitted.best_epoch,
-                "metrics": {"accuracy": ev.accuracy, "macro_f1": ev.macro_f1, "loss": ev.loss}, "train": cfg.to_dict()}
+                "checkpoint": args.checkpoint, "metrics": {"accuracy": ev.accuracy, "ua": ev.ua, "macro_f1": ev.macro_f1, "loss": ev.loss},
+                "train": cfg.to_dict()}
         models.save_bundle(out / "model.pt", model, fs.label_names, fs.spec.to_dict(), meta)
         title = f"{models.DISPLAY[arch.cnn]} seed {seed}, {args.split} split"
-        report.plot_learning_curve(fitted.history, out / "learning_curve.png", title=title, best_epoch=fitted.best_epoch, eval_name="test")
-        report.plot_confusion(ev.confusion, ev.labels, out / "confusion_matrix.png", title=f"{title}: test set, best epoch {fitted.best_epoch}")
+        chooser = "test" if args.checkpoint == "test" else "validation"
+        report.plot_learning_curve(fitted.history, out / "learning_curve.png", title=title, best_epoch=fitted.best_epoch, eval_name=chooser)
+        report.plot_confusion(ev.confusion, ev.labels, out / "confusion_matrix.png", title=f"{title}: test set, epoch {fitted.best_epoch} (chosen on {chooser})")
         report.write_improvements(result.improvements, out / "improvements")
         report.write_table(report.history_rows(fitted.history), out / "history")
         report.write_table(report.per_class_rows(ev.per_class), out / "per_class", ("label", "precision", "recall", "f1", "support"))
         report.write_metrics(metrics_path, data)
         if not args.keep_checkpoint:
             ckpt.unlink(missing_ok=True)
-        print(f"seed {seed}: accuracy {_fraction_pct(ev.accuracy)}, macro F1 {_fraction_pct(ev.macro_f1)}, test loss {ev.loss:.4f} "
-              f"at epoch {fitted.best_epoch} of {fitted.epochs_run} -> {out}")
+        print(f"seed {seed}: UA {_fraction_pct(ev.ua)}, accuracy {_fraction_pct(ev.accuracy)}, macro F1 {_fraction_pct(ev.macro_f1)}, "
+              f"test loss {ev.loss:.4f} at epoch {fitted.best_epoch} of {fitted.epochs_run} (chosen on {chooser}) -> {out}")
+        if args.checkpoint == "test":
+            print(f"note: {OPTIMISTIC}")
         session.log_final(out, history=fitted.history, test=test, metrics=data, feature_spec=fs.spec.to_dict(), register=register,
                           test_set=test_set, config_hash=chash)
     return data

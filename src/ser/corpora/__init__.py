@@ -1,6 +1,6 @@
 """Corpus ingestion: walk a corpus folder and build the utterance table.
 
-Every corpus module (``ravdess``, ``tess``, ``savee``, ``cremad``, ``aesdd``) exposes a
+Every corpus module (``ravdess``, ``tess``, ``savee``, ``cremad``, ``aesdd``, ``emodb``) exposes a
 pure ``parse_name(relpath) -> Parsed | None`` and a human description ``PATTERN``;
 this module does the file-system work once for all of them: walk the folder, parse
 each name, read the header (container, rate, duration) with :func:`ser.audio.probe`
@@ -103,9 +103,9 @@ class ScanResult:
 
 
 def _registry() -> dict[str, ModuleType]:
-    from . import aesdd, cremad, ravdess, savee, tess
+    from . import aesdd, cremad, emodb, ravdess, savee, tess
 
-    return {m.NAME: m for m in (ravdess, tess, savee, cremad, aesdd)}
+    return {m.NAME: m for m in (ravdess, tess, savee, cremad, aesdd, emodb)}
 
 
 #: Corpus name -> parser module (NAME, PATTERN, parse_name).

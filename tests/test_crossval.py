@@ -1,0 +1,132 @@
+"""Speaker-independent cross-validation (ser.crossval, `ser cv`) on a synthetic corpus."""
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from ser import crossval, dataset, splits
+from ser.corpora import scan, synthetic
+from ser.features import FeatureSpec
+
+
+@pytest.fixture(scope="module")
+def synth_logmel(tmp_path_factory):
+    """Three synthetic speakers, 7 emotions, 8 utterances each per speaker: logmel features
+    as the plus recipe extracts them."""
+    root = tmp_path_factory.mktemp("synth")
+    synthetic.generate(root, "ravdess", per_class=24, speakers=3, seed=1, spread=0.5)
+    rows = [vars(r) for r in scan("synthetic", root).rows]
+    spec = crossval.load_recipe("plus").features
+    fs, rep = dataset.build(rows, spec, workers=1, progress=False)
+    assert not rep.problems
+    return fs
+
+
+def test_recipes_load_validate_and_round_trip(tmp_path):
+    plus, study = crossval.load_recipe("plus"), crossval.load_recipe("study")
+    assert plus.checkpoint == "validation" and not plus.optimistic and plus.augment is not None
+    assert study.checkpoint == "test" and study.optimistic and study.model == {"preset": "optimal-english"}
+    assert plus.features.kind == "logmel" and plus.features.sample_rate == 16000
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump({**plus.to_dict(), "name": "mine"}))
+    assert crossval.load_recipe(path).key() == plus.key()
+    with pytest.raises(crossval.CVError, match="unknown recipe keys"):
+        crossval.CVRecipe.from_dict({**plus.to_dict(), "epochz": 3})
+    with pytest.raises(crossval.CVError, match="logmel"):
+        crossval.CVRecipe.from_dict({**plus.to_dict(), "features": study.features.to_dict()})
+    with pytest.raises(crossval.CVError, match="neither"):
+        crossval.load_recipe("nonesuch")
+
+
+def test_the_last_rule_trains_every_training_speaker_and_scores_only_the_test(synth_logmel):
+    recipe = crossval.load_recipe("plus")
+    recipe = recipe.with_(checkpoint="last", train=recipe.train.with_(epochs=2))
+    train, test = splits.speaker_folds(synth_logmel)[0]
+    run = crossval.train_fold(synth_logmel, train, test, recipe, seed=0)
+    assert run.n_val == 0 and run.fit.best_epoch == 2 and np.isnan(run.fit.best_val_loss)
+    assert len(run.predictions) == len(test) and np.array_equal(run.y_true, synth_logmel.labels[test])
+    assert "fixed rule" in crossval.CHECKPOINT_NOTES["last"] and "optimistic" in crossval.CHECKPOINT_NOTES["test"]
+
+
+def test_patience_stops_after_evaluations_without_a_lower_loss():
+    from ser.training import EpochRecord
+
+    stop = crossval.patience_stopper(2)
+    history = [EpochRecord(1, 1.0, 1.0), EpochRecord(2, 1.0, 0.8), EpochRecord(3, 1.0, 0.9)]
+    assert stop(history) is None
+    history.append(EpochRecord(4, 1.0, 0.85))
+    assert stop(history).rule == "patience"
+    assert crossval.patience_stopper(0) is None
+
+
+def test_plus_learns_a_held_out_synthetic_speaker_and_resumes(synth_logmel, tmp_path):
+    recipe = crossval.load_recipe("plus")
+    recipe = recipe.with_(train=recipe.train.with_(epochs=20))
+    logs = []
+    result = crossval.run(synth_logmel, recipe, tmp_path / "cv", seeds=(0,), progress=False, log=logs.append)
+    assert len(result.folds) == 3  # leave-one-speaker-out over 3 speakers
+    keys = splits.speaker_keys(synth_logmel)
+    for fold in result.folds:
+        assert len(fold.test_speakers) == 1 and fold.n_val > 0
+    chance = 1 / 7
+    assert result.summary["ua"]["mean"] > 2.5 * chance, result.summary
+    out = tmp_path / "cv"
+    for name in ("recipe.yaml", "folds.md", "folds.csv", "summary.json", "confusion_matrix.png", "ensemble.pt"):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["checkpoint"] == "validation" and "validation speakers" in summary["note"]
+    assert np.sum(summary["confusion_matrix"]) == len(synth_logmel)
+    # A second run redoes nothing: every fold is read back.
+    logs2 = []
+    again = crossval.run(synth_logmel, recipe, out, seeds=(0,), progress=False, log=logs2.append)
+    assert all("done before" in line for line in logs2) and again.summary == result.summary
+    # The ensemble of fold models serves as one model, over the whole utterance.
+    from ser import models
+    from ser.training import evaluate
+
+    ens = models.load_bundle(out / "ensemble.pt")
+    assert isinstance(ens.arch, models.EnsembleSpec) and len(ens.arch.members) == 3
+    assert evaluate(ens.model, synth_logmel).accuracy > 2.5 * chance
+    assert keys.size == len(synth_logmel)
+
+
+def test_study_recipe_says_its_scores_are_optimistic(tmp_path):
+    from tests.helpers import banded_feature_set
+
+    fs = banded_feature_set(("a", "b", "c"), 60)
+    fs.spec = FeatureSpec(kind="mel", size=30)
+    recipe = crossval.load_recipe("study")
+    recipe = recipe.with_(features=FeatureSpec(kind="mel", size=30), model={"cnn": "squirtle", "conv_channels": [8, 8, 8], "fc_features": [16, 16]},
+                          train=recipe.train.with_(epochs=2))
+    result = crossval.run(fs, recipe, tmp_path, folds=3, progress=False, log=lambda _: None)
+    assert "optimistic" in (tmp_path / "folds.md").read_text()
+    assert "optimistic" in json.loads((tmp_path / "summary.json").read_text())["note"]
+    assert len(result.folds) == 3
+
+
+def test_feature_spec_mismatch_is_a_clear_error(synth_logmel, tmp_path):
+    with pytest.raises(crossval.CVError, match="extract it with the recipe's features"):
+        crossval.run(synth_logmel, crossval.load_recipe("study"), tmp_path, progress=False)
+
+
+def test_ablation_turns_each_switch_off_alone_on_the_same_folds(synth_logmel, tmp_path):
+    recipe = crossval.load_recipe("plus")
+    recipe = recipe.with_(train=recipe.train.with_(epochs=2))
+    switches = {"mixup": {"augment.mixup": 0.0}, "attention pooling": {"model.pooling": "mean"}}
+    seen = []
+
+    def fs_for(variant):
+        seen.append(variant)
+        return synth_logmel
+
+    rows = crossval.ablation(fs_for, recipe, tmp_path, folds=3, switches=switches, progress=False, log=lambda _: None)
+    assert [r["switched off"] for r in rows] == ["(none: the recipe)", "mixup", "attention pooling"]
+    assert seen[1].augment.mixup == 0.0 and seen[1].model["pooling"] == "attention"
+    assert seen[2].model["pooling"] == "mean" and seen[2].augment.mixup == recipe.augment.mixup
+    assert rows[0]["delta_ua"] == "+0.0" and all(r["runs"] == 3 for r in rows)
+    assert "Ablation of the plus recipe" in (tmp_path / "ablation.md").read_text()
+    with pytest.raises(crossval.CVError, match="no section"):
+        crossval.override(recipe, {"nonsense.x": 1})
+    assert set(crossval.ABLATION) >= {"SpecAugment", "mixup", "speed perturbation", "label smoothing", "per-utterance normalisation"}

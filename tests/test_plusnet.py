@@ -1,0 +1,98 @@
+"""The plus network (ser.plusnet) and its augmentation (ser.plus)."""
+
+import pytest
+import torch
+
+from ser import models, plus
+from ser.plusnet import PlusNet, PlusSpec, window_starts
+
+
+def net(seed: int = 0, **changes) -> PlusNet:
+    torch.manual_seed(seed)
+    return PlusNet(PlusSpec(in_size=32, n_classes=3, channels=(4, 8), window=40, hop=20, **changes)).eval()
+
+
+def test_any_length_gives_one_answer_per_row():
+    model = net()
+    for frames in (10, 40, 97, 400):
+        assert model(torch.randn(2, 1, 32, frames)).shape == (2, 3)
+
+
+def test_eval_averages_the_logits_of_overlapping_windows():
+    model = net()
+    x = torch.randn(1, 1, 32, 100)
+    starts = window_starts(100, 40, 20)
+    assert starts == [0, 20, 40, 60]
+    expected = torch.stack([model.classify(x[..., s : s + 40]) for s in starts]).mean(0)
+    assert torch.allclose(model(x), expected, atol=1e-6)
+    assert window_starts(105, 40, 20)[-1] == 65  # the last window is flush with the end
+
+
+def test_lengths_keep_padding_out_of_the_answer():
+    model = net()
+    x = torch.randn(1, 1, 32, 70)
+    padded = torch.cat([x, torch.full((1, 1, 32, 50), 9.0)], dim=-1)
+    assert torch.allclose(model(padded, torch.tensor([70])), model(x), atol=1e-6)
+    assert not torch.allclose(model(padded), model(x), atol=1e-3)
+
+
+def test_ensemble_is_the_mean_of_its_members_and_round_trips(tmp_path):
+    a, b = net(0), net(1)
+    spec = models.EnsembleSpec(members=(a.spec, b.spec))
+    ens = models.Ensemble(spec, [a, b]).eval()
+    x = torch.randn(3, 1, 32, 60)
+    assert torch.allclose(ens(x), (a(x) + b(x)) / 2, atol=1e-6)
+    models.save_bundle(tmp_path / "e.pt", ens, ("x", "y", "z"), {"kind": "logmel", "size": 32}, {})
+    bundle = models.load_bundle(tmp_path / "e.pt")
+    assert isinstance(bundle.arch, models.EnsembleSpec) and bundle.arch.in_size == 32
+    assert torch.allclose(bundle.model(x), ens(x), atol=1e-6)
+
+
+def test_spec_refuses_what_cannot_be_built():
+    with pytest.raises(ValueError, match="too few"):
+        PlusSpec(in_size=8, channels=(4, 4, 4, 4))
+    with pytest.raises(ValueError, match="pooling"):
+        PlusSpec(pooling="max")
+    with pytest.raises(ValueError, match="hop"):
+        PlusSpec(window=100, hop=150)
+
+
+def _batch(n=6, m=32, t=120):
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(n, 1, m, t, generator=gen)
+    lengths = torch.tensor([120, 80, 30, 120, 55, 100][:n])
+    for i, length in enumerate(lengths):
+        images[i, :, :, length:] = 99.0  # padding that must never reach the network
+    return images, torch.arange(n) % 3, lengths
+
+
+def test_crops_stay_inside_the_valid_frames():
+    images, _, lengths = _batch()
+    for seed in range(10):
+        x = plus.crops(images, lengths, 40, torch.Generator().manual_seed(seed))
+        assert x.shape == (6, 1, 32, 40) and (x != 99.0).all()
+        assert (x[2, :, :, 30:] == 0).all()  # a 30-frame row is padded with zeros, not with padding
+
+
+def test_augmenter_is_reproducible_and_each_switch_changes_the_batch():
+    images, labels, lengths = _batch()
+    full = plus.PlusConfig()
+    make = plus.augmenter(full, 40, 3)
+    x1, t1 = make(images, labels, lengths, torch.Generator().manual_seed(1))
+    x2, t2 = make(images, labels, lengths, torch.Generator().manual_seed(1))
+    assert torch.equal(x1, x2) and torch.equal(t1, t2)
+    assert torch.allclose(t1.sum(1), torch.ones(6)) and (t1 < 1).all()  # smoothed (and mixed) targets
+    off = plus.PlusConfig(crop=False, speed=0.0, specaugment=False, mixup=0.0, label_smoothing=0.0)
+    x0, t0 = plus.augmenter(off, 40, 3)(images, labels, lengths, torch.Generator().manual_seed(1))
+    assert torch.equal(x0[0, 0], images[0, 0, :, :40]) and torch.equal(t0, torch.nn.functional.one_hot(labels, 3).float())
+    for switch in ({"crop": True}, {"speed": 0.1}, {"specaugment": True}, {"mixup": 0.4}):
+        cfg = plus.PlusConfig(**{**off.to_dict(), **switch})
+        xs, _ = plus.augmenter(cfg, 40, 3)(images, labels, lengths, torch.Generator().manual_seed(1))
+        assert not torch.equal(xs, x0), f"{switch} changed nothing"
+
+
+def test_specaugment_masks_bands_with_zeros():
+    x = torch.ones(4, 1, 32, 40)
+    cfg = plus.PlusConfig(time_masks=1, time_width=10, freq_masks=1, freq_width=6)
+    y = plus.spec_augment(x, cfg, torch.Generator().manual_seed(3))
+    assert (y == 0).any() and (y[:, :, :, :] <= 1).all() and float((y == 0).float().mean()) < 0.5

@@ -123,7 +123,9 @@ def spectral(wave: np.ndarray, rate: int, spec: FeatureSpec) -> np.ndarray:
     power = power_spectrum(wave, spec.n_fft, spec.hop)
     if spec.kind in ("mel", "logmel"):
         mel = _mel_basis(rate, spec.n_fft, spec.size) @ power
-        return librosa.power_to_db(mel, ref=np.max, top_db=80.0 if spec.kind == "logmel" else None)
+        # top_db 80 is librosa's default, the study's floor for mel images too
+        # (tests/test_features.py holds mel to librosa's own melspectrogram + power_to_db).
+        return librosa.power_to_db(mel, ref=np.max, top_db=80.0)
     if spec.kind == "chroma":
         # librosa's chroma_stft as the study called it: the tuning of each clip is
         # estimated (tuning=None), and each frame is scaled to a peak of 1. A fixed

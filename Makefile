@@ -29,8 +29,8 @@ demo: setup  ## run the whole study locally on the synthetic corpus (S3, MLflow,
 test: setup  ## run every test (integration tests start real servers on 127.0.0.1)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-test-fast: setup  ## unit tests only
-	$(PY) -m pytest -q -m "not integration" $(PYTEST_ARGS)
+test-fast: setup  ## unit tests only (no real servers, nothing read from ../shared)
+	$(PY) -m pytest -q -m "not integration and not shared" $(PYTEST_ARGS)
 
 bench: setup  ## run the benchmarks (tables on stdout, JSON under build/bench/)
 	$(PY) benchmarks/features.py --out build/bench/features.json

@@ -31,6 +31,15 @@ def emodb_dir() -> Path:
     return path
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that asks for real corpus audio (``tess_dir``, ``emodb_dir``) reads ../shared: mark
+    it ``shared`` here, once, so that ``make test-fast`` (-m "not shared") is fast and
+    no test file can forget the mark."""
+    for item in items:
+        if {"tess_dir", "emodb_dir"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.shared)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def one_torch_thread() -> None:
     """Tiny networks on a shared 2-core machine: one torch thread is several times

@@ -58,3 +58,24 @@ def test_augment_rows_writes_copies_that_point_to_their_source(tmp_path):
     assert [r["sha256"] for r in again] == [r["sha256"] for r in new]  # resumed from disk, identical
     replaced, _ = A.augment_rows(rows, tmp_path / "aug2", mode="replace", copies=5, progress=False)
     assert len(replaced) == 2  # replace mode: exactly one copy per source
+
+
+def _peak_hz(wave: np.ndarray, rate: int) -> float:
+    spectrum = np.abs(np.fft.rfft(wave * np.hanning(wave.size)))
+    return float(np.fft.rfftfreq(wave.size, 1 / rate)[np.argmax(spectrum)])
+
+
+@pytest.mark.parametrize("steps", A.PITCH_STEPS)
+def test_pitch_shift_moves_the_pitch_by_its_semitones_and_keeps_the_length(steps):
+    rate = 16000
+    wave = (0.5 * np.sin(2 * np.pi * 440.0 * np.arange(2 * rate) / rate)).astype(np.float32)
+    out = A.apply(wave, rate, (A.Perturbation("pitch", steps),), np.random.default_rng(0))
+    assert out.size == wave.size
+    assert _peak_hz(out, rate) == pytest.approx(440.0 * 2 ** (steps / 12), rel=0.01)  # a semitone is 6%
+
+
+def test_stretch_keeps_the_pitch():
+    rate = 16000
+    wave = (0.5 * np.sin(2 * np.pi * 440.0 * np.arange(2 * rate) / rate)).astype(np.float32)
+    out = A.apply(wave, rate, (A.Perturbation("stretch", 1.25),), np.random.default_rng(0))
+    assert _peak_hz(out, rate) == pytest.approx(440.0, rel=0.01)

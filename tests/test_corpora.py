@@ -246,6 +246,7 @@ def english(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Utteranc
 
 
 @needs_manifests
+@pytest.mark.shared
 def test_select_study_reproduces_table1(english: dict[str, list[Utterance]]) -> None:
     selected = select_study(english, seed=0)
     by = Counter((r.corpus, r.emotion) for r in selected)
@@ -269,6 +270,7 @@ def test_select_study_reproduces_table1(english: dict[str, list[Utterance]]) -> 
 
 
 @needs_manifests
+@pytest.mark.shared
 def test_select_study_cremad_subset(english: dict[str, list[Utterance]]) -> None:
     a = select_study({"cremad": english["cremad"]}, seed=0)
     b = select_study({"cremad": english["cremad"]}, seed=0)
@@ -285,6 +287,7 @@ def test_select_study_cremad_subset(english: dict[str, list[Utterance]]) -> None
 
 
 @needs_manifests
+@pytest.mark.shared
 def test_savee_flattened_copy_gives_same_rows(tmp_path: Path) -> None:
     flat = [p.replace("/", "_") for p in manifest("savee")]
     rows = scan("savee", build_tree(tmp_path, flat)).rows
@@ -293,6 +296,7 @@ def test_savee_flattened_copy_gives_same_rows(tmp_path: Path) -> None:
 
 
 @needs_manifests
+@pytest.mark.shared
 def test_every_manifest_name_parses() -> None:
     for corpus in ("ravdess", "tess", "savee", "cremad"):
         for rel in manifest(corpus):
@@ -302,6 +306,7 @@ def test_every_manifest_name_parses() -> None:
 # --- the real TESS copy --------------------------------------------------------------
 
 @pytest.mark.integration
+@pytest.mark.shared
 @pytest.mark.skipif(not TESS_DIR.is_dir(), reason=f"TESS not found at {TESS_DIR} (set SER_SHARED_DIR)")
 def test_scan_real_tess() -> None:
     audio_files = [p for p in TESS_DIR.rglob("*") if p.suffix.lower() in {".wav", ".flac"}]

@@ -63,3 +63,77 @@ def test_power_spectrum_matches_librosa_stft(length):
     assert ours.shape == ref.shape
     np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-6 * ref.max())
 
+
+
+# --- images held to an independent reference --------------------------------------
+# The reference is the study's recipe written with librosa's own functions end to end
+# (preemphasis, effects.trim, feature.melspectrogram / chroma_stft / mfcc), then the
+# study's resize (PIL bilinear on the time axis) and the per-image [0, 1] scale. It
+# shares no code with ser.features, so a wrong filter bank, a missing dB step, a fixed
+# chroma tuning or a constant image all fail. Tolerance: float32 rounding through the
+# STFT and dB steps; 0.02 on the 0-1 scale is a tenth of the chroma-tuning error this
+# comparison exists to catch (up to 0.2 on real TESS clips).
+TOLERANCE = 0.02
+
+
+def _reference(wave: np.ndarray, rate: int, kind: str, size: int) -> np.ndarray:
+    import librosa
+    from PIL import Image
+
+    y = librosa.effects.preemphasis(np.asarray(wave, dtype=np.float32), coef=0.97, zi=[0.0])
+    y, _ = librosa.effects.trim(y, top_db=60)
+    if kind == "mel":
+        img = librosa.power_to_db(librosa.feature.melspectrogram(y=y, sr=rate, n_fft=2048, hop_length=512, n_mels=size), ref=np.max)
+    elif kind == "chroma":
+        img = librosa.amplitude_to_db(librosa.feature.chroma_stft(y=y, sr=rate, n_fft=2048, hop_length=512, n_chroma=size), ref=np.max)
+    else:
+        img = librosa.feature.mfcc(y=y, sr=rate, n_mfcc=size, n_fft=2048, hop_length=512)
+    img = np.asarray(Image.fromarray(img.astype(np.float32), mode="F").resize((size, size), Image.Resampling.BILINEAR))
+    return (img - img.min()) / (img.max() - img.min())
+
+
+def _assert_matches_reference(wave: np.ndarray, rate: int, kind: str, size: int) -> None:
+    ours = F.extract(wave, rate, F.FeatureSpec(kind=kind, size=size))
+    ref = _reference(wave, rate, kind, size)
+    assert ref.std() > 0.05  # the reference itself is a real image, not a flat one
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=TOLERANCE)
+
+
+@pytest.mark.parametrize("kind", F.IMAGE_KINDS)
+@pytest.mark.parametrize("size", [30, 60])
+def test_images_match_librosa_reference_on_generated_clips(kind, size):
+    # A 226.5 Hz tone sits between semitones (A3 and A#3): chroma with a fixed tuning of 0 misses it.
+    _assert_matches_reference(tone(1.5, 22050, freq=226.5, seed=size), 22050, kind, size)
+
+
+def test_a_constant_image_is_far_from_the_reference():
+    """The comparison above can fail: a flat image, or one of another kind, does not pass."""
+    wave = tone(1.5, 22050, freq=226.5)
+    ref = _reference(wave, 22050, "mel", 60)
+    assert np.abs(np.full_like(ref, ref.mean()) - ref).max() > TOLERANCE * 10
+    other = F.extract(wave, 22050, F.FeatureSpec(kind="mfcc", size=60))
+    assert np.abs(other - ref).max() > TOLERANCE * 10
+
+
+def test_chroma_estimates_each_clips_tuning():
+    """chroma_stft with tuning=None (the study) differs from a fixed tuning of 0 on a
+    detuned tone; ours follows the estimated one."""
+    import librosa
+
+    wave = tone(1.5, 22050, freq=226.5)
+    ours = F.spectral(F.prepare(wave, F.FeatureSpec(kind="chroma", size=12)), 22050, F.FeatureSpec(kind="chroma", size=12))
+    power = F.power_spectrum(F.prepare(wave, F.FeatureSpec()), 2048, 512)
+    fixed = librosa.amplitude_to_db(librosa.feature.chroma_stft(S=power, sr=22050, n_fft=2048, tuning=0.0), ref=np.max)
+    estimated = librosa.amplitude_to_db(librosa.feature.chroma_stft(S=power, sr=22050, n_fft=2048, tuning=None), ref=np.max)
+    assert np.abs(fixed - estimated).max() > 5.0  # dB: the two rules disagree on this clip
+    np.testing.assert_allclose(ours, estimated, atol=1e-3)
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize("kind", F.IMAGE_KINDS)
+def test_images_match_librosa_reference_on_real_tess_clips(tess_dir, kind):
+    files = sorted(tess_dir.rglob("*.wav"))[::200][:4]
+    assert files, f"no TESS wav under {tess_dir}"
+    for path in files:
+        wave, rate = sf.read(path, dtype="float32")
+        _assert_matches_reference(wave, rate, kind, 60)

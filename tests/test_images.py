@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from ser import images
+from ser import gpu, images
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGES_DIR = REPO / "images"
@@ -154,31 +154,15 @@ def test_cpu_images_use_the_cpu_wheel():
         assert arg_defaults(DOCKERFILES[kind])["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
 
 
-#: CUDA flavours of the PyTorch wheels whose arch list has sm_70, by torch release:
-#: CUDA 13 never had Volta; cu128 lost it in 2.11 (pytorch/pytorch#172352); only cu126
-#: keeps it up to 2.14 (RELEASE.md matrix), and 2.15 drops cu126 (#190385).
-def volta_flavours(torch_version: str) -> set[str]:
-    major, minor = (int(x) for x in torch_version.split(".")[:2])
-    if (major, minor) <= (2, 10):
-        return {"cu118", "cu124", "cu126", "cu128"}
-    if (major, minor) <= (2, 14):
-        return {"cu126"}
-    return set()
-
-
-def test_volta_flavour_table():
-    assert "cu128" in volta_flavours("2.10.0") and "cu128" not in volta_flavours("2.11.0")
-    assert volta_flavours("2.13.0") == {"cu126"} and not volta_flavours("2.15.0")
-
-
 def test_gpu_image_ships_sm70():
     path = DOCKERFILES["gpu-v100"]
     d = arg_defaults(path)
     flavour = d["TORCH_CUDA"]
-    assert flavour in volta_flavours(d["TORCH_VERSION"]), (
-        f"torch {d['TORCH_VERSION']}+{flavour} has no sm_70 kernels: V100 pods would fail"
+    # The wheel index is the one ser.gpu names as still shipping sm_70 (its docstring
+    # gives the torch release history); a flavour without Volta kernels fails here.
+    assert resolve(d["TORCH_INDEX_URL"], d) == gpu.VOLTA_WHEEL_INDEX == f"https://download.pytorch.org/whl/{flavour}", (
+        f"torch {d['TORCH_VERSION']}+{flavour} is not the wheel ser.gpu names for sm_70: V100 pods would fail"
     )
-    assert resolve(d["TORCH_INDEX_URL"], d) == f"https://download.pytorch.org/whl/{flavour}"
     text = path.read_text()
     # the exact local version, so no other build can satisfy the pin
     assert 'pip install "torch==${TORCH_VERSION}+${TORCH_CUDA}"' in text
@@ -208,7 +192,7 @@ def test_serving_image():
     assert dockerfile == "images/Dockerfile.serve"
     assert "TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126" in args
     assert "REQUIRED_CUDA_ARCH=sm_70" in args
-    assert "cu126" in volta_flavours(pyproject_pin("torch"))
+    assert args[0] == f"TORCH_INDEX_URL={gpu.VOLTA_WHEEL_INDEX}"  # the wheel ser.gpu names for sm_70
 
 
 @pytest.mark.parametrize("kind", DOCKERFILES)

@@ -122,9 +122,6 @@ def test_bundle_round_trip(tmp_path):
     assert bundle.feature_spec == {"kind": "mel", "size": 30} and bundle.meta == {"seed": 4, "split": "random"}
     assert not bundle.model.training
     assert torch.equal(bundle.model(x), model(x))
-    (tmp_path / "junk.pt").write_bytes(b"not a model")
-    with pytest.raises(Exception):
-        models.load_bundle(tmp_path / "junk.pt")
 
 
 def test_load_bundle_of_junk_is_a_clear_value_error(tmp_path):

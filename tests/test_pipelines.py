@@ -181,8 +181,15 @@ def test_retrain_publishes_only_a_better_model(study_run, s3_server, tmp_path): 
                        log=tmp_path / "retrain.log", echo=False)
     verdict = json.loads(Path(run.tasks["compare-champion"]["verdict"]).read_text())
     assert verdict["champion_version"] == champion["version"] and verdict["champion"] >= 0
+    assert verdict["promote"] == (verdict["candidate"] > verdict["champion"])  # the gate's rule, whichever way it went
     after = {k for k, _ in store.list(MODELS, EN)}
-    if verdict["promote"]:
-        assert "publish" in run.tasks and after > before
-    else:
-        assert "publish" not in run.tasks and after == before  # dsl.If skipped publish: nothing changed in S3
+    assert ("publish" in run.tasks) == verdict["promote"] and (after > before) == verdict["promote"]
+    # The same retrain again (same seed, data and config: the same candidate) now meets
+    # a champion at least as good as itself, so it must NOT be promoted, whichever
+    # way the first run went: dsl.If skips publish and nothing changes in S3.
+    again = pr.run_local(pr.build("ser_retrain"), args, tmp_path / "out2", env=s3_server.env(), threads_per_task=2,
+                         log=tmp_path / "retrain2.log", echo=False)
+    second = json.loads(Path(again.tasks["compare-champion"]["verdict"]).read_text())
+    assert second["candidate"] == pytest.approx(verdict["candidate"])
+    assert not second["promote"] and "publish" not in again.tasks
+    assert {k for k, _ in store.list(MODELS, EN)} == after

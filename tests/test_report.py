@@ -89,3 +89,15 @@ def test_summarise_seeds_mean_and_sample_std():
 def test_digits_per_column():
     md = report.markdown_table([{"a": 1.23456, "b": 1.23456}], digits={"a": 2})
     assert "| 1.23 | 1.2346 |" in md
+
+
+def test_fold_mean_history_averages_the_folds_that_ran_each_epoch(tmp_path):
+    fold_a = [EpochRecord(1, 2.0, 1.8, 0.2, 0.1), EpochRecord(2, 1.5, 1.6, 0.4, 0.3), EpochRecord(3, 1.0, 1.4, 0.6, 0.5)]
+    fold_b = [EpochRecord(1, 1.0, 1.2, 0.4, 0.3), EpochRecord(2, 0.5, math.nan, math.nan, math.nan)]  # stopped at 2, not evaluated
+    rows = report.fold_mean_history([fold_a, fold_b])
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and [r["folds"] for r in rows] == [2, 2, 1]
+    assert rows[0]["val_loss"] == pytest.approx(1.5) and rows[0]["macro_f1"] == pytest.approx(0.2)
+    assert rows[1]["train_loss"] == pytest.approx(1.0) and rows[1]["val_loss"] == pytest.approx(1.6)  # NaN left out
+    assert rows[2]["accuracy"] == pytest.approx(0.6)
+    path = report.plot_candidates({"v1": rows, "v2": report.fold_mean_history([fold_b])}, tmp_path / "c.png", "t", winner="v1")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -277,6 +277,11 @@ def test_four_stages_end_to_end_produce_a_winner_and_resume(monkeypatch, tmp_pat
     out = tmp_path / "out"
     for n in (1, 2, 3, 4):
         assert (out / f"stage{n}" / "ranking.csv").is_file() and (out / f"stage{n}" / "ranking.md").is_file()
+    # stage 4 states its winner rule and shows the curves it rests on
+    stage4_md = (out / "stage4" / "ranking.md").read_text()
+    assert "Winner rule" in stage4_md and "curves.png" in stage4_md
+    assert (out / "stage4" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (out / "stage3" / "curves.png").exists()
     arch, train = search.load_winner(out / "winner.json")
     assert isinstance(arch, ArchSpec) and arch.in_size == 30 and arch.n_classes == 7
     assert arch.to_dict() == ranking.vector_from_row(outcome.winner).arch.to_dict()
@@ -295,3 +300,53 @@ def test_four_stages_end_to_end_produce_a_winner_and_resume(monkeypatch, tmp_pat
     fit.calls.clear()
     again = search.run_search(recipe, {("mel", 30): fs}, out=tmp_path / "out", device="cpu", progress=False, log=logs.append)
     assert fit.calls == [] and again.winner["id"] == outcome.winner["id"]
+
+
+def test_final_model_is_tested_on_the_rows_the_search_held_out(tmp_path):
+    """The search splits on its first feature set and holds those sources out of every
+    set; the winner's test rows must be exactly them, never a fresh split of its own
+    set (which here puts utterances the search trained on into the test side)."""
+    from ser import splits
+    from tests.helpers import banded_feature_set
+
+    mel = banded_feature_set(label_set("english"), 140)
+    order = np.random.default_rng(5).permutation(len(mel))
+    chroma = replace(mel.subset(order), spec=FeatureSpec(kind="chroma", size=30, sample_rate=16000))
+    train_idx, desc = search.search_split({("mel", 30): mel, ("chroma", 30): chroma}, "random", 0, 0.2)
+    assert desc["reference"] == "chroma-30"  # the winner below (mel) is not the set the split was drawn on
+    searched = set(mel.source_id[train_idx[("mel", 30)]])
+    held_out = set(desc["test_source_ids"])
+    train, test = search.held_out_rows(mel, held_out)
+    assert set(mel.source_id[test]) == held_out and not held_out & searched
+    assert set(train) == set(train_idx[("mel", 30)]) and not set(train) & set(test)
+    assert len(train) + len(test) == len(mel)
+    _, fresh = splits.train_test(mel, 0.2, seed=0, protocol="random")
+    assert set(mel.source_id[fresh]) & searched  # what re-splitting would have done
+    (tmp_path / "search.json").write_text(json.dumps({"split": desc}))
+    assert search.read_held_out(tmp_path / "search.json") == sorted(held_out)
+    (tmp_path / "old.json").write_text(json.dumps({"split": {"test_sources": 28}}))
+    with pytest.raises(search.SearchError, match="test_source_ids"):
+        search.read_held_out(tmp_path / "old.json")
+
+
+def _scored(f1s: list[float], accs: list[float], n_folds: int = 5, abandoned: bool = False) -> search.VectorResult:
+    vector = search_space.sample_vectors(search_space.SearchSpace(), 1, seed=0, cnn="squirtle", in_size=30)[0]
+    folds = [search.FoldResult(k, 80, 20, 300, 60, 50, "B1", False, None, 1.0, 1.2, a, f, 1.0) for k, (f, a) in enumerate(zip(f1s, accs))]
+    return search.VectorResult(vector, folds, n_folds, abandoned=abandoned)
+
+
+@pytest.mark.parametrize(("f1", "acc", "listed"), [
+    (0.60, 0.60, True),      # exactly at both thresholds: listed
+    (0.5999, 0.70, False),   # F1 just under
+    (0.70, 0.5999, False),   # accuracy just under: both must pass
+    (0.664, 0.661, True),
+])
+def test_listing_thresholds_at_the_boundary(f1, acc, listed):
+    result = _scored([f1] * 5, [acc] * 5)
+    assert search.qualifies(result, (0.60, 0.60)) is listed
+
+
+def test_an_incomplete_or_abandoned_vector_is_never_listed():
+    assert not search.qualifies(_scored([0.9] * 4, [0.9] * 4), (0.60, 0.60))  # 4 of 5 folds
+    assert not search.qualifies(_scored([0.9] * 5, [0.9] * 5, abandoned=True), (0.60, 0.60))
+    assert search.qualifies(_scored([0.9] * 5, [0.9] * 5), (0.60, 0.60))

@@ -48,6 +48,8 @@ def test_sampled_vectors_stay_on_the_grids():
             a = v.arch
             assert set(a.conv_channels) <= set(space.conv_channels) and set(a.fc_features) <= set(space.fc_features)
             assert set(a.conv_kernels) | set(a.pool_kernels) | set(a.pool_strides) <= {2, 3}
+            if cnn == "squirtle":  # METHOD.md 4: SquirtleNET pools with stride 2
+                assert a.pool_strides == (2, 2, 2)
             assert a.bn_momentum in space.bn_momentum and a.dropout in space.dropout
             assert v.batch_size in space.batch_size and v.lr in space.lr and a.leaky_slope == 0.01
             assert a.cnn == cnn and a.in_size == v.size == 60
@@ -66,16 +68,17 @@ def test_first_ten_vectors_are_shared_by_every_combination():
                 n = 25 if (cnn, kind) == ("bulba", "chroma") and size in (30, 50) else 10
                 vectors = search_space.sample_vectors(space, n, seed=0, cnn=cnn, in_size=size, feature=kind)
                 assert len(vectors) == n and all(v.redraws == 0 for v in vectors)  # every study size fits every draw
-                secondary = [v.secondary() for v in vectors[:10]]
+                # SquirtleNET's strides are fixed at 2; everything else is shared
+                secondary = [{**v.secondary(), "pool_strides": None} for v in vectors[:10]]
                 reference = reference or secondary
                 assert secondary == reference
                 assert len({v.id for v in vectors}) == n
     slope = search_space.sample_vectors(space, 10, seed=0, cnn="charma", in_size=50, leaky_slope=0.005)
-    assert [{**v.secondary(), "leaky_slope": 0.01} for v in slope] == reference
+    assert [{**v.secondary(), "leaky_slope": 0.01, "pool_strides": None} for v in slope] == reference
     assert all(v.arch.leaky_slope == 0.005 for v in slope)
     # stage 2 draws new vectors; another seed other vectors
-    assert [v.secondary() for v in search_space.sample_vectors(space, 10, seed=0, cnn="bulba", in_size=60, stream=2)] != reference
-    assert [v.secondary() for v in search_space.sample_vectors(space, 10, seed=1, cnn="bulba", in_size=60)] != reference
+    assert [{**v.secondary(), "pool_strides": None} for v in search_space.sample_vectors(space, 10, seed=0, cnn="bulba", in_size=60, stream=2)] != reference
+    assert [{**v.secondary(), "pool_strides": None} for v in search_space.sample_vectors(space, 10, seed=1, cnn="bulba", in_size=60)] != reference
     # ids are stable content hashes
     again = search_space.sample_vectors(space, 10, seed=0, cnn="bulba", in_size=60)
     assert [v.id for v in again] == [v.id for v in search_space.sample_vectors(space, 10, seed=0, cnn="bulba", in_size=60)]
@@ -139,3 +142,18 @@ def test_perturbations_follow_the_tables():
     batch = search_space.perturbations(parent, 10, seed=0)
     assert len({v.id for v in batch} | {parent.id}) == 11
     assert [v.id for v in batch] == [v.id for v in search_space.perturbations(parent, 10, seed=0)]
+
+
+def test_squirtle_pool_stride_is_fixed_at_two_unless_switched_off():
+    """The study's SquirtleNET pools with stride 2; the other CNNs draw 2 or 3, and
+    ``squirtle_pool_stride: null`` is the documented switch to let SquirtleNET draw too."""
+    study = search_space.SearchSpace()
+    fixed = search_space.sample_vectors(study, 40, seed=0, cnn="squirtle", in_size=60)
+    assert {v.arch.pool_strides for v in fixed} == {(2, 2, 2)}
+    bulba = search_space.sample_vectors(study, 40, seed=0, cnn="bulba", in_size=60)
+    assert 3 in {s for v in bulba for s in v.arch.pool_strides}
+    free = search_space.sample_vectors(search_space.SearchSpace(squirtle_pool_stride=None), 40, seed=0, cnn="squirtle", in_size=60)
+    assert 3 in {s for v in free for s in v.arch.pool_strides}
+    assert search_space.SearchSpace.from_dict({"squirtle_pool_stride": None}).squirtle_pool_stride is None
+    with pytest.raises(search_space.SearchError, match="squirtle_pool_stride"):
+        search_space.SearchSpace(squirtle_pool_stride=0)

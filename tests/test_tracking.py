@@ -167,8 +167,11 @@ def test_registry_challenger_champion_gate_and_loading_the_champion(tracking_env
         with tracker.run(f"final-{seed}", kind="final"):
             example = np.random.default_rng(seed).random((2, 60, 60), dtype=np.float32)
             logged.append(tracker.log_model(path, registered_name=name, input_example=example))
-            if seed == 1:
-                time.sleep(1.5)  # let the system-metrics monitor take one sample
+            if seed == 1:  # keep the run open until the system-metrics monitor has logged a sample
+                run_id, deadline = tracker.active_run_id(), time.monotonic() + 60
+                while not any(k.startswith("system/") for k in client.get_run(run_id).data.metrics):
+                    assert time.monotonic() < deadline, "no system metrics logged within 60 s"
+                    time.sleep(0.2)
         nets.append(net)
         assert client.get_model_version_by_alias(name, "challenger").version == logged[-1].version
     assert [m.version for m in logged] == ["1", "2", "3"]

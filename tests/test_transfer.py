@@ -124,3 +124,30 @@ def test_small_grid_with_scratch_baseline_and_summary(english):
 def test_size_mismatch_is_refused(english):
     with pytest.raises(ValueError, match="30x30"):
         transfer.check_compatible(english, patterned(10, 5, size=20))
+
+
+def test_cross_validated_cell_uses_the_training_side_only(english):
+    """The study's scoring: k folds of the training side; the run holds fold means."""
+    train = patterned(60, 5, seed=3)
+    run = transfer.cross_validate(english, train, "g", 1e-3, 16, 2, folds=3, seed=0, device="cpu", eval_every=1, progress=False)
+    assert run.scored_on == "3-fold CV" and run.subset == "g" and run.lr == 1e-3 and run.batch_size == 16 and run.epochs == 2
+    assert 0.0 <= run.accuracy <= 1.0 and run.test_loss > 0
+    from ser import splits
+
+    per_fold = []
+    for k, (tr, va) in enumerate(splits.kfold(train, np.arange(len(train)), 3, seed=0)):
+        runs, _ = transfer.run_grid(english, train.subset(tr), train.subset(va), ("g",), (1e-3,), (16,), 2, seed=k, device="cpu", eval_every=1, progress=False)
+        per_fold.append(runs[0].accuracy)
+    assert run.accuracy == pytest.approx(np.mean(per_fold))  # the mean over the folds, each validated on its own rows
+    with pytest.raises(ValueError):
+        transfer.cross_validate(english, train, "g", 1e-3, 16, 1, folds=1, device="cpu", progress=False)
+
+
+def test_best_cell_is_the_highest_mean_accuracy_then_f1():
+    def run(lr, acc, f1):
+        return transfer.TransferRun("g", lr, 16, 2, 0, acc, f1, 1.0, 1, acc, f1, 1.0, 10, 0.1, "5-fold CV")
+
+    runs = [run(1e-5, 0.50, 0.40), run(2.68e-5, 0.60, 0.50), run(1e-4, 0.60, 0.55), run(1e-6, float("nan"), float("nan"))]
+    assert transfer.best_cell(runs).lr == 1e-4
+    with pytest.raises(ValueError, match="empty grid"):
+        transfer.best_cell([])

@@ -68,6 +68,11 @@ class StageConfig:
     kind "final": the ``take`` best of the previous ranking scored again (usually
     without early stopping, ``rules: none``, for ``epochs`` epochs); the best is the winner.
     ``thresholds``: (macro F1, accuracy) a vector must reach to be listed.
+    ``c_schedule``: ((fraction, C rule), ...) moves rule C up as the stage goes on:
+    the vector at position i of n uses the rule of the last entry whose fraction is
+    <= i / n. The study's stage 1 "began with C1 and moved up" without saying when;
+    the study recipe moves at thirds (docs/METHOD_DEVIATIONS.md). Empty: ``rules``'
+    own C for every vector.
     """
 
     number: int
@@ -85,8 +90,19 @@ class StageConfig:
     merge: bool = False
     stream: int = 0
     description: str = ""
+    c_schedule: tuple[tuple[float, str], ...] = ()
 
     def __post_init__(self) -> None:
+        try:
+            schedule = tuple((float(at), str(rule)) for at, rule in self.c_schedule)
+        except (TypeError, ValueError):
+            raise SearchError(f"stage {self.number}: c_schedule must be a list of [fraction, C rule] pairs") from None
+        for at, rule in schedule:
+            if rule not in stopping.C_RULES or not 0.0 <= at < 1.0:
+                raise SearchError(f"stage {self.number}: c_schedule entries are [fraction in [0, 1), one of {sorted(stopping.C_RULES)}], got [{at}, {rule!r}]")
+        if schedule and (schedule[0][0] != 0.0 or list(schedule) != sorted(schedule)):
+            raise SearchError(f"stage {self.number}: c_schedule must start at 0 and rise, got {[list(e) for e in schedule]}")
+        object.__setattr__(self, "c_schedule", schedule)
         if self.kind not in STAGE_KINDS:
             raise SearchError(f"stage {self.number}: kind must be one of {STAGE_KINDS}, got {self.kind!r}")
         bad = [c for c in self.cnns if c not in CNNS]
@@ -98,6 +114,14 @@ class StageConfig:
     @property
     def max_epochs(self) -> int:
         return int(self.epochs) if self.epochs else self.rules.max_epochs
+
+    def rules_at(self, position: int, total: int) -> stopping.Rules:
+        """The stopping rules of the stage's vector number ``position`` (0-based) of
+        ``total``: ``rules`` with C taken from ``c_schedule`` when there is one."""
+        if not self.c_schedule or total <= 0:
+            return self.rules
+        rule = [r for at, r in self.c_schedule if at <= position / total][-1]
+        return self.rules.with_c(rule)
 
     @classmethod
     def from_dict(cls, number: int, data: Mapping[str, Any]) -> "StageConfig":
@@ -137,6 +161,8 @@ class StageConfig:
             values["merge"] = bool(data.pop("merge"))
         if "description" in data:
             values["description"] = str(data.pop("description"))
+        if "c_schedule" in data:
+            values["c_schedule"] = tuple(data.pop("c_schedule") or ())
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
@@ -146,6 +172,7 @@ class StageConfig:
             "sizes": None if self.sizes is None else list(self.sizes), "overrides": [dict(o) for o in self.overrides],
             "extras": [dict(e) for e in self.extras], "thresholds": list(self.thresholds), "take": self.take,
             "merge": self.merge, "stream": self.stream, "description": self.description,
+            "c_schedule": [[at, rule] for at, rule in self.c_schedule],
         }
 
     def with_trials(self, k: int) -> "StageConfig":

@@ -176,6 +176,53 @@ def plot_learning_curve(history: Iterable[Any], path: str | Path, title: str | N
     return _save(fig, path)
 
 
+def fold_mean_history(histories: Sequence[Iterable[Any]]) -> list[dict[str, Any]]:
+    """Per epoch, the mean over folds of each of train loss, validation loss,
+    accuracy and macro F1 (folds that stopped earlier drop out of later epochs;
+    an epoch nobody evaluated keeps NaN): one cross-validated learning curve."""
+    by_epoch: dict[int, list[dict[str, Any]]] = {}
+    for history in histories:
+        for row in history_rows(history):
+            by_epoch.setdefault(int(row["epoch"]), []).append(row)
+    out = []
+    for epoch in sorted(by_epoch):
+        rows = by_epoch[epoch]
+        mean = {"epoch": epoch, "folds": len(rows)}
+        for key in ("train_loss", "val_loss", "accuracy", "macro_f1"):
+            values = np.array([np.nan if r.get(key) is None else float(r[key]) for r in rows], dtype=float)
+            mean[key] = float(np.mean(values[~np.isnan(values)])) if (~np.isnan(values)).any() else math.nan
+        out.append(mean)
+    return out
+
+
+def plot_candidates(curves: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Path, title: str | None = None, winner: str | None = None) -> Path:
+    """The learning curves a choice between candidates rests on: validation loss
+    (left) and validation macro F1 (right) per epoch, one line per candidate (the
+    fold-mean curves of :func:`fold_mean_history`), the winner drawn thicker. The
+    study picked its stage-4 winner by reading such curves; the stage report shows
+    them beside the rule the software applies."""
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, rows in curves.items():
+        epochs = np.array([r["epoch"] for r in rows], dtype=float)
+        val = np.array([r.get("val_loss", math.nan) for r in rows], dtype=float)
+        f1 = np.array([r.get("macro_f1", math.nan) for r in rows], dtype=float)
+        ok = ~np.isnan(val)
+        width, label = (2.5, f"{name} (winner)") if name == winner else (1.0, name)
+        line = left.plot(epochs[ok], val[ok], linewidth=width, label=label)[0]
+        right.plot(epochs[ok], 100 * f1[ok], linewidth=width, color=line.get_color(), label=label)
+    left.set_ylabel("validation cross-entropy (fold mean)")
+    right.set_ylabel("validation macro F1 % (fold mean)")
+    for ax in (left, right):
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="best", fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
 def plot_confusion(confusion: Sequence[Sequence[int]], labels: Sequence[str], path: str | Path, title: str | None = None, normalize: bool = True) -> Path:
     """Confusion matrix PNG: rows true class, columns predicted; cells show the row
     percentage (``normalize``) and the count."""

@@ -25,7 +25,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -399,20 +399,55 @@ def search_split(feature_sets: Mapping[tuple[str, int], FeatureSet], protocol: s
     test_sources = set(ref.source_id[test].tolist())
     out, sizes = {}, {}
     for key in keys:
-        fs = feature_sets[key]
-        groups = np.unique(fs.group)
-        train = splits.training_rows(fs, groups[~np.isin(groups, list(test_sources))])
+        train, _ = held_out_rows(feature_sets[key], test_sources)
         out[key] = train
-        sizes[f"{key[0]}-{key[1]}"] = {"train_rows": int(train.size), "held_out_rows": int(len(fs) - train.size)}
+        sizes[f"{key[0]}-{key[1]}"] = {"train_rows": int(train.size), "held_out_rows": int(len(feature_sets[key]) - train.size)}
     desc = {"protocol": protocol, "seed": int(seed), "test_size": float(test_size), "reference": f"{keys[0][0]}-{keys[0][1]}",
-            "test_sources": len(test_sources), "rows": sizes,
+            "test_sources": len(test_sources), "rows": sizes, "test_source_ids": sorted(test_sources),
             "note": "the search sees only the training side; the test side is for the final model"}
     return out, desc
 
 
-def _qualify(result: VectorResult, thresholds: tuple[float, float]) -> bool:
+def held_out_rows(fs: FeatureSet, test_sources: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, test rows) of ``fs`` with the sources ``test_sources`` held out.
+
+    The search holds the same sources out of every feature set (:func:`search_split`);
+    the final model must be tested on exactly those, whatever feature set won: a
+    fresh split of the winner's feature set can put utterances the search trained
+    on into the test side. Test rows are originals only; copies of a held-out
+    source never train."""
+    sources = np.asarray(sorted(set(test_sources)), dtype=str)
+    test = np.flatnonzero(fs.is_original & np.isin(fs.source_id, sources)).astype(np.int64)
+    groups = np.unique(fs.group)
+    train = splits.training_rows(fs, groups[~np.isin(groups, sources)])
+    return train, test
+
+
+def read_held_out(path: str | Path) -> list[str]:
+    """The held-out source ids a search recorded in its ``search.json``."""
+    path = Path(path)
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SearchError(f"cannot read the search's split from {path}: {exc}") from None
+    ids = (meta.get("split") or {}).get("test_source_ids") if isinstance(meta, dict) else None
+    if not ids:
+        raise SearchError(f"{path} records no held-out sources (split.test_source_ids): a search.json written by `ser search` is needed")
+    return [str(i) for i in ids]
+
+
+#: Slack for the fold means: five folds at exactly 60% must average to 60%, not 59.99...%.
+_QUALIFY_SLACK = 1e-9
+
+
+def qualifies(result: VectorResult, thresholds: tuple[float, float]) -> bool:
+    """A vector is listed when every fold ran (no rule abandoned it) and its mean
+    macro F1 AND mean accuracy both reach the stage's thresholds (the study: 60% and
+    60%), a score equal to the threshold included."""
     f1, acc = result.macro_f1, result.accuracy
-    return result.complete and not math.isnan(f1) and f1 >= thresholds[0] and acc >= thresholds[1]
+    if not result.complete or math.isnan(f1) or math.isnan(acc):
+        return False
+    return f1 >= thresholds[0] - _QUALIFY_SLACK and acc >= thresholds[1] - _QUALIFY_SLACK
 
 
 def plan_vectors(
@@ -486,7 +521,8 @@ def run_stage(
     for v in vectors if st.kind != "random" else ():
         if v.key not in feature_sets:
             raise SearchError(f"stage {st.number}: vector {v.id} trains on {v.feature} {v.size}x{v.size}, which was not given")
-    log(f"stage {st.number} ({st.kind}): {len(vectors)} vectors, {recipe.folds}-fold CV, up to {st.max_epochs} epochs, rules {_rules_name(st.rules)}")
+    schedule = "".join(f"; {rule} from vector {math.ceil(at * len(vectors)) + 1}" for at, rule in st.c_schedule)
+    log(f"stage {st.number} ({st.kind}): {len(vectors)} vectors, {recipe.folds}-fold CV, up to {st.max_epochs} epochs, rules {_rules_name(st.rules)}{schedule}")
     results: list[VectorResult] = []
     stage_dir = Path(workdir) / f"stage{st.number}"
     bar = tqdm(vectors, desc=f"stage {st.number} vectors", unit="vector", disable=not progress, dynamic_ncols=True)
@@ -494,14 +530,14 @@ def run_stage(
                     "folds": recipe.folds, "max_epochs": st.max_epochs, "rules": _rules_name(st.rules), "split": recipe.split,
                     "seed": recipe.seed}
     with _tracker_run(tracker, f"stage {st.number}", "stage", stage_params, {"stage": st.number}):
-        for vector in bar:
+        for position, vector in enumerate(bar):
             fs = feature_sets[vector.key]
             idx = None if train_idx is None else train_idx[vector.key]
-            result = score_vector(vector, fs, idx, st.rules, folds=recipe.folds, seed=recipe.seed, epochs=st.max_epochs,
+            result = score_vector(vector, fs, idx, st.rules_at(position, len(vectors)), folds=recipe.folds, seed=recipe.seed, epochs=st.max_epochs,
                                   workdir=stage_dir, device=device, tracker=tracker, protocol=recipe.split, score_at=recipe.score_at,
                                   eval_every=recipe.eval_every, checkpoint_every=recipe.checkpoint_every, progress=progress,
                                   stage=st.number)
-            result.qualified = _qualify(result, st.thresholds)
+            result.qualified = qualifies(result, st.thresholds)
             results.append(result)
             bar.set_postfix({"f1": f"{result.macro_f1:.3f}"}, refresh=False)
         bar.close()
@@ -551,6 +587,19 @@ def write_stage(result: StageResult, out_dir: str | Path, meta: Mapping[str, Any
     ]
     if result.skipped:
         notes.append(f"Skipped for want of features: {'; '.join(result.skipped)}.")
+    curves_png = None
+    if st.kind == "final" and result.results:
+        # The study read the four's curves to pick its winner; the software applies a
+        # rule, and shows the curves that rule is checked against.
+        from ser import report
+
+        curves = {r.vector.id: report.fold_mean_history([f.history for f in r.folds]) for r in result.results}
+        winner_id = result.winner["id"] if result.winner else None
+        curves_png = report.plot_candidates(curves, sdir / "curves.png", f"Stage {st.number}: the {len(curves)} candidates", winner_id)
+        notes.append(
+            f"Winner rule: rank 1 of this ranking: vectors over the thresholds first, then by mean macro F1 over the folds "
+            f"(measured at the fold's {meta.get('score_at', 'last')} epoch), ties by mean accuracy. The study chose by reading "
+            f"the candidates' learning curves: fold-mean validation loss and macro F1 per epoch are in curves.png.")
     title = f"Ranking after stage {st.number}"
     paths: dict[str, Path] = {}
     paths["csv"], paths["md"] = write_ranking(result.ranking, sdir, title, notes)
@@ -558,6 +607,8 @@ def write_stage(result: StageResult, out_dir: str | Path, meta: Mapping[str, Any
     stage_meta = {**meta, "stage": st.to_dict() | {"number": st.number}, "skipped": result.skipped,
                   "results": [r.to_dict() for r in result.results]}
     paths["results"] = write_json(sdir / "results.json", stage_meta)
+    if curves_png is not None:
+        paths["curves"] = curves_png
     if result.winner is not None:
         row = result.winner
         v = vector_from_row(row)

@@ -95,6 +95,13 @@ class SearchSpace:
     Each conv layer draws its own channels, kernel, pooling kernel and stride; each
     of FC1 and FC2 its own features. ``leaky_slope`` is not drawn: it is CharmaNET's
     slope (0.01 in the study; the stage-1 extras use 0.005 and 0.050).
+
+    ``squirtle_pool_stride``: METHOD.md section 4 fixes SquirtleNET's pooling
+    stride at 2 ("avg-pool (pool stride 2)"; the optimal model has PS 2 2 2), while
+    BulbaNET and CharmaNET draw theirs from ``pool_strides``. The strides are still
+    drawn for SquirtleNET and then replaced, so vector i keeps every other
+    parameter it shares with the other CNNs. ``None`` lets SquirtleNET draw them
+    too: a departure from the study (docs/METHOD_DEVIATIONS.md).
     """
 
     conv_channels: tuple[int, ...] = _arange(100, 420, 16)
@@ -107,6 +114,7 @@ class SearchSpace:
     batch_size: tuple[int, ...] = (16, 32, 48, 64)
     lr: tuple[float, ...] = LR_GRID
     leaky_slope: float = 0.01
+    squirtle_pool_stride: int | None = 2
 
     _INT = ("conv_channels", "conv_kernels", "pool_kernels", "pool_strides", "fc_features", "batch_size")
 
@@ -114,6 +122,11 @@ class SearchSpace:
         for f in fields(self):
             if f.name == "leaky_slope":
                 object.__setattr__(self, f.name, float(self.leaky_slope))
+            elif f.name == "squirtle_pool_stride":
+                if self.squirtle_pool_stride is not None:
+                    if int(self.squirtle_pool_stride) < 1:
+                        raise SearchError(f"squirtle_pool_stride must be a positive integer or null, got {self.squirtle_pool_stride}")
+                    object.__setattr__(self, f.name, int(self.squirtle_pool_stride))
             else:
                 object.__setattr__(self, f.name, _grid(getattr(self, f.name), f.name, int if f.name in self._INT else float))
         if min(self.conv_channels) < 1 or min(self.fc_features) < 1 or min(self.batch_size) < 1:
@@ -271,6 +284,8 @@ def sample_vectors(
         for attempt in range(MAX_REDRAWS + 1):
             params = draw_secondary(space, np.random.default_rng([int(seed), int(stream), i, attempt]))
             batch, lr = params.pop("batch_size"), params.pop("lr")
+            if cnn == "squirtle" and space.squirtle_pool_stride is not None:
+                params["pool_strides"] = (space.squirtle_pool_stride,) * 3
             try:
                 arch = ArchSpec(cnn=cnn, in_size=in_size, n_classes=n_classes, leaky_slope=slope, **params)
             except SpecError as exc:

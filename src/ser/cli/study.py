@@ -208,6 +208,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", choices=("random", "speaker"), default="random",
                    help="random: stratified by label (the study; speakers shared); speaker: no speaker in both train and test")
     p.add_argument("--test-size", type=float, default=0.2, help="test fraction (default 0.2)")
+    p.add_argument("--held-out", type=Path, default=None, metavar="SEARCH_JSON",
+                   help="a search's search.json: test on exactly the rows that search held out (the study's final model; "
+                   "--split and --test-size are then not used)")
     p.add_argument("--checkpoint", choices=("validation", "test"), default="validation",
                    help="which rows choose the kept epoch: validation (default: a part of the training side, whole "
                    "speakers held out with --split speaker; the test rows are only scored) or test (the study's rule: "
@@ -270,6 +273,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batches", default=None, help="comma-separated batch sizes (default 16,32,48,64)")
     p.add_argument("--epochs", type=int, default=150, help="epochs per grid cell (default 150, as the study's table)")
     p.add_argument("--eval-every", type=int, default=10, help="evaluate the test split every K epochs (and at the last; default 10)")
+    p.add_argument("--cv-folds", type=int, default=0, metavar="K",
+                   help="score each grid cell by K-fold cross-validation on the training side, as the study did (5), then "
+                   "train the best cell on the whole training side and test it; 0 (default) scores each cell on the test split")
+    p.add_argument("--final-epochs", type=int, default=None,
+                   help="with --cv-folds: epochs of the final model (default: --epochs; the study trained 2000, best at 615)")
     p.add_argument("--scratch", action="store_true", help="also train the same architecture from scratch (baseline) with --scratch-lrs")
     p.add_argument("--scratch-lrs", default="1e-6,1e-5,1e-4", help="learning rates of the scratch baseline (batch 32; default 1e-6,1e-5,1e-4)")
     p.add_argument("--split", choices=("random", "speaker"), default="random", help="train/test split of the target data (default random)")
@@ -304,8 +312,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _run_hash(fs, arch, cfg, args) -> str:
     """What identifies a finished final run on disk (cfg carries the seed; the device does not count)."""
+    held_out = getattr(args, "held_out", None)
+    split = ("held-out", config_hash(_held_out_sources(held_out))) if held_out else (args.split, args.test_size)
     choice = () if args.checkpoint == "test" else ("validation", args.val_size)  # study-rule runs keep their old hashes
-    return config_hash(arch.to_dict(), {k: v for k, v in cfg.to_dict().items() if k != "device"}, args.split, args.test_size, fs.spec.key(), *choice)
+    return config_hash(arch.to_dict(), {k: v for k, v in cfg.to_dict().items() if k != "device"}, *split, fs.spec.key(), *choice)
+
+
+def _held_out_sources(path: Path) -> list[str]:
+    from ser import search
+
+    try:
+        return search.read_held_out(path)
+    except search.SearchError as exc:
+        raise UserError(str(exc)) from None
 
 
 def _train_one(fs, arch, cfg, args, seed: int, out: Path, features_path: Path, session, register: str | None) -> dict[str, Any]:
@@ -316,10 +335,17 @@ def _train_one(fs, arch, cfg, args, seed: int, out: Path, features_path: Path, s
 
     cfg = cfg.with_(seed=seed)
     chash = _run_hash(fs, arch, cfg, args)
-    try:
-        train_idx, test_idx = splits.train_test(fs, args.test_size, seed=seed, protocol=args.split)
-    except ValueError as exc:
-        raise UserError(f"cannot split {features_path}: {exc}") from None
+    if getattr(args, "held_out", None):  # the search's own split: test rows it never saw
+        from ser import search
+
+        train_idx, test_idx = search.held_out_rows(fs, _held_out_sources(args.held_out))
+        if not test_idx.size:
+            raise UserError(f"none of the sources {args.held_out} held out is in {features_path}: not the search's data")
+    else:
+        try:
+            train_idx, test_idx = splits.train_test(fs, args.test_size, seed=seed, protocol=args.split)
+        except ValueError as exc:
+            raise UserError(f"cannot split {features_path}: {exc}") from None
     val = None
     if args.checkpoint == "validation":
         try:
@@ -337,6 +363,8 @@ def _train_one(fs, arch, cfg, args, seed: int, out: Path, features_path: Path, s
     run_args = {"seed": seed, "arch": arch, "cfg": cfg, "spec": fs.spec, "labels": fs.label_names, "split": args.split,
                 "test_size": args.test_size, "features": features_path, "config_hash": chash, "sizes": sizes, "out": out}
     test_set = {"features": str(features_path), "split": args.split, "seed": seed, "test_size": args.test_size}
+    if getattr(args, "held_out", None):  # the test rows are the search's, not a split drawn here
+        test_set["held_out"] = str(args.held_out)
     metrics_path = out / "metrics.json"
     if metrics_path.is_file() and (out / "model.pt").is_file():
         old = files.read_json(metrics_path)
@@ -541,6 +569,40 @@ def _floats(text: str | None, default, name: str) -> tuple:
     return values
 
 
+def _transfer_by_cv(args, bundle, train, test, cells, columns, session, out: Path, model_path: Path, device) -> dict[str, Any]:
+    """The study's transfer protocol: every cell scored by --cv-folds-fold CV on the
+    training side (runs.csv), then the best cell trained on the whole training side
+    for --final-epochs and tested on the test split (the only use of those rows)."""
+    from ser import report, transfer
+
+    if args.cv_folds < 2:
+        raise UserError(f"--cv-folds must be 0 or at least 2, got {args.cv_folds}")
+    done = []
+    for i, (subset, lr, batch) in enumerate(cells, 1):
+        with session.run(f"{subset} lr {lr:.3g} batch {batch} ({args.cv_folds}-fold CV)", "transfer",
+                         params={"subset": subset, "lr": lr, "batch_size": batch, "epochs": args.epochs, "cv_folds": args.cv_folds, "seed": args.seed},
+                         tags={"ser.role": "cell", "ser.cell": f"{i}/{len(cells)}"}):
+            try:
+                run = transfer.cross_validate(bundle, train, subset, lr, batch, args.epochs, folds=args.cv_folds, seed=args.seed, protocol=args.split,
+                                              device=str(device), eval_every=args.eval_every, progress=not args.no_progress)
+            except ValueError as exc:
+                raise UserError(f"cannot cross-validate on the training side: {exc}") from None
+            session.log_metrics({"cv_accuracy": run.accuracy, "cv_macro_f1": run.macro_f1, "cv_loss": run.test_loss})
+        done.append(run)
+        report.write_table([r.to_dict() for r in done], out / "runs", (*columns, "scored_on"), title=f"Transfer grid ({args.cv_folds}-fold CV): {model_path} -> {args.features.name}")
+    chosen = transfer.best_cell(done)
+    epochs = args.final_epochs or args.epochs
+    with session.run(f"final {chosen.subset} lr {chosen.lr:.3g} batch {chosen.batch_size}", "transfer",
+                     params={"subset": chosen.subset, "lr": chosen.lr, "batch_size": chosen.batch_size, "epochs": epochs, "seed": args.seed},
+                     tags={"ser.role": "final"}):
+        scratch = chosen.subset == transfer.SCRATCH
+        _, best = transfer.run_grid(bundle, train, test, () if scratch else (chosen.subset,), (chosen.lr,), (chosen.batch_size,), epochs, seed=args.seed,
+                                    device=str(device), eval_every=args.eval_every, scratch_lrs=(chosen.lr,) if scratch else (),
+                                    scratch_batch=chosen.batch_size, progress=not args.no_progress)
+        session.log_history(best["history"])
+    return {**best, "cv_runs": done}
+
+
 @_tracking_errors
 def cmd_transfer(args: argparse.Namespace) -> int:
     _setup_torch(args)
@@ -575,27 +637,31 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     columns = ("subset", "lr", "batch_size", "epochs", "accuracy", "macro_f1", "test_loss", "best_epoch", "best_accuracy", "best_macro_f1", "best_test_loss", "trainable", "seconds")
     cells = transfer.grid(subsets, lrs, batches, scratch_lrs)
     params = {"source_model": source, "features": str(args.features), "freeze": ",".join(subsets), "lrs": list(lrs), "batches": list(batches),
-              "scratch_lrs": list(scratch_lrs), "epochs": args.epochs, "eval_every": args.eval_every, "split": args.split,
+              "scratch_lrs": list(scratch_lrs), "epochs": args.epochs, "eval_every": args.eval_every, "split": args.split, "cv_folds": args.cv_folds,
               "test_size": args.test_size, "seed": args.seed, "cells": len(cells), "feature_spec": fs.spec.to_dict(), "labels": list(fs.label_names)}
     with session.run(f"transfer {model_path.parent.name or model_path.name} -> {args.features.name}", "transfer", params=params,
                      tags={"ser.command": "transfer", "ser.role": "grid", "ser.source_model": source, "ser.out": str(out)}):
-        for i, (subset, lr, batch) in enumerate(cells, 1):  # one grid cell at a time: a child run each
-            scratch = subset == transfer.SCRATCH
-            with session.run(f"{subset} lr {lr:.3g} batch {batch}", "transfer", params={"subset": subset, "lr": lr, "batch_size": batch,
-                             "epochs": args.epochs, "eval_every": args.eval_every, "seed": args.seed}, tags={"ser.role": "cell", "ser.cell": f"{i}/{len(cells)}"}):
-                cell_runs, cell_best = transfer.run_grid(bundle, train, test, () if scratch else (subset,), (lr,), (batch,), args.epochs, seed=args.seed,
-                                                         device=str(device), eval_every=args.eval_every, scratch_lrs=(lr,) if scratch else (),
-                                                         scratch_batch=batch, progress=not args.no_progress)
-                run = cell_runs[0]
-                session.log_history(cell_best["history"])
-                session.log_metrics({"final_accuracy": run.accuracy, "final_macro_f1": run.macro_f1, "final_test_loss": run.test_loss,
-                                     **{k: getattr(run, k) for k in ("best_epoch", "best_accuracy", "best_macro_f1", "best_test_loss", "trainable", "seconds")}})
-            done.append(run)  # results so far stay on disk if the grid is interrupted
-            report.write_table([r.to_dict() for r in done], out / "runs", columns, title=f"Transfer grid: {model_path} -> {args.features.name}")
-            if best is None or run.best_test_loss < best["run"].best_test_loss:
-                best = cell_best
+        if args.cv_folds:
+            best = _transfer_by_cv(args, bundle, train, test, cells, columns, session, out, model_path, device)
+            done = best.pop("cv_runs")
+        else:
+            for i, (subset, lr, batch) in enumerate(cells, 1):  # one grid cell at a time: a child run each
+                scratch = subset == transfer.SCRATCH
+                with session.run(f"{subset} lr {lr:.3g} batch {batch}", "transfer", params={"subset": subset, "lr": lr, "batch_size": batch,
+                                 "epochs": args.epochs, "eval_every": args.eval_every, "seed": args.seed}, tags={"ser.role": "cell", "ser.cell": f"{i}/{len(cells)}"}):
+                    cell_runs, cell_best = transfer.run_grid(bundle, train, test, () if scratch else (subset,), (lr,), (batch,), args.epochs, seed=args.seed,
+                                                             device=str(device), eval_every=args.eval_every, scratch_lrs=(lr,) if scratch else (),
+                                                             scratch_batch=batch, progress=not args.no_progress)
+                    run = cell_runs[0]
+                    session.log_history(cell_best["history"])
+                    session.log_metrics({"final_accuracy": run.accuracy, "final_macro_f1": run.macro_f1, "final_test_loss": run.test_loss,
+                                         **{k: getattr(run, k) for k in ("best_epoch", "best_accuracy", "best_macro_f1", "best_test_loss", "trainable", "seconds")}})
+                done.append(run)  # results so far stay on disk if the grid is interrupted
+                report.write_table([r.to_dict() for r in done], out / "runs", columns, title=f"Transfer grid: {model_path} -> {args.features.name}")
+                if best is None or run.best_test_loss < best["run"].best_test_loss:
+                    best = cell_best
         rows = transfer.summary(done)
-        report.write_table(rows, out / "summary", title="Mean last-epoch test accuracy / macro F1 (%) over the LR x batch grid, per frozen subset",
+        report.write_table(rows, out / "summary", title=("Mean last-epoch cross-validated accuracy" if args.cv_folds else "Mean last-epoch test accuracy") + " / macro F1 (%) over the LR x batch grid, per frozen subset",
                            digits={"mean_accuracy": 2, "std_accuracy": 2, "mean_macro_f1": 2, "best_accuracy": 2})
         if best is None:
             raise UserError("empty grid: nothing was trained")

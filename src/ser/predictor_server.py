@@ -25,7 +25,8 @@ route but health and the page needs ``Authorization: Bearer <token>``; in a clus
 the ingress / mesh usually authenticates instead (``--no-auth``).
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: FastAPI reads the route signatures at runtime,
+# and `Request` is imported inside create_app.
 
 import argparse
 import base64

@@ -77,3 +77,14 @@ def test_gpu_engine_matches_cpu(net, batch):
     gpu = inference.prepare(copy.deepcopy(net), "eager", "cuda:0")  # prepare moves the module
     assert gpu.device.type == "cuda"
     np.testing.assert_allclose(gpu(batch), cpu, atol=1e-4)
+
+
+def test_agreement_reports_how_far_a_backend_strays(net):
+    rng = np.random.default_rng(1)
+    images = rng.random((40, 60, 60), dtype=np.float32)
+    y = rng.integers(0, 7, 40)
+    same = inference.agreement(net, images, y, "eager")
+    assert same["top1_agreement"] == 1.0 and same["max_abs_prob_diff"] == 0.0 and same["ua_eager"] == same["ua_eager"]
+    int8 = inference.agreement(net, images, y, "int8")
+    assert int8["clips"] == 40 and 0.9 <= int8["top1_agreement"] <= 1.0 and 0 < int8["max_abs_prob_diff"] < 0.02
+    assert abs(int8["ua_int8"] - int8["ua_eager"]) <= 0.1

@@ -107,3 +107,28 @@ def prepare(model: torch.nn.Module, backend: str = DEFAULT_BACKEND, device: torc
             quantized = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).cpu(), {torch.nn.Linear}, dtype=torch.qint8)
         return Engine(quantized.eval(), "int8", device)
     return Engine(model.cpu(), "eager", device)
+
+
+def agreement(model: torch.nn.Module, images: np.ndarray, y: np.ndarray, backend: str, *, batch: int = 64) -> dict[str, float]:
+    """How far ``backend`` strays from the eager reference on labelled feature images.
+
+    Why: a reduced-precision backend is accepted only if it answers like the trained
+    model on real clips (the target: >= 99% top-1 agreement and unweighted accuracy
+    within 0.5 points). Returns top-1 agreement, both unweighted accuracies (mean
+    per-class recall) and the largest probability difference.
+    """
+    from sklearn.metrics import balanced_accuracy_score
+
+    from ser.serving import softmax
+
+    ref, other = prepare(model, "eager"), prepare(model, backend)
+    p_ref = np.concatenate([softmax(ref(images[i : i + batch])) for i in range(0, len(images), batch)])
+    p_other = np.concatenate([softmax(other(images[i : i + batch])) for i in range(0, len(images), batch)])
+    top_ref, top_other = p_ref.argmax(1), p_other.argmax(1)
+    return {
+        "clips": int(len(images)),
+        "top1_agreement": float((top_ref == top_other).mean()),
+        "ua_eager": float(balanced_accuracy_score(y, top_ref)),
+        f"ua_{backend}": float(balanced_accuracy_score(y, top_other)),
+        "max_abs_prob_diff": float(np.abs(p_ref - p_other).max()),
+    }

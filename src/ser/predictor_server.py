@@ -319,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     from ser.inference import BACKENDS, pick_device
 
     parser = argparse.ArgumentParser(prog="python -m ser.predictor_server", description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--model", required=True, help="model.pt or a `ser train --out` folder (KServe mounts storageUri at /mnt/models)")
+    parser.add_argument("--model", required=True, help="a .mar from `ser package`, a model.pt or a `ser train --out` folder (KServe mounts storageUri at /mnt/models)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in a container)")
     parser.add_argument("--port", type=int, default=8080, help="HTTP port (KServe sends traffic to 8080)")
     parser.add_argument("--name", default=os.environ.get("SER_MODEL_NAME", "ser"), help="model name in the URLs (KServe: the InferenceService name)")
@@ -339,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_auth and not token:
         parser.error("set SER_TOKEN (the bearer token clients send) or pass --no-auth")
     torch.set_num_threads(max(1, args.threads))
-    bundle = load_bundle(resolve_model(args.model))
+    model = Path(args.model)
+    bundle = load_bundle(model_from_archive(model) if model.suffix == ".mar" else resolve_model(model))
     predictor = serving.Predictor(bundle, name=args.name, limits=serving.Limits(max_seconds=args.max_seconds), backend=args.backend, device=pick_device(args.gpu))
     predictor.predict_many([serving.test_clip(3.0, predictor.spec.sample_rate or 16000)] * 2)  # warm-up before ready
     print(f"ser predictor {args.name}: {predictor.engine.description}, {args.threads} threads, http://{args.host}:{args.port}", flush=True)

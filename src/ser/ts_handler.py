@@ -20,6 +20,11 @@ Batches
     idx)``) without failing the rest. The whole batch fails only when the worker
     itself is broken (model not loaded: PredictionException 503).
 
+Backend and device
+    The network runs as :mod:`ser.inference` says: the .mar's ``ser.backend`` (int8
+    linear layers by default; ``SER_BACKEND`` overrides, ``ser serve --backend``
+    sets it), on ``cuda:<gpu_id>`` when TorchServe gives the worker a GPU.
+
 Metric
     ``RejectedRequests`` (counter, dimension ``Reason``): requests refused with a
     4xx, on the prometheus endpoint as ``RejectedRequests{Reason="not_audio",...}``.

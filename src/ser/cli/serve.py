@@ -55,7 +55,7 @@ def _register_package(sub) -> None:
             "Build a TorchServe model archive from a `ser train --out` folder (or its model.pt). "
             "The .mar holds model.pt unchanged (weights, ArchSpec, labels and the FeatureSpec, so "
             "serving computes exactly the training features), serving/handler.py, and "
-            "model-config.yaml (workers, batching, request limits). The serving environment needs "
+            "model-config.yaml (workers, batching, request limits, inference backend). The serving environment needs "
             "`ser` installed: the handler imports ser.serving."
         ),
         formatter_class=_Help,

@@ -181,3 +181,33 @@ def test_page_uploads_a_file_and_shows_bars_and_timeline(model_pt, tmp_path, req
     assert label in labels.ENGLISH and bars == len(labels.ENGLISH)
     assert segments >= 6  # 7 s, 2 s windows, 1 s hop
     assert shot.stat().st_size > 5000 and shot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_ser_serve_kserve_serves_a_mar_until_sigterm(model_pt, tmp_path, clip):
+    import os
+    import re
+    import signal
+    import sys
+
+    from ser.package import Runtime, build_mar
+
+    mar = build_mar(model_pt, tmp_path / "ser-tiny.mar", runtime=Runtime(backend="eager"))
+    proc = subprocess.Popen([sys.executable, "-m", "ser", "serve", "--model", str(mar), "--server", "kserve", "--port", "0", "--threads", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ))
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if "Ctrl-C" in line:
+                break
+        text = "".join(lines)
+        url = re.search(r"at (http://127\.0\.0\.1:\d+)", text).group(1)
+        token = re.search(r"Bearer (\S+?)\"", text).group(1)
+        r = requests.post(f"{url}/v1/models/ser-tiny:predict", json={"instances": [b64(clip)]}, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        assert r.status_code == 200 and r.json()["predictions"][0]["model"] == "ser-tiny"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 0 and "stopped." in rest, text + rest
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{url}/v2/health/live", timeout=5)

@@ -219,10 +219,10 @@ def main() -> int:
     parser.add_argument("--levels", default="1,16", help="client concurrency levels")
     parser.add_argument("--requests", type=int, default=200, help="requests per level (concurrency 16 gets twice as many)")
     parser.add_argument("--warmup", type=int, default=100, help="requests sent before measuring each path")
-    parser.add_argument("--workers", type=int, default=2, help="TorchServe workers (one single-threaded model each)")
+    parser.add_argument("--workers", type=int, default=2, help="TorchServe workers and KServe predictor workers (one single-threaded model each)")
     parser.add_argument("--batch-size", type=int, default=4, help="TorchServe batch size (ser's default)")
     parser.add_argument("--max-delay-ms", type=int, default=1, help="TorchServe max batch delay (ser's default)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads of the KServe predictor process and the in-process rows")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the in-process rows (servers: --workers processes x 1 thread)")
     parser.add_argument("--agreement-model", type=Path, help="a model trained on real clips (model.pt) for the accuracy check")
     parser.add_argument("--agreement-features", type=Path, help="its feature set (.npz from `ser features`)")
     parser.add_argument("--out", type=Path, default=REPO / "build" / "bench" / "serving.json")
@@ -249,7 +249,7 @@ def main() -> int:
         "benchmark": "serving",
         "clip": {"seconds": 3.0, "sample_rate": 16000, "bytes": len(clip), "format": "WAV PCM_16 mono"},
         "models": {a: {"weights": "random", "spec": ARCHS[a] or "OPTIMAL_ENGLISH (SquirtleNET, ~55.5 M parameters)"} for a in archs},
-        "runtime": {"workers": args.workers, "batch_size": args.batch_size, "max_batch_delay_ms": args.max_delay_ms, "kserve_threads": args.threads},
+        "runtime": {"workers": args.workers, "batch_size": args.batch_size, "max_batch_delay_ms": args.max_delay_ms, "kserve_workers": args.workers, "threads_per_worker": 1, "inprocess_threads": args.threads},
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
                     "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
         "load_average_before": os.getloadavg(),
@@ -281,7 +281,7 @@ def main() -> int:
                         server.stop()
                 if "kserve" in servers:
                     t0 = time.perf_counter()
-                    with predictor_server.start(model_pt, name="ser", backend=backend, threads=args.threads, timeout=600) as srv:
+                    with predictor_server.start(model_pt, name="ser", backend=backend, threads=1, workers=args.workers, timeout=600) as srv:
                         headers = {"Content-Type": "application/octet-stream", **srv.headers()}
                         http_call_factory(f"{srv.url}/predict", clip, headers)()()
                         results["cold_start_s"][f"kserve/{key}"] = round(time.perf_counter() - t0, 2)

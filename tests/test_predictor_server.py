@@ -141,7 +141,7 @@ def test_page_uploads_a_file_and_shows_bars_and_timeline(model_pt, tmp_path, req
     shot = request.config.rootpath / "build" / "test-artifacts" / "try-page.png"
     shot.parent.mkdir(parents=True, exist_ok=True)
     port = free_ports(1, "127.0.0.1")[0]
-    with predictor_server.start(model_pt, name="tiny", backend="eager", threads=1, auth=False) as srv:
+    with predictor_server.start(model_pt, name="tiny", backend="eager", threads=1, workers=1, auth=False) as srv:
         driver = subprocess.Popen([CHROMEDRIVER, f"--port={port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wd = f"http://127.0.0.1:{port}"
         try:
@@ -192,7 +192,7 @@ def test_ser_serve_kserve_serves_a_mar_until_sigterm(model_pt, tmp_path, clip):
     from ser.package import Runtime, build_mar
 
     mar = build_mar(model_pt, tmp_path / "ser-tiny.mar", runtime=Runtime(backend="eager"))
-    proc = subprocess.Popen([sys.executable, "-m", "ser", "serve", "--model", str(mar), "--server", "kserve", "--port", "0", "--threads", "1"],
+    proc = subprocess.Popen([sys.executable, "-m", "ser", "serve", "--model", str(mar), "--server", "kserve", "--port", "0", "--threads", "1", "--workers", "1"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ))
     lines = []
     try:

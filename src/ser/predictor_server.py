@@ -32,6 +32,7 @@ import argparse
 import base64
 import binascii
 import hmac
+import json
 import os
 import secrets
 import signal
@@ -64,11 +65,27 @@ def _instance_bytes(instance: Any) -> Any:
     return instance
 
 
-def create_app(predictor: serving.Predictor, *, token: str | None = None, threads: int = 1):
-    """The FastAPI application serving ``predictor`` (no process, no port: tests and uvicorn)."""
+def create_app(predictor: serving.Predictor, *, token: str | None = None):
+    """The FastAPI application serving ``predictor`` (no process, no port: tests and uvicorn).
+
+    Model calls run one at a time per process (a lock): on a CPU, concurrent forward
+    passes in one process only fight over the same cores (measured: 2x slower at 16
+    clients); parallelism comes from ``--workers`` processes, as with TorchServe.
+    """
+    import threading
+
     from fastapi import FastAPI, Request
     from fastapi.responses import HTMLResponse, JSONResponse
-    from starlette.concurrency import run_in_threadpool
+    from starlette.concurrency import run_in_threadpool as _in_thread
+
+    lock = threading.Lock()
+
+    def _locked(fn, *args):
+        with lock:
+            return fn(*args)
+
+    async def run_in_threadpool(fn, *args):
+        return await _in_thread(_locked, fn, *args)
 
     name = predictor.name
     app = FastAPI(title=f"ser predictor {name}", docs_url=None, redoc_url=None)
@@ -271,7 +288,8 @@ def start(
     port: int = 0,
     name: str = "ser",
     backend: str = "int8",
-    threads: int = 2,
+    threads: int = 1,
+    workers: int = 2,
     auth: bool = True,
     token: str | None = None,
     log: str | Path | None = None,
@@ -290,7 +308,7 @@ def start(
     port = port or free_ports(1, "127.0.0.1")[0]
     token = (token or secrets.token_urlsafe(24)) if auth else None
     log = Path(log) if log else Path(tempfile.mkstemp(prefix="ser-predictor-", suffix=".log")[1])
-    cmd = [sys.executable, "-m", "ser.predictor_server", "--model", str(model_pt), "--port", str(port), "--name", name, "--backend", backend, "--threads", str(threads)]
+    cmd = [sys.executable, "-m", "ser.predictor_server", "--model", str(model_pt), "--port", str(port), "--name", name, "--backend", backend, "--threads", str(threads), "--workers", str(workers)]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore::DeprecationWarning")
     env.pop("SER_TOKEN", None)
     if token:
@@ -316,7 +334,7 @@ def start(
 
 def main(argv: list[str] | None = None) -> int:
     """The container's entry point: ``python -m ser.predictor_server --model /mnt/models/model.pt``."""
-    from ser.inference import BACKENDS, pick_device
+    from ser.inference import BACKENDS
 
     parser = argparse.ArgumentParser(prog="python -m ser.predictor_server", description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", required=True, help="a .mar from `ser package`, a model.pt or a `ser train --out` folder (KServe mounts storageUri at /mnt/models)")
@@ -324,28 +342,51 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8080, help="HTTP port (KServe sends traffic to 8080)")
     parser.add_argument("--name", default=os.environ.get("SER_MODEL_NAME", "ser"), help="model name in the URLs (KServe: the InferenceService name)")
     parser.add_argument("--backend", choices=BACKENDS, default=os.environ.get("SER_BACKEND", "int8"), help="how the network runs (ser.inference)")
-    parser.add_argument("--threads", type=int, default=int(os.environ.get("SER_TORCH_THREADS", "2")), help="torch intra-op threads")
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("SER_TORCH_THREADS", "1")), help="torch intra-op threads per worker")
+    parser.add_argument("--workers", type=int, default=int(os.environ.get("SER_WORKERS", "2")), help="server processes, one model copy each (one per core measured best)")
     parser.add_argument("--gpu", default=os.environ.get("SER_GPU_ID"), help="CUDA device index to run on (default: CPU; the KServe image sets 0 when a GPU is requested)")
     parser.add_argument("--max-seconds", type=float, default=30.0, help="longest clip one request may send (longer -> 413)")
     parser.add_argument("--no-auth", action="store_true", help="no bearer token (the cluster's ingress authenticates); else SER_TOKEN is required")
     args = parser.parse_args(argv)
-    import torch
     import uvicorn
 
-    from ser.models import load_bundle
     from ser.package import resolve_model
 
     token = None if args.no_auth else os.environ.get("SER_TOKEN")
     if not args.no_auth and not token:
         parser.error("set SER_TOKEN (the bearer token clients send) or pass --no-auth")
-    torch.set_num_threads(max(1, args.threads))
+    if args.workers < 1 or args.threads < 1:
+        parser.error("--workers and --threads must be at least 1")
     model = Path(args.model)
-    bundle = load_bundle(model_from_archive(model) if model.suffix == ".mar" else resolve_model(model))
-    predictor = serving.Predictor(bundle, name=args.name, limits=serving.Limits(max_seconds=args.max_seconds), backend=args.backend, device=pick_device(args.gpu))
-    predictor.predict_many([serving.test_clip(3.0, predictor.spec.sample_rate or 16000)] * 2)  # warm-up before ready
-    print(f"ser predictor {args.name}: {predictor.engine.description}, {args.threads} threads, http://{args.host}:{args.port}", flush=True)
-    uvicorn.run(create_app(predictor, token=token), host=args.host, port=args.port, log_level="warning", access_log=False)
+    model_pt = model_from_archive(model) if model.suffix == ".mar" else resolve_model(model)
+    settings = {"model": str(model_pt), "name": args.name, "backend": args.backend, "threads": args.threads,
+                "gpu": args.gpu, "max_seconds": args.max_seconds, "token": token}
+    os.environ[_SETTINGS_ENV] = json.dumps(settings)
+    print(f"ser predictor {args.name}: {args.backend}, {args.workers} workers x {args.threads} threads, http://{args.host}:{args.port}", flush=True)
+    if args.workers == 1:
+        uvicorn.run(_app_from_env(), host=args.host, port=args.port, log_level="warning", access_log=False)
+    else:  # uvicorn starts the worker processes; each builds its app from the settings
+        uvicorn.run("ser.predictor_server:_app_from_env", factory=True, workers=args.workers, host=args.host, port=args.port,
+                    log_level="warning", access_log=False)
     return 0
+
+
+_SETTINGS_ENV = "SER_PREDICTOR_SETTINGS"
+
+
+def _app_from_env():
+    """One worker's app: load the model as the settings say, warm it up, then serve."""
+    import torch
+
+    from ser.inference import pick_device
+    from ser.models import load_bundle
+
+    settings = json.loads(os.environ[_SETTINGS_ENV])
+    torch.set_num_threads(max(1, int(settings["threads"])))
+    predictor = serving.Predictor(load_bundle(settings["model"]), name=settings["name"], limits=serving.Limits(max_seconds=settings["max_seconds"]),
+                                  backend=settings["backend"], device=pick_device(settings["gpu"]))
+    predictor.predict_many([serving.test_clip(3.0, predictor.spec.sample_rate or 16000)] * 2)  # warm-up before ready
+    return create_app(predictor, token=settings["token"])
 
 
 if __name__ == "__main__":

@@ -84,7 +84,7 @@ def _register_serve(sub) -> None:
             "`X-Ser-Mode: timeline` (and X-Ser-Window-S / X-Ser-Hop-S) for one emotion per window. "
             "With --server kserve, ser's KServe predictor runs instead (KServe v1 and v2 REST routes, "
             "bearer token, a try-it page at /; the management, metrics, token-minutes, run-dir and "
-            "worker/batch options are TorchServe's and do not apply)."
+            "worker/batch options are TorchServe's and do not apply; --workers and --backend do)."
         ),
         formatter_class=_Help,
     )
@@ -95,7 +95,7 @@ def _register_serve(sub) -> None:
         default="torchserve",
         help="torchserve: TorchServe with the .mar; kserve: ser's KServe predictor (v1 + v2 REST, try-it page at /), the same request rules",
     )
-    p.add_argument("--threads", type=int, default=2, help="kserve: torch threads of the predictor process")
+    p.add_argument("--threads", type=int, default=1, help="kserve: torch threads per predictor worker (--workers sets the worker processes, default 2)")
     p.add_argument("--port", type=int, default=8080, help="inference port on 127.0.0.1 (0: any free port)")
     p.add_argument("--management-port", type=int, default=0, help="management API port (0: any free port)")
     p.add_argument("--metrics-port", type=int, default=0, help="prometheus metrics port (0: any free port)")
@@ -217,7 +217,7 @@ def _serve_kserve(args, model: Path, runtime) -> int:
     print(f"starting the KServe predictor for {model} on 127.0.0.1 ({runtime.backend}) ...", flush=True)
     name = model_name_for(model) if model.suffix == ".mar" else "ser"
     try:
-        server = start(model, port=args.port, name=name, backend=runtime.backend, threads=args.threads, auth=not args.no_auth, timeout=args.timeout)
+        server = start(model, port=args.port, name=name, backend=runtime.backend, threads=args.threads, workers=args.workers or 2, auth=not args.no_auth, timeout=args.timeout)
     except (RuntimeError, PackageError) as exc:
         raise UserError(str(exc)) from None
     stop = {"now": False}

@@ -182,7 +182,7 @@ def agreement_rows(model_pt: Path, features: Path, backends: list[str]) -> dict:
     fs = FeatureSet.load(features)
     _, test = splits.train_test(fs, 0.2, int(bundle.meta.get("seed", 0) or 0), "random")
     order = {name: i for i, name in enumerate(bundle.labels)}
-    y = np.array([order[fs.labels[int(c)]] for c in fs.y[test]])
+    y = np.array([order[fs.label_names[int(c)]] for c in fs.labels[test]])
     images = fs.images[test].astype(np.float32)
     out = {}
     for backend in backends:

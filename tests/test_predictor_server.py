@@ -211,3 +211,16 @@ def test_ser_serve_kserve_serves_a_mar_until_sigterm(model_pt, tmp_path, clip):
     assert proc.returncode == 0 and "stopped." in rest, text + rest
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{url}/v2/health/live", timeout=5)
+
+
+def test_a_mar_is_served_and_its_temporary_model_copy_removed(model_pt, tmp_path, clip):
+    from pathlib import Path
+
+    from ser.package import Runtime, build_mar
+
+    mar = build_mar(model_pt, tmp_path / "ser-tiny.mar", runtime=Runtime(backend="eager"))
+    with predictor_server.start(mar, name="ser-tiny", backend="eager", workers=1, auth=False) as srv:
+        copy = Path(srv.extra["temporary"])
+        assert (copy / "model.pt").is_file()
+        assert requests.post(f"{srv.url}/predict", data=clip, timeout=30).json()["model"] == "ser-tiny"
+    assert not copy.exists()

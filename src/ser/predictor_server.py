@@ -258,6 +258,10 @@ class PredictorServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self.extra.get("temporary"):
+            import shutil
+
+            shutil.rmtree(self.extra.pop("temporary"), ignore_errors=True)
 
     def __enter__(self) -> "PredictorServer":
         return self
@@ -304,10 +308,15 @@ def start(
     from ser.package import resolve_model
     from ser.services import free_ports
 
-    model_pt = model_from_archive(Path(model)) if str(model).endswith(".mar") else resolve_model(model)
+    extracted = str(model).endswith(".mar")
+    model_pt = model_from_archive(Path(model)) if extracted else resolve_model(model)
     port = port or free_ports(1, "127.0.0.1")[0]
     token = (token or secrets.token_urlsafe(24)) if auth else None
-    log = Path(log) if log else Path(tempfile.mkstemp(prefix="ser-predictor-", suffix=".log")[1])
+    if log is None:
+        fd, name_ = tempfile.mkstemp(prefix="ser-predictor-", suffix=".log")
+        os.close(fd)
+        log = name_
+    log = Path(log)
     cmd = [sys.executable, "-m", "ser.predictor_server", "--model", str(model_pt), "--port", str(port), "--name", name, "--backend", backend, "--threads", str(threads), "--workers", str(workers)]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore::DeprecationWarning")
     env.pop("SER_TOKEN", None)
@@ -317,10 +326,12 @@ def start(
         cmd.append("--no-auth")
     with open(log, "wb") as out:
         process = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-    server = PredictorServer(process, f"http://127.0.0.1:{port}", name, token, log)
+    # A model.pt read out of a .mar is a temporary copy (hundreds of MB): stop() removes it.
+    server = PredictorServer(process, f"http://127.0.0.1:{port}", name, token, log, {"temporary": str(model_pt.parent) if extracted else None})
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not server.alive():
+            server.stop()  # removes a temporary model copy
             raise RuntimeError(f"the predictor server exited with status {process.returncode}:\n{server.log_tail()}")
         try:
             if requests.get(f"{server.url}/v2/health/ready", timeout=2).status_code == 200:

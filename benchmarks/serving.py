@@ -1,5 +1,6 @@
-"""Benchmark: latency and throughput of a 3 s, 16 kHz clip through real TorchServe
-and through the same model in-process (ser.serving), in one run.
+"""Benchmark: latency and throughput of a 3 s, 16 kHz clip through the real servers
+(TorchServe and ser's KServe predictor, both on 127.0.0.1) and in-process
+(ser.serving), for each inference backend (ser.inference: eager fp32, int8), in one run.
 
 For each concurrency level (default 1, 4, 16) clients send the same WAV again and
 again over keep-alive HTTP connections (one thread and connection per client, token
@@ -9,14 +10,21 @@ the cost of decode + features + model without HTTP, the frontend, or IPC. The
 overhead ratio is TorchServe / in-process (p50 latency at concurrency 1, req/s at
 each level).
 
-The model has RANDOM weights (speed does not depend on them): ``--arch tiny`` (the
-default: conv 8/8/8, FC 32/32) or ``--arch optimal`` (the study's SquirtleNET,
-conv 188/156/340, FC 3634/2816, ~55 M parameters). Targets: p50 < 20 ms at
-concurrency 1, >= 150 req/s at concurrency 16 on 2 cores.
+The model has RANDOM weights (speed does not depend on them). Every row names its
+model: ``optimal`` (the default: the study's SquirtleNET, conv 188/156/340, FC
+3634/2816, ~55 M parameters, what users serve) and ``tiny`` (conv 8/8/8, FC 32/32)
+only as a labelled baseline (``--archs optimal,tiny``). Targets for the optimal
+network: p50 <= 15 ms at concurrency 1, >= 150 req/s at concurrency 16 on 2 cores.
+Cold start (archive/model file to a ready server) is measured per server.
 
-Usage:
-    .venv/bin/python benchmarks/serving.py [--arch tiny|optimal] [--requests 300]
-        [--workers 2] [--batch-size 4] [--max-delay-ms 1] [--out build/bench/serving.json]
+``--agreement-model run/model.pt --agreement-features tess_mel60.npz`` adds the
+accuracy check of each reduced-precision backend against eager on the held-out 20%
+(the split ``ser train`` used, seed 0) of real clips (ser.inference.agreement).
+
+Usage (the whole table and JSON in one command):
+    .venv/bin/python benchmarks/serving.py [--archs optimal] [--backends eager,int8]
+        [--servers torchserve,kserve,inprocess] [--levels 1,16] [--requests 200]
+        [--agreement-model M --agreement-features F] [--out build/bench/serving.json]
 """
 
 from __future__ import annotations
@@ -53,6 +61,7 @@ def make_model(arch: str, folder: Path) -> Path:
     spec = models.OPTIMAL_ENGLISH.with_(**ARCHS[arch])
     net = models.build(spec)
     meta = {"name": f"bench-{arch}", "note": "random weights, for timing only"}
+    folder.mkdir(parents=True, exist_ok=True)
     return models.save_bundle(folder / "model.pt", net, labels.ENGLISH, FeatureSpec(kind="mel", size=spec.in_size).to_dict(), meta)
 
 
@@ -163,121 +172,145 @@ def inprocess_factory(predictor, body: bytes):
     return factory
 
 
+def agreement_rows(model_pt: Path, features: Path, backends: list[str]) -> dict:
+    """Reduced-precision backends vs eager on the held-out split of a real feature set."""
+    from ser import inference, splits
+    from ser.dataset import FeatureSet
+    from ser.models import load_bundle
+
+    bundle = load_bundle(model_pt)
+    fs = FeatureSet.load(features)
+    _, test = splits.train_test(fs, 0.2, int(bundle.meta.get("seed", 0) or 0), "random")
+    order = {name: i for i, name in enumerate(bundle.labels)}
+    y = np.array([order[fs.label_names[int(c)]] for c in fs.labels[test]])
+    images = fs.images[test].astype(np.float32)
+    out = {}
+    for backend in backends:
+        if backend != "eager":
+            out[backend] = row = inference.agreement(bundle.model, images, y, backend)
+            print(f"  agreement {backend} vs eager on {row['clips']} held-out clips: top-1 {100 * row['top1_agreement']:.2f}%, "
+                  f"UA eager {100 * row['ua_eager']:.2f}% vs {100 * row['ua_' + backend]:.2f}%, max |dp| {row['max_abs_prob_diff']:.4f}", flush=True)
+    return out
+
+
+def measure(name: str, factory, levels: list[int], requests: int, warmup: int, pid: int | None, results: dict) -> None:
+    run_clients(factory, max(levels), warmup)
+    results[name] = rows = {}
+    for c in levels:
+        n = requests * (2 if c >= 16 else 1)
+        before, client0 = (cpu_seconds(pid) if pid else None), own_cpu()
+        rows[str(c)] = row = run_clients(factory, c, n)
+        if pid:
+            after, client1 = cpu_seconds(pid), own_cpu()
+            row["cpu_ms_per_request"] = {
+                "server": 1000 * (after["frontend"] - before["frontend"]) / n,
+                "workers": 1000 * (after["workers"] - before["workers"]) / n,
+                "client": 1000 * (client1 - client0) / n,
+            }
+        print(f"  {name:<28} c={c:<3d} {row['req_per_s']:7.1f} req/s  p50 {row['p50_ms']:7.1f} ms  errors {row['errors']}", flush=True)
+
+
 def main() -> int:
     warnings.filterwarnings("ignore")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", choices=sorted(ARCHS), default="tiny", help="model size (random weights)")
-    parser.add_argument("--levels", default="1,4,16", help="client concurrency levels")
-    parser.add_argument("--requests", type=int, default=300, help="requests per level (concurrency 16 gets twice as many)")
-    parser.add_argument("--warmup", type=int, default=1000, help="requests sent before measuring")
-    parser.add_argument("--workers", type=int, default=2, help="TorchServe workers (one single-threaded model each)")
+    parser.add_argument("--archs", default="optimal", help=f"models, comma-separated, from {sorted(ARCHS)} (random weights); tiny is a baseline only")
+    parser.add_argument("--backends", default="eager,int8", help="inference backends (ser.inference.BACKENDS), comma-separated")
+    parser.add_argument("--servers", default="torchserve,kserve,inprocess", help="paths to measure, comma-separated")
+    parser.add_argument("--levels", default="1,16", help="client concurrency levels")
+    parser.add_argument("--requests", type=int, default=200, help="requests per level (concurrency 16 gets twice as many)")
+    parser.add_argument("--warmup", type=int, default=100, help="requests sent before measuring each path")
+    parser.add_argument("--workers", type=int, default=2, help="TorchServe workers and KServe predictor workers (one single-threaded model each)")
     parser.add_argument("--batch-size", type=int, default=4, help="TorchServe batch size (ser's default)")
     parser.add_argument("--max-delay-ms", type=int, default=1, help="TorchServe max batch delay (ser's default)")
-    parser.add_argument("--inprocess-threads", type=int, default=1, help="torch threads for the in-process rows")
-    parser.add_argument("--skip-inprocess", action="store_true")
-    parser.add_argument("--java-opts", default=None, help="JVM options for the TorchServe frontend (default: ser.torchserve's)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the in-process rows (servers: --workers processes x 1 thread)")
+    parser.add_argument("--agreement-model", type=Path, help="a model trained on real clips (model.pt) for the accuracy check")
+    parser.add_argument("--agreement-features", type=Path, help="its feature set (.npz from `ser features`)")
     parser.add_argument("--out", type=Path, default=REPO / "build" / "bench" / "serving.json")
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",") if x.strip()]
+    archs = [a for a in args.archs.split(",") if a]
+    backends = [b for b in args.backends.split(",") if b]
+    servers = [s for s in args.servers.split(",") if s]
+    for a in archs:
+        if a not in ARCHS:
+            parser.error(f"unknown arch {a!r}")
 
     import torch
 
-    from ser import serving
+    from ser import inference, predictor_server, serving
     from ser.models import load_bundle
     from ser.package import Runtime, build_mar
     from ser.torchserve import start
 
+    for b in backends:
+        inference.check_backend(b)
     clip = serving.test_clip(3.0, 16000)
     results: dict = {
         "benchmark": "serving",
         "clip": {"seconds": 3.0, "sample_rate": 16000, "bytes": len(clip), "format": "WAV PCM_16 mono"},
-        "model": {"arch": args.arch, "weights": "random", "spec": ARCHS[args.arch] or "OPTIMAL_ENGLISH (SquirtleNET)"},
-        "runtime": {"workers": args.workers, "batch_size": args.batch_size, "max_batch_delay_ms": args.max_delay_ms, "torch_threads_per_worker": 1},
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__},
+        "models": {a: {"weights": "random", "spec": ARCHS[a] or "OPTIMAL_ENGLISH (SquirtleNET, ~55.5 M parameters)"} for a in archs},
+        "runtime": {"workers": args.workers, "batch_size": args.batch_size, "max_batch_delay_ms": args.max_delay_ms, "kserve_workers": args.workers, "threads_per_worker": 1, "inprocess_threads": args.threads},
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+                    "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
         "load_average_before": os.getloadavg(),
-        "torchserve": {},
-        "inprocess": {},
+        "rows": {},
+        "cold_start_s": {},
     }
-    print(f"model: {args.arch} SquirtleNET spec, RANDOM weights; clip: 3.0 s at 16 kHz ({len(clip)} bytes); "
-          f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f}", flush=True)
+    print(f"clip: 3.0 s at 16 kHz ({len(clip)} bytes); {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f}; "
+          f"models {archs} (random weights); backends {backends}; servers {servers}", flush=True)
+    if args.agreement_model and args.agreement_features:
+        results["agreement"] = agreement_rows(args.agreement_model, args.agreement_features, backends)
 
     with tempfile.TemporaryDirectory(prefix="ser-bench-") as tmp:
         tmp = Path(tmp)
-        model_pt = make_model(args.arch, tmp)
-        runtime = Runtime(workers=args.workers, batch_size=args.batch_size, max_batch_delay_ms=args.max_delay_ms)
-        mar = build_mar(model_pt, tmp / f"bench-{args.arch}.mar", runtime=runtime)
-        t0 = time.perf_counter()
-        extra = {"java_opts": tuple(args.java_opts.split())} if args.java_opts is not None else {}
-        server = start(mar, runtime=runtime, timeout=600, **extra)
-        results["startup_s"] = round(time.perf_counter() - t0, 1)
-        print(f"TorchServe ready in {results['startup_s']} s at {server.predict_url} "
-              f"(workers {args.workers}, batch {args.batch_size}, delay {args.max_delay_ms} ms, token auth on)", flush=True)
-        try:
-            headers = {"Content-Type": "application/octet-stream", **server.headers()}
-            factory = http_call_factory(server.predict_url, clip, headers)
-            # Warm up: connections, workers, and above all the frontend's JIT (the first
-            # few hundred requests cost the JVM ~2x the CPU of later ones).
-            run_clients(factory, max(levels), args.warmup)
-            for c in levels:
-                n = args.requests * (2 if c >= 16 else 1)
-                before, client0 = cpu_seconds(server.process.pid), own_cpu()
-                results["torchserve"][str(c)] = row = run_clients(factory, c, n)
-                after, client1 = cpu_seconds(server.process.pid), own_cpu()
-                row["cpu_ms_per_request"] = {
-                    "frontend": 1000 * (after["frontend"] - before["frontend"]) / n,
-                    "workers": 1000 * (after["workers"] - before["workers"]) / n,
-                    "client": 1000 * (client1 - client0) / n,
-                }
-                cpu = row["cpu_ms_per_request"]
-                print(f"  torchserve  c={c:<3d} {row['req_per_s']:7.1f} req/s  p50 {row['p50_ms']:6.1f} ms  "
-                      f"CPU ms/request: frontend {cpu['frontend']:.2f}, workers {cpu['workers']:.2f}, client {cpu['client']:.2f}", flush=True)
-        finally:
-            server.stop()
+        for arch in archs:
+            model_pt = make_model(arch, tmp / arch)
+            for backend in backends:
+                key = f"{arch}/{backend}"
+                if "torchserve" in servers:
+                    runtime = Runtime(workers=args.workers, batch_size=args.batch_size, max_batch_delay_ms=args.max_delay_ms, backend=backend)
+                    mar = build_mar(model_pt, tmp / arch / f"bench-{arch}-{backend}.mar", runtime=runtime)
+                    t0 = time.perf_counter()
+                    server = start(mar, runtime=runtime, timeout=600)
+                    try:
+                        headers = {"Content-Type": "application/octet-stream", **server.headers()}
+                        http_call_factory(server.predict_url, clip, headers)()()
+                        results["cold_start_s"][f"torchserve/{key}"] = round(time.perf_counter() - t0, 2)
+                        measure(f"torchserve/{key}", http_call_factory(server.predict_url, clip, headers), levels, args.requests, args.warmup, server.process.pid, results["rows"])
+                    finally:
+                        server.stop()
+                if "kserve" in servers:
+                    t0 = time.perf_counter()
+                    with predictor_server.start(model_pt, name="ser", backend=backend, threads=1, workers=args.workers, timeout=600) as srv:
+                        headers = {"Content-Type": "application/octet-stream", **srv.headers()}
+                        http_call_factory(f"{srv.url}/predict", clip, headers)()()
+                        results["cold_start_s"][f"kserve/{key}"] = round(time.perf_counter() - t0, 2)
+                        measure(f"kserve/{key}", http_call_factory(f"{srv.url}/predict", clip, headers), levels, args.requests, args.warmup, srv.process.pid, results["rows"])
+                if "inprocess" in servers:
+                    from threadpoolctl import threadpool_limits
 
-        if not args.skip_inprocess:
-            # As in the handler: torch AND the BLAS/OpenMP pools at the same thread count.
-            # (Left at their default of one thread per core, numpy's BLAS alone made
-            # the in-process path 20x slower on a busy 2-core machine.)
-            from threadpoolctl import threadpool_limits
-
-            torch.set_num_threads(args.inprocess_threads)
-            threadpool_limits(args.inprocess_threads)
-            predictor = serving.Predictor(load_bundle(model_pt))
-            for _ in range(20):
-                predictor.predict(clip)
-            factory = inprocess_factory(predictor, clip)
-            for c in levels:
-                n = args.requests * (2 if c >= 16 else 1)
-                results["inprocess"][str(c)] = row = run_clients(factory, c, n)
-                print(f"  inprocess   c={c:<3d} {row['req_per_s']:7.1f} req/s  p50 {row['p50_ms']:6.1f} ms", flush=True)
+                    torch.set_num_threads(args.threads)
+                    threadpool_limits(args.threads)
+                    predictor = serving.Predictor(load_bundle(model_pt), backend=backend)
+                    measure(f"inprocess/{key}", inprocess_factory(predictor, clip), levels, args.requests, args.warmup, None, results["rows"])
 
     results["load_average_after"] = os.getloadavg()
-    overhead = {}
-    for c in levels:
-        ts, ip = results["torchserve"].get(str(c)), results["inprocess"].get(str(c))
-        if ts and ip:
-            overhead[str(c)] = {"p50_ratio": ts["p50_ms"] / ip["p50_ms"], "throughput_ratio": ts["req_per_s"] / ip["req_per_s"]}
-    results["overhead"] = overhead
-    c1 = results["torchserve"].get("1")
-    c16 = results["torchserve"].get("16")
-    results["targets"] = {
-        "p50_under_20ms_at_c1": bool(c1 and c1["p50_ms"] < 20.0),
-        "at_least_150_rps_at_c16": bool(c16 and c16["req_per_s"] >= 150.0),
-    }
-
     print()
-    print(f"{'path':<11} {'conc':>4} {'n':>5} {'err':>4} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'req/s':>8}")
-    for path in ("torchserve", "inprocess"):
-        for c in levels:
-            row = results[path].get(str(c))
-            if row:
-                print(f"{path:<11} {c:>4} {row['requests']:>5} {row['errors']:>4} {row['p50_ms']:>8.2f} {row['p95_ms']:>8.2f} {row['p99_ms']:>8.2f} {row['req_per_s']:>8.1f}")
-    for c, o in overhead.items():
-        print(f"overhead c={c}: TorchServe/in-process p50 x{o['p50_ratio']:.2f}, req/s x{o['throughput_ratio']:.2f}")
-    t = results["targets"]
-    print(f"targets: p50 < 20 ms at c=1: {'MET' if t['p50_under_20ms_at_c1'] else 'MISSED'}; "
-          f">= 150 req/s at c=16: {'MET' if t['at_least_150_rps_at_c16'] else 'MISSED'} "
-          f"(model: {args.arch}, random weights; load average after {results['load_average_after'][0]:.2f})")
+    print(f"{'path/model/backend':<28} {'conc':>4} {'n':>5} {'err':>4} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'req/s':>8}")
+    for name, rows in results["rows"].items():
+        for c, row in rows.items():
+            print(f"{name:<28} {c:>4} {row['requests']:>5} {row['errors']:>4} {row['p50_ms']:>8.2f} {row['p95_ms']:>8.2f} {row['p99_ms']:>8.2f} {row['req_per_s']:>8.1f}")
+    for name, secs in results["cold_start_s"].items():
+        print(f"cold start {name}: {secs} s (archive / model file to first answer)")
+    targets = {}
+    for name, rows in results["rows"].items():
+        if name.split("/")[1] == "optimal" and not name.startswith("inprocess"):
+            c1, c16 = rows.get("1"), rows.get("16")
+            targets[name] = {"p50_le_15ms_at_c1": bool(c1 and c1["p50_ms"] <= 15.0), "ge_150_rps_at_c16": bool(c16 and c16["req_per_s"] >= 150.0)}
+            print(f"targets {name}: p50 <= 15 ms at c=1 {'MET' if targets[name]['p50_le_15ms_at_c1'] else 'MISSED'}; "
+                  f">= 150 req/s at c=16 {'MET' if targets[name]['ge_150_rps_at_c16'] else 'MISSED'}")
+    results["targets"] = targets
+    print(f"load average before {results['load_average_before'][0]:.2f}, after {results['load_average_after'][0]:.2f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(f"wrote {args.out}")

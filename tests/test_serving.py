@@ -344,8 +344,10 @@ def test_test_clip_is_a_3s_16k_wav():
 # ------------------------------------------------------------------ shipped config files
 
 
-def test_config_template_and_kserve_examples_parse():
-    import yaml
+def test_config_template_parses():
+    """The annotated config.properties loads as TorchServe reads it. (The KServe objects,
+    once copied under serving/kserve, live in manifests/base/serving only and are
+    validated against KServe's CRDs in tests/test_serving_manifests.py.)"""
     from ts.model_server import load_properties
 
     from tests.conftest import REPO
@@ -357,6 +359,3 @@ def test_config_template_and_kserve_examples_parse():
     assert "disable_token_authorization" not in props
     entry = json.loads(props["models"])["ser"]["1.0"]
     assert (entry["batchSize"], entry["maxBatchDelay"], entry["minWorkers"]) == (4, 1, 2)
-    docs = [yaml.safe_load((REPO / "serving" / "kserve" / name).read_text()) for name in ("inferenceservice.yaml", "servingruntime.yaml")]
-    isvc, runtime = docs
-    assert isvc["kind"] == "InferenceService" and isvc["spec"]["predictor"]["model"]["runtime"] == runtime["metadata"]["name"]

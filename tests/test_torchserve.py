@@ -100,6 +100,9 @@ def test_package_outputs(built):
     assert "model_store=/mnt/models/model-store" in props
     snapshot = json.loads(props.split("model_snapshot=", 1)[1].splitlines()[0])
     assert snapshot["models"]["ser-tiny"]["1.0"]["batchSize"] == BATCH
+    from ser.package import read_runtime
+
+    assert read_runtime(built["mar"]).backend == "int8"  # the measured default travels in the .mar
 
 
 def test_server_settings(server):
@@ -115,9 +118,14 @@ def test_good_wav(server):
 
 def test_same_answer_as_in_process(server, built):
     clip = wav_bytes(tone(2.0, 22050), 22050)
-    local = serving.Predictor(models.load_bundle(built["model_pt"]), name="ser-tiny").predict(clip)
+    # The .mar's default backend is int8 (ser package --backend): the same backend in
+    # process gives the same answer; the eager fp32 reference stays close.
+    bundle = models.load_bundle(built["model_pt"])
+    local = serving.Predictor(bundle, name="ser-tiny", backend="int8").predict(clip)
+    eager = serving.Predictor(bundle, name="ser-tiny", backend="eager").predict(clip)
     remote = _ok(post(server, clip))
     assert list(remote["probabilities"].values()) == pytest.approx(list(local["probabilities"].values()), abs=1e-6)
+    assert list(remote["probabilities"].values()) == pytest.approx(list(eager["probabilities"].values()), abs=0.02)
 
 
 def test_other_ways_to_send_audio(server):

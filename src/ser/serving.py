@@ -327,12 +327,22 @@ class Predictor:
     {'label': 'angry', 'probabilities': {'happy': 0.01, ...}, 'model': 'ser', 'version': '1.0', ...}
     """
 
-    def __init__(self, bundle: Any, *, name: str | None = None, version: str | None = None, limits: Limits | None = None) -> None:
-        import torch  # heavy: only where a model is used
+    def __init__(
+        self,
+        bundle: Any,
+        *,
+        name: str | None = None,
+        version: str | None = None,
+        limits: Limits | None = None,
+        backend: str = "eager",
+        device: Any = None,
+    ) -> None:
+        from ser import inference  # heavy (torch): only where a model is used
 
-        self._torch = torch
         self.bundle = bundle
         self.model = bundle.model.eval()
+        #: How the network runs (:mod:`ser.inference`): eager fp32 is the reference.
+        self.engine = inference.prepare(self.model, backend, device)
         self.labels = tuple(bundle.labels)
         self.spec = FeatureSpec.from_dict(bundle.feature_spec)
         self.name = name or str(bundle.meta.get("name") or "ser")
@@ -356,18 +366,14 @@ class Predictor:
 
     def probabilities(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Feature images -> (n, classes) probabilities, one forward pass for the lot."""
-        torch = self._torch
         if not len(images):
             return np.zeros((0, len(self.labels)))
-        with torch.inference_mode():
-            if getattr(self.model, "takes_lengths", False):  # the plus network: frames of any length
-                from ser.plusnet import batch_frames
+        if getattr(self.engine.module, "takes_lengths", False):  # the plus network: frames of any length
+            from ser.plusnet import batch_frames
 
-                logits = self.model(*batch_frames(list(images))).float().cpu().numpy()
-            else:
-                batch = torch.from_numpy(np.stack(images).astype(np.float32, copy=False))
-                logits = self.model(batch).float().cpu().numpy()
-        return softmax(logits)
+            batch, lengths = batch_frames(list(images))
+            return softmax(self.engine(batch.numpy(), lengths))
+        return softmax(self.engine(np.stack(images)))
 
     def result(self, probs: np.ndarray, **extra: Any) -> dict[str, Any]:
         p = [float(v) for v in probs]

@@ -354,6 +354,9 @@ def start(
             "MKL_NUM_THREADS": "1",
             "NUMBA_NUM_THREADS": "1",
             "PYTHONWARNINGS": "ignore::DeprecationWarning",
+            # The handler reads the backend from the .mar; this carries a server-side
+            # override (ser serve --backend) without rebuilding the archive.
+            "SER_BACKEND": runtime.backend,
         }
     )
     child_env.update(env or {})

@@ -20,6 +20,11 @@ Batches
     idx)``) without failing the rest. The whole batch fails only when the worker
     itself is broken (model not loaded: PredictionException 503).
 
+Backend and device
+    The network runs as :mod:`ser.inference` says: the .mar's ``ser.backend`` (int8
+    linear layers by default; ``SER_BACKEND`` overrides, ``ser serve --backend``
+    sets it), on ``cuda:<gpu_id>`` when TorchServe gives the worker a GPU.
+
 Metric
     ``RejectedRequests`` (counter, dimension ``Reason``): requests refused with a
     4xx, on the prometheus endpoint as ``RejectedRequests{Reason="not_audio",...}``.
@@ -37,7 +42,7 @@ from ts.metrics.dimension import Dimension
 from ts.torch_handler.base_handler import BaseHandler
 from ts.utils.util import PredictionException
 
-from ser import serving
+from ser import inference, serving
 from ser.models import load_bundle
 
 logger = logging.getLogger(__name__)
@@ -122,11 +127,16 @@ class SerHandler(BaseHandler):
         _limit_threads(threads)
         path = os.path.join(model_dir, model_info.get("serializedFile", "model.pt"))
         bundle = load_bundle(path)
+        # TorchServe gives a worker a GPU through gpu_id (number_of_gpu > 0 in
+        # config.properties); without CUDA or without gpu_id the model stays on the CPU.
+        device = inference.pick_device(props.get("gpu_id"))
         self.predictor = serving.Predictor(
             bundle,
             name=model_info.get("modelName"),
             version=model_info.get("modelVersion"),
             limits=serving.Limits.from_dict(config.get("limits")),
+            backend=os.environ.get("SER_BACKEND", config.get("backend", "eager")),
+            device=device,
         )
         self.context = context
         self.manifest = manifest
@@ -134,7 +144,7 @@ class SerHandler(BaseHandler):
         # seconds. Pay that at load time, not on the first user's request.
         start = time.perf_counter()
         self.predictor.predict_many([serving.test_clip(3.0, self.predictor.spec.sample_rate or 16000)] * 2)
-        logger.info("ser model %s v%s ready (%d threads, warm-up %.1f s)", self.predictor.name, self.predictor.version, threads, time.perf_counter() - start)
+        logger.info("ser model %s v%s ready (%s, %d threads, warm-up %.1f s)", self.predictor.name, self.predictor.version, self.predictor.engine.description, threads, time.perf_counter() - start)
         _quiet_worker_logs(os.environ.get("SER_WORKER_LOG_LEVEL", "WARNING"))
         self.initialized = True
 

@@ -10,7 +10,13 @@ from ``ser`` so that it also runs as a plain script.
 
 from __future__ import annotations
 
+import argparse
+import json
+import shlex
+import shutil
+import subprocess
 import sys
+import time
 
 REGISTRY = "ghcr.io/ser-project"
 VERSION = "0.1.0"
@@ -40,9 +46,110 @@ IMAGES: dict[str, tuple[str, str, tuple[str, ...]]] = {
 }
 
 
+#: Where a base image made from Debian's packages lands (images/base-debian.sh).
+DEBIAN_PYTHON_IMAGE = "localhost/ser-python:3.11-bookworm"
+#: buildah without a daemon: vfs storage (no overlay mounts in containers) and chroot
+#: isolation (no user namespaces needed), as it runs on this project's dev machines.
+BUILDAH = ("buildah", "--storage-driver", "vfs")
+
+
+def detect_builder() -> str | None:
+    """``docker`` when a Docker daemon answers, else ``buildah`` when installed, else None.
+
+    A docker client without a daemon (common on CI runners and in containers) does not
+    count: ``docker build`` would fail only after the context upload.
+    """
+    if shutil.which("docker"):
+        probe = subprocess.run(["docker", "info"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        if probe.returncode == 0:
+            return "docker"
+    if shutil.which("buildah"):
+        return "buildah"
+    return None
+
+
+def build_argv(name: str, builder: str, python_image: str | None = None, torch_index_url: str | None = None,
+               torch_find_links: str | None = None, ca_bundle: str | None = None) -> list[str]:
+    """The command that builds image ``name`` from the repository root with ``builder``.
+
+    ``python_image`` replaces the Dockerfile's PYTHON_IMAGE base (a local Debian base where
+    the public one cannot be pulled); ``torch_find_links`` is a folder of wheels mounted
+    read-only into the build and searched before ``torch_index_url``; ``ca_bundle`` is a
+    host CA file mounted over the build's system bundle (a network whose HTTPS proxy signs
+    with its own CA), for RUN steps only: it is not stored in the image.
+    """
+    if name not in IMAGES:
+        raise ValueError(f"unknown image {name!r}; known: {', '.join(IMAGES)}")
+    image, dockerfile, build_args = IMAGES[name]
+    args = list(build_args)
+    if python_image:
+        args.append(f"PYTHON_IMAGE={python_image}")
+    if torch_index_url and not any(a.startswith("TORCH_INDEX_URL=") for a in build_args):
+        args.append(f"TORCH_INDEX_URL={torch_index_url}")
+    if builder == "docker":
+        argv = ["docker", "build"]
+        if torch_find_links:
+            raise ValueError("torch_find_links needs buildah (docker build cannot mount a host folder)")
+        if ca_bundle:
+            raise ValueError("ca_bundle needs buildah (docker build cannot mount a host file)")
+    elif builder == "buildah":
+        argv = [*BUILDAH, "bud", "--isolation", "chroot", "--layers"]
+        if torch_find_links:
+            argv += ["-v", f"{torch_find_links}:{torch_find_links}:ro"]
+            args.append(f"TORCH_FIND_LINKS={torch_find_links}")
+        if ca_bundle:
+            argv += ["-v", f"{ca_bundle}:/etc/ssl/certs/ca-certificates.crt:ro"]
+    else:
+        raise ValueError(f"unknown builder {builder!r} (docker or buildah)")
+    argv += ["-f", dockerfile, "-t", image]
+    for arg in args:
+        argv += ["--build-arg", arg]
+    return [*argv, "."]
+
+
+def image_size(image: str, builder: str) -> int | None:
+    """Bytes of a local image, None if the builder does not know it."""
+    if builder == "buildah":
+        proc = subprocess.run([*BUILDAH, "images", "--json", image], capture_output=True, text=True, check=False)
+        rows = json.loads(proc.stdout or "[]") if proc.returncode == 0 else []
+        return int(rows[0]["size"]) if rows else None
+    proc = subprocess.run(["docker", "image", "inspect", "--format", "{{.Size}}", image],
+                          capture_output=True, text=True, check=False)
+    return int(proc.stdout.strip()) if proc.returncode == 0 and proc.stdout.strip().isdigit() else None
+
+
+def build(names: list[str], builder: str, report: str | None = None, **options: str | None) -> int:
+    """Build ``names`` one after the other; print and (optionally) save time and size of each."""
+    rows = []
+    for name in names:
+        argv = build_argv(name, builder, **options)
+        print("+ " + shlex.join(argv), flush=True)
+        started = time.monotonic()
+        code = subprocess.run(argv, check=False).returncode
+        seconds = time.monotonic() - started
+        if code != 0:
+            print(f"building {name} failed with status {code} after {seconds:.0f} s", file=sys.stderr)
+            return code
+        size = image_size(IMAGES[name][0], builder)
+        rows.append({"image": name, "tag": IMAGES[name][0], "build_s": round(seconds, 1), "bytes": size})
+    print(f"\n{'image':<16} {'build s':>8} {'size MB':>8}")
+    for row in rows:
+        mb = f"{row['bytes'] / 1e6:.0f}" if row["bytes"] else "?"
+        print(f"{row['image']:<16} {row['build_s']:>8.0f} {mb:>8}")
+    if report:
+        from pathlib import Path
+
+        Path(report).parent.mkdir(parents=True, exist_ok=True)
+        Path(report).write_text(json.dumps({"builder": builder, "images": rows}, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``images.py``: one ``docker build`` argument line per image; ``images.py NAME``: its tag."""
+    """``images.py``: one ``docker build`` argument line per image; ``images.py NAME``: its tag;
+    ``images.py build [NAME ...]``: build them with Docker or buildah (``--help``)."""
     args = sys.argv[1:] if argv is None else argv
+    if args and args[0] in ("build", "builder"):
+        return _build_cli(args)
     if args:
         if args[0] not in IMAGES:
             print(f"unknown image {args[0]!r}; known: {', '.join(IMAGES)}", file=sys.stderr)
@@ -53,6 +160,42 @@ def main(argv: list[str] | None = None) -> int:
         extra = "".join(f" --build-arg {arg}" for arg in build_args)
         print(f"-f {dockerfile} -t {image}{extra}")
     return 0
+
+
+def _build_cli(args: list[str]) -> int:
+    if args[0] == "builder":
+        found = detect_builder()
+        print(found or "")
+        return 0 if found else 1
+    parser = argparse.ArgumentParser(prog="images.py build", description="Build the project's images with Docker "
+                                     "(when a daemon answers) or buildah (vfs storage, chroot isolation).")
+    parser.add_argument("names", nargs="*", default=list(IMAGES), help=f"images to build (default all: {', '.join(IMAGES)})")
+    parser.add_argument("--builder", choices=("docker", "buildah"), default=None,
+                        help="default: docker if its daemon answers, else buildah")
+    parser.add_argument("--python-image", default=None,
+                        help=f"base image instead of the Dockerfiles' default (e.g. {DEBIAN_PYTHON_IMAGE} from images/base-debian.sh)")
+    parser.add_argument("--torch-index-url", default=None, help="index of the torch wheel (CPU images)")
+    parser.add_argument("--torch-find-links", default=None, help="folder of local wheels searched first (buildah only)")
+    parser.add_argument("--ca-bundle", default=None,
+                        help="host CA bundle for the build's HTTPS (behind a TLS-intercepting proxy; buildah only)")
+    parser.add_argument("--report", default=None, help="write build times and sizes as JSON here")
+    ns = parser.parse_args(args[1:])
+    builder = ns.builder or detect_builder()
+    if builder is None:
+        print("building images needs Docker with a running daemon, or buildah "
+              "(Debian/Ubuntu: apt-get install -y buildah); neither was found", file=sys.stderr)
+        return 3
+    unknown = [n for n in ns.names if n not in IMAGES]
+    if unknown:
+        print(f"unknown image {unknown[0]!r}; known: {', '.join(IMAGES)}", file=sys.stderr)
+        return 2
+    try:
+        return build(ns.names, builder, report=ns.report, python_image=ns.python_image,
+                     torch_index_url=ns.torch_index_url, torch_find_links=ns.torch_find_links,
+                     ca_bundle=ns.ca_bundle)
+    except ValueError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -98,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
     Ctrl-C 130 and SIGTERM 143 after the command's own cleanup."""
     logging.basicConfig(level=getattr(args, "log_level", "INFO"), format="%(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
+    if hasattr(args, "no_progress") and not (sys.stdout.isatty() and sys.stderr.isatty()):
+        args.no_progress = True  # a log file or a pipe: progress bars would only fill it with carriage returns
     previous = None
     try:
         previous = signal.signal(signal.SIGTERM, _terminate)

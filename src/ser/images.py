@@ -144,12 +144,88 @@ def build(names: list[str], builder: str, report: str | None = None, **options: 
     return 0
 
 
+def kfp_step_argv(pipeline_yaml: str, executor: str, parameters: dict, output_dir: str) -> list[str]:
+    """The command a KFP launcher runs for ``executor`` of a compiled pipeline, with the
+    executor input (``{{$}}``) filled in: ``parameters`` and output files under ``output_dir``.
+    Running it in an image proves the image can execute that component as a cluster would."""
+    import yaml  # only this check needs PyYAML; the build path stays on the standard library
+
+    spec = next(iter(yaml.safe_load_all(open(pipeline_yaml, encoding="utf-8"))))
+    container = spec["deploymentSpec"]["executors"][executor]["container"]
+    outputs = {"parameters": {"Output": {"outputFile": f"{output_dir}/Output"}}, "outputFile": f"{output_dir}/executor_output.json"}
+    executor_input = json.dumps({"inputs": {"parameterValues": parameters}, "outputs": outputs})
+    return [*container["command"], *[executor_input if a == "{{$}}" else a for a in container["args"]]]
+
+
+def _run_in(image: str, argv: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
+    """``argv`` in a fresh working container of ``image`` (buildah), removed afterwards."""
+    ctr = subprocess.run([*BUILDAH, "from", "--quiet", image], capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        return subprocess.run([*BUILDAH, "run", "--isolation", "chroot", ctr, "--", *argv], capture_output=True, text=True,
+                              timeout=timeout, check=False)
+    finally:
+        subprocess.run([*BUILDAH, "rm", ctr], capture_output=True, check=False)
+
+
+def check_images(pipeline_yaml: str, port: int) -> list[tuple[str, bool, str]]:
+    """Run the built CPU and serving images (buildah): the CLI, a pipeline component as
+    KFP's launcher calls it, and TorchServe answering on ``port``. (check, passed, detail)."""
+    import urllib.request
+
+    results = []
+    proc = _run_in(CPU_IMAGE, ["ser", "--version"])
+    results.append(("cpu: ser --version", proc.stdout.strip() == f"ser {VERSION}", (proc.stdout + proc.stderr).strip()[-300:]))
+    proc = _run_in(CPU_IMAGE, ["ser", "--help"])
+    results.append(("cpu: ser --help", proc.returncode == 0 and "COMMAND" in proc.stdout, proc.stderr.strip()[-300:]))
+    argv = kfp_step_argv(pipeline_yaml, "exec-mlflow-run", {"name": "images-check", "mlflow_uri": "", "mlflow_experiment": "check"},
+                         "/tmp/kfp-outputs")
+    proc = _run_in(CPU_IMAGE, ["sh", "-c", 'mkdir -p /tmp/kfp-outputs && "$@" && cat /tmp/kfp-outputs/executor_output.json', "sh", *argv])
+    ok = proc.returncode == 0 and "MLflow parent run: (tracking off)" in proc.stdout and '"Output"' in proc.stdout
+    results.append(("cpu: KFP step mlflow-run via kfp.dsl.executor_main", ok, (proc.stdout + proc.stderr).strip()[-400:]))
+    ctr = subprocess.run([*BUILDAH, "from", "--quiet", SERVE_IMAGE], capture_output=True, text=True, check=True).stdout.strip()
+    config = (f"inference_address=http://127.0.0.1:{port}\\nmanagement_address=http://127.0.0.1:{port + 1}\\n"
+              f"metrics_address=http://127.0.0.1:{port + 2}\\n")
+    server = subprocess.Popen([*BUILDAH, "run", "--isolation", "chroot", ctr, "--", "sh", "-c",
+                               f'printf "{config}" > /tmp/ts.properties && exec torchserve --start --foreground --ncs '
+                               "--disable-token-auth --model-store /tmp --ts-config /tmp/ts.properties"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    answer, deadline = "", time.monotonic() + 180
+    try:
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                answer = urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2).read().decode()
+                break
+            except OSError:
+                time.sleep(1)
+    finally:
+        import os
+        import signal
+
+        try:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=30)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(server.pid, signal.SIGKILL)
+        log = server.stdout.read() if server.stdout else ""
+        subprocess.run([*BUILDAH, "rm", ctr], capture_output=True, check=False)
+    results.append(("serve: TorchServe answers GET /ping", '"Healthy"' in answer, answer.strip() or log[-400:]))
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     """``images.py``: one ``docker build`` argument line per image; ``images.py NAME``: its tag;
     ``images.py build [NAME ...]``: build them with Docker or buildah (``--help``)."""
     args = sys.argv[1:] if argv is None else argv
     if args and args[0] in ("build", "builder"):
         return _build_cli(args)
+    if args and args[0] == "check":
+        if len(args) != 3 or not args[2].isdigit():
+            print("usage: images.py check COMPILED_PIPELINE_YAML PORT", file=sys.stderr)
+            return 2
+        results = check_images(args[1], int(args[2]))
+        for name, ok, detail in results:
+            print(f"{'ok  ' if ok else 'FAIL'} {name}" + ("" if ok else f"\n     {detail}"))
+        return 0 if all(ok for _n, ok, _d in results) else 1
     if args:
         if args[0] not in IMAGES:
             print(f"unknown image {args[0]!r}; known: {', '.join(IMAGES)}", file=sys.stderr)

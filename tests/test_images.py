@@ -393,3 +393,9 @@ def test_the_kfp_step_command_runs_a_component_as_the_launcher_would(tmp_path):
     assert "MLflow parent run: (tracking off)" in proc.stdout
     written = json.loads((tmp_path / "out" / "executor_output.json").read_text())
     assert written["parameterValues"] == {"Output": ""}  # tracking off: the empty run id, as a cluster step returns it
+
+
+def test_sizes_as_buildah_prints_them():
+    assert images.parse_size("2.46 GB") == 2_460_000_000 and images.parse_size("207 MB") == 207_000_000
+    with pytest.raises(KeyError):
+        images.parse_size("3 parsecs")

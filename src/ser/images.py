@@ -107,12 +107,19 @@ def build_argv(name: str, builder: str, python_image: str | None = None, torch_i
     return [*argv, "."]
 
 
+def parse_size(text: str) -> int:
+    """Bytes of a size as buildah prints it ("2.46 GB", "207 MB": decimal units)."""
+    number, _, unit = text.strip().partition(" ")
+    scale = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}[unit.strip().upper()]
+    return int(float(number) * scale)
+
+
 def image_size(image: str, builder: str) -> int | None:
     """Bytes of a local image, None if the builder does not know it."""
     if builder == "buildah":
         proc = subprocess.run([*BUILDAH, "images", "--json", image], capture_output=True, text=True, check=False)
         rows = json.loads(proc.stdout or "[]") if proc.returncode == 0 else []
-        return int(rows[0]["size"]) if rows else None
+        return parse_size(str(rows[0]["size"])) if rows else None
     proc = subprocess.run(["docker", "image", "inspect", "--format", "{{.Size}}", image],
                           capture_output=True, text=True, check=False)
     return int(proc.stdout.strip()) if proc.returncode == 0 and proc.stdout.strip().isdigit() else None

@@ -6,6 +6,11 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
+# Where the torch build comes from: the CPU wheels by default (PyPI's plain torch is a
+# multi-GB CUDA build). pip picks 2.13.0+cpu over PyPI's 2.13.0 since a local version
+# sorts higher. A GPU workstation: `make setup TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126`;
+# only pip's own configuration (a mirror, a wheel folder): `make setup TORCH_INDEX_URL=`.
+TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
 
 .PHONY: setup demo test test-fast bench compile clean help
 .DEFAULT_GOAL := help
@@ -16,8 +21,8 @@ help:  ## list the targets
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build
-	$(PY) -m pip install -q torch==2.13.0
+	# torch first and pinned, from TORCH_INDEX_URL: an unpinned torch pulls a multi-GB CUDA build
+	$(PY) -m pip install -q torch==2.13.0 $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL))
 	$(PY) -m pip install -q -e '.[test]'
 	@touch $(STAMP)
 

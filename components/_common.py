@@ -36,9 +36,11 @@ def with_s3_keys(task: dsl.PipelineTask) -> dsl.PipelineTask:
     return task
 
 
-def on_v100(task: dsl.PipelineTask, gpus: int = 1) -> dsl.PipelineTask:
+def on_v100(task: dsl.PipelineTask, gpus: int = 1, cpu: str = "4", memory: str = "16G") -> dsl.PipelineTask:
     """Schedule a GPU step on the V100 node pool: accelerator type and limit, the node
-    selector and the toleration of ``ser.gpu`` (the same the gpu-v100 manifests use)."""
+    selector and the toleration of ``ser.gpu`` (the same the gpu-v100 manifests use),
+    and CPU/memory requests = limits (data loading and the host copy of the model)."""
+    cpu_resources(task, cpu=cpu, memory=memory)
     task.set_accelerator_type(gpu.GPU_RESOURCE)
     task.set_accelerator_limit(gpus)
     for key, value in gpu.V100_NODE_SELECTOR.items():
@@ -49,7 +51,31 @@ def on_v100(task: dsl.PipelineTask, gpus: int = 1) -> dsl.PipelineTask:
 
 
 def cpu_resources(task: dsl.PipelineTask, cpu: str = "1", memory: str = "4G") -> dsl.PipelineTask:
-    """Requests for CPU steps (the scheduler needs them; limits are left to the namespace)."""
-    task.set_cpu_request(cpu)
-    task.set_memory_request(memory)
+    """CPU and memory requests with equal limits: the scheduler places the pod by its
+    requests, and the limits keep one runaway step from starving its node's neighbours
+    (equal values also give the pod the Guaranteed QoS class: last to be evicted)."""
+    task.set_cpu_request(cpu).set_cpu_limit(cpu)
+    task.set_memory_request(memory).set_memory_limit(memory)
+    return task
+
+
+#: Retries of steps that talk to S3 or MLflow: a restarting server or a dropped
+#: connection should cost a retry, not the pipeline run. 30 s, 60 s, 120 s apart.
+IO_RETRIES = 3
+IO_BACKOFF = "30s"
+IO_BACKOFF_FACTOR = 2.0
+IO_BACKOFF_MAX = "600s"
+
+
+def retry_io(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """Retry with exponential backoff (the step must be safe to rerun: ours write
+    their outputs fresh, and S3 uploads overwrite the same keys)."""
+    return task.set_retry(num_retries=IO_RETRIES, backoff_duration=IO_BACKOFF, backoff_factor=IO_BACKOFF_FACTOR,
+                          backoff_max_duration=IO_BACKOFF_MAX)
+
+
+def time_limit(task: dsl.PipelineTask, minutes: int) -> dsl.PipelineTask:
+    """The pod's activeDeadlineSeconds: a step that hangs (a stalled download, a wedged
+    GPU) fails after ``minutes`` instead of holding its node forever."""
+    kubernetes.set_timeout(task, seconds=int(minutes * 60))
     return task

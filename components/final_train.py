@@ -20,7 +20,6 @@ def op(base_image: str = GPU_IMAGE):
         device: str,
         mlflow_uri: str,
         mlflow_experiment: str,
-        parent_run: str,
         model: Output[Model],
         metrics: Output[Metrics],
         confusion: Output[ClassificationMetrics],
@@ -38,8 +37,7 @@ def op(base_image: str = GPU_IMAGE):
         gpu.check_gpu_arch()
         steps.configure(mlflow_uri=mlflow_uri, experiment=mlflow_experiment)
         data = steps.final_train(features.path, model.path, ranking_dir=ranking.path if ranking is not None else None, config=config,
-                                 feature=feature, size=size, epochs=epochs, eval_every=eval_every, seed=seed, device=device,
-                                 parent_run=parent_run)
+                                 feature=feature, size=size, epochs=epochs, eval_every=eval_every, seed=seed, device=device)
         for key, value in steps.kfp_scalars(data, ("accuracy", "macro_f1", "loss", "best_epoch", "epochs_run", "seconds_per_epoch")).items():
             metrics.log_metric(key, value)
         confusion.log_confusion_matrix(list(data["labels"]), data["confusion_matrix"])

@@ -18,20 +18,19 @@ def recipe_op(base_image: str = CPU_IMAGE):
         trials_stage3: int,
         search_epochs: int,
         stage4_epochs: int,
-        parent_run: str,
         features: Input[Dataset],
         resolved: Output[Artifact],
         summary: Output[Markdown],
     ) -> List[Dict]:
         """recipe: a shipped name (study, demo) or YAML text; trials/epochs/folds 0 and seed -1
         keep the recipe's values. Returns stage 1's parameter vectors (the first
-        ParallelFor). The resolved recipe also carries ``parent_run`` (the MLflow run
-        the fold steps nest under), so steps inside a ParallelFor read it from there."""
+        ParallelFor). No MLflow run id comes in: it would change the cache key of this
+        and every later step on each pipeline run (the link step nests the runs)."""
         from ser import files
         from ser import pipeline_steps as steps
 
         info = steps.resolve_recipe(recipe, resolved.path, seed=seed, folds=folds, trials=(trials_stage1, trials_stage2, trials_stage3),
-                                    search_epochs=search_epochs, final_stage_epochs=stage4_epochs, parent_run=parent_run)
+                                    search_epochs=search_epochs, final_stage_epochs=stage4_epochs)
         vectors = steps.plan_stage(resolved.path, info["stages"][0], features.path)
         files.write_text(summary.path, info.pop("markdown") + f"\n\nStage {info['stages'][0]}: {len(vectors)} vectors.\n")
         resolved.metadata.update({"recipe": info["name"], "hash": info["hash"], "stage1_vectors": len(vectors)})

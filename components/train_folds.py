@@ -21,8 +21,9 @@ def op(base_image: str = GPU_IMAGE):
         curves: Output[HTML],
     ) -> float:
         """``item``: {"stage", "id", "vector"} planned by the recipe or rank step. Returns the
-        mean macro F1 over folds. (The MLflow parent run comes from the recipe artifact:
-        kfp's local runner cannot pass a task's output parameter into a ParallelFor body.)"""
+        mean macro F1 over folds. Its MLflow run (if tracked) is recorded in ``result``
+        and nested under the pipeline's run by the uncached link step, so no run id
+        enters this step's cache key."""
         from ser import gpu
         from ser import files
         from ser import pipeline_steps as steps

@@ -19,7 +19,6 @@ def op(base_image: str = GPU_IMAGE):
         device: str,
         mlflow_uri: str,
         mlflow_experiment: str,
-        parent_run: str,
         tuned: Output[Model],
         metrics: Output[Metrics],
         confusion: Output[ClassificationMetrics],
@@ -33,7 +32,7 @@ def op(base_image: str = GPU_IMAGE):
         gpu.check_gpu_arch()
         steps.configure(mlflow_uri=mlflow_uri, experiment=mlflow_experiment)
         data = steps.transfer(model.path, features.path, tuned.path, freeze=freeze, lrs=lrs, batches=batches, epochs=epochs,
-                              eval_every=eval_every, seed=seed, device=device, parent_run=parent_run)
+                              eval_every=eval_every, seed=seed, device=device)
         for key, value in steps.kfp_scalars(data).items():
             metrics.log_metric(key, value)
         confusion.log_confusion_matrix(list(data["labels"]), data["confusion_matrix"])

@@ -1,26 +1,57 @@
 # Container images and Kubernetes manifests (included by the Makefile: -include mk/*.mk).
-#   make images      docker build of the images in src/ser/images.py (needs Docker with
-#                    BuildKit, which this project's dev machines and CI do not have;
-#                    run it on a workstation or in a CI job with a Docker daemon)
-#   make push-images docker push of the same tags (after `docker login REGISTRY`)
-#   make manifests   kubectl kustomize of every overlay into build/manifests/OVERLAY.yaml
-#                    (offline; `kubectl apply -f` those files, or `kubectl apply -k`)
+#   make images        build the images of src/ser/images.py with Docker when its daemon
+#                      answers, else with buildah (no daemon: vfs storage, chroot isolation)
+#   make images-check  build the CPU and serving images with buildah on a base made from
+#                      Debian's packages, then run them: `ser --version/--help`, a pipeline
+#                      component as KFP's launcher calls it, TorchServe answering /ping
+#                      (needs root, buildah and debootstrap: apt-get install -y buildah debootstrap)
+#   make push-images   docker push of the same tags (after `docker login REGISTRY`)
+#   make manifests     kubectl kustomize of every overlay into build/manifests/OVERLAY.yaml
+#
+# Variables: IMAGE_BUILDER (docker|buildah, default: detected), PYTHON_IMAGE (base image;
+# images-check default: the Debian-made localhost/ser-python:3.11-bookworm),
+# TORCH_FIND_LINKS (a folder holding the torch wheel, mounted into buildah builds),
+# TORCH_INDEX_URL (index for torch when TORCH_FIND_LINKS is set; default PyPI, since the
+# local +cpu wheel outranks PyPI's plain build), CA_BUNDLE (host CA file for the build's
+# HTTPS behind an intercepting proxy), IMAGES (names to build, default all).
 
 DOCKER        ?= docker
 KUBECTL       ?= kubectl
-# Runs src/ser/images.py as a plain script: needs only python3, not the venv.
+# Runs src/ser/images.py as a plain script: the build path needs only python3, not the venv.
 IMAGES_PY     ?= python3 src/ser/images.py
 OVERLAYS      ?= $(notdir $(wildcard manifests/overlays/*))
 MANIFESTS_DIR ?= build/manifests
+IMAGE_BUILDER ?=
+PYTHON_IMAGE  ?=
+DEBIAN_BASE   ?= localhost/ser-python:3.11-bookworm
+TORCH_FIND_LINKS ?=
+CA_BUNDLE     ?=
+IMAGES        ?=
+IMAGES_CHECK_PORT ?= 18480
 
-.PHONY: images push-images manifests
 
-images:  ## docker build the CPU, V100 and serving images (needs Docker + BuildKit)
-	@command -v $(DOCKER) >/dev/null || { echo "make images needs Docker ($(DOCKER) not found)"; exit 1; }
-	@$(IMAGES_PY) | while read -r args; do \
-	  echo "$(DOCKER) build $$args ."; \
-	  DOCKER_BUILDKIT=1 $(DOCKER) build $$args . || exit 1; \
-	done
+BUILD_OPTS = $(if $(IMAGE_BUILDER),--builder $(IMAGE_BUILDER)) $(if $(PYTHON_IMAGE),--python-image $(PYTHON_IMAGE)) \
+  $(if $(TORCH_FIND_LINKS),--torch-find-links $(TORCH_FIND_LINKS) --torch-index-url https://pypi.org/simple) \
+  $(if $(CA_BUNDLE),--ca-bundle $(CA_BUNDLE)) --report build/images/report.json
+
+.PHONY: images images-base images-check push-images manifests
+
+images:  ## build the images (Docker if its daemon answers, else buildah); times and sizes in build/images/report.json
+	$(IMAGES_PY) build $(IMAGES) $(BUILD_OPTS)
+
+images-base:  ## make the Python 3.11 base image from Debian's packages (buildah + debootstrap, root)
+	@command -v buildah >/dev/null && buildah --storage-driver vfs inspect --type image $(DEBIAN_BASE) >/dev/null 2>&1 \
+	  || images/base-debian.sh $(DEBIAN_BASE)
+
+images-check: PYTHON_IMAGE := $(or $(PYTHON_IMAGE),$(DEBIAN_BASE))
+images-check: IMAGE_BUILDER := buildah
+images-check: setup  ## build the CPU + serving images with buildah and run them (CLI, a KFP step, TorchServe)
+	@command -v buildah >/dev/null || { echo "make images-check needs buildah, which builds and runs images without a daemon" \
+	  "(Debian/Ubuntu: apt-get install -y buildah debootstrap; run as root)"; exit 3; }
+	@[ "$(PYTHON_IMAGE)" != "$(DEBIAN_BASE)" ] || $(MAKE) --no-print-directory images-base
+	$(IMAGES_PY) build cpu serve $(BUILD_OPTS)
+	$(VENV)/bin/ser pipeline compile --out build/pipelines
+	$(PY) src/ser/images.py check build/pipelines/ser_study.yaml $(IMAGES_CHECK_PORT)
 
 push-images:  ## docker push the image tags of src/ser/images.py
 	@for name in cpu gpu-v100 serve serve-gpu-v100; do \

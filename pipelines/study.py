@@ -7,6 +7,13 @@ collected results (and plan the next stage's vectors) -> final training of the
 winner -> evaluate -> Greek transfer -> evaluate -> for each language: compare with
 its published champion -> publish (ser-english, ser-greek).
 
+Caching: every step that depends only on data and parameters is cacheable; the
+uncached ones are those that look at the outside world (data fingerprint, MLflow
+parent run, champion comparison, publication, run linking), and no id they make
+flows into a cached step (tests/test_pipelines.py checks the compiled YAML). Every
+step has CPU and memory requests and limits (GPU steps a GPU limit), a time limit,
+and steps that talk to S3 or MLflow retry with exponential backoff.
+
 Budgets are parameters: the recipe (``study`` or ``demo``, or YAML text), vectors
 per stage (``trials_stage1..3``, 0 = the recipe's), ``search_epochs`` (maximum of the
 early-stopped stages), ``stage4_epochs``, ``final_epochs``, ``transfer_epochs``.
@@ -15,7 +22,7 @@ early-stopped stages), ``stage4_epochs``, ``final_epochs``, ``transfer_epochs``.
 from kfp import dsl
 
 from components import augment, evaluate, features, final_train, ingest, plan, publish, rank, track, train_folds, transfer
-from components._common import CPU_IMAGE, GPU_IMAGE, cpu_resources, on_v100, with_s3_keys
+from components._common import CPU_IMAGE, GPU_IMAGE, cpu_resources, on_v100, retry_io, time_limit, with_s3_keys
 
 #: Stages of the study's search (the recipe must have stages 1..STAGES).
 STAGES = 4
@@ -30,6 +37,7 @@ def build_study(cpu_image: str = CPU_IMAGE, gpu_image: str = GPU_IMAGE, parallel
     """The ``ser_study`` pipeline on these images, with this fan-out limit."""
     ingest_op, augment_op, features_op = ingest.op(cpu_image), augment.op(cpu_image), features.op(cpu_image)
     track_op, recipe_op, rank_op = track.op(cpu_image), plan.recipe_op(cpu_image), rank.op(cpu_image)
+    fingerprint_op, link_op = ingest.fingerprint_op(cpu_image), track.link_op(cpu_image)
     folds_op, final_op, transfer_op = train_folds.op(gpu_image), final_train.op(gpu_image), transfer.op(gpu_image)
     evaluate_op, compare_op, publish_op = evaluate.op(cpu_image), publish.compare_op(cpu_image), publish.op(cpu_image)
 
@@ -70,30 +78,48 @@ def build_study(cpu_image: str = CPU_IMAGE, gpu_image: str = GPU_IMAGE, parallel
         mlflow_uri: str = "http://mlflow.kubeflow:5000",
         mlflow_experiment: str = "ser",
     ):
-        # ---- data
-        en = ingest_op(data_bucket=data_bucket, corpora=english_corpora, select=select, seed=seed, s3_endpoint=s3_endpoint)
-        en.set_display_name("ingest English").set_caching_options(False)
-        gr = ingest_op(data_bucket=data_bucket, corpora=greek_corpora, select="all", seed=seed, s3_endpoint=s3_endpoint)
-        gr.set_display_name("ingest Greek").set_caching_options(False)
+        # ---- data: an uncached fingerprint of the bucket keys the cached ingest steps
+        en_fp = fingerprint_op(data_bucket=data_bucket, corpora=english_corpora, s3_endpoint=s3_endpoint)
+        en_fp.set_display_name("fingerprint English data").set_caching_options(False)
+        gr_fp = fingerprint_op(data_bucket=data_bucket, corpora=greek_corpora, s3_endpoint=s3_endpoint)
+        gr_fp.set_display_name("fingerprint Greek data").set_caching_options(False)
+        en = ingest_op(data_bucket=data_bucket, corpora=english_corpora, select=select, seed=seed, s3_endpoint=s3_endpoint,
+                       fingerprint=en_fp.output)
+        en.set_display_name("ingest English")
+        gr = ingest_op(data_bucket=data_bucket, corpora=greek_corpora, select="all", seed=seed, s3_endpoint=s3_endpoint,
+                       fingerprint=gr_fp.output)
+        gr.set_display_name("ingest Greek")
         aug = augment_op(table=en.outputs["table"], corpora=augment_corpora, mode=augment_mode, seed=seed)
         aug.set_display_name("augment TESS")
         en_feat = features_op(table=aug.outputs["augmented"], corpus=en.outputs["table"], kinds=feature_kinds, sizes=feature_sizes, labels="english")
         en_feat.set_display_name("features English")
         gr_feat = features_op(table=gr.outputs["table"], corpus=gr.outputs["table"], kinds=feature_kinds, sizes=feature_sizes, labels="greek")
         gr_feat.set_display_name("features Greek")
-        for task in (en, gr):
+        for task in (en_fp, gr_fp, en, gr):
             with_s3_keys(task)
+            retry_io(task)
+        for task in (en_fp, gr_fp):
+            cpu_resources(task, cpu="250m", memory="512M")
+            time_limit(task, minutes=10)
         for task in (en, gr, aug, en_feat, gr_feat):
             cpu_resources(task, cpu="2", memory="8G")
+            time_limit(task, minutes=120)
 
-        # ---- search: ParallelFor(train folds) -> rank (which plans the next stage), four times
+        # ---- search: ParallelFor(train folds) -> rank (which plans the next stage), four times.
+        # The MLflow parent run is opened by an uncached step whose id reaches only uncached
+        # steps (link, publish): a per-run id in a cached step's inputs would miss the cache.
         run = track_op(name="ser study", mlflow_uri=mlflow_uri, mlflow_experiment=mlflow_experiment)
         run.set_display_name("MLflow run").set_caching_options(False)
+        retry_io(run)
+        cpu_resources(run, cpu="250m", memory="1G")
+        time_limit(run, minutes=10)
         parent = run.output
         rec = recipe_op(recipe=recipe, seed=seed, folds=folds, trials_stage1=trials_stage1, trials_stage2=trials_stage2,
-                        trials_stage3=trials_stage3, search_epochs=search_epochs, stage4_epochs=stage4_epochs, parent_run=parent,
+                        trials_stage3=trials_stage3, search_epochs=search_epochs, stage4_epochs=stage4_epochs,
                         features=en_feat.outputs["features"])
         rec.set_display_name("search recipe + stage 1 plan")
+        cpu_resources(rec, cpu="1", memory="2G")
+        time_limit(rec, minutes=15)
         # Loop items come from a task's single return value ("Output"), and the loop body
         # takes no output parameter of another task: the two forms kfp's local runner handles.
         vectors, ranking = rec.outputs["Output"], None
@@ -103,27 +129,43 @@ def build_study(cpu_image: str = CPU_IMAGE, gpu_image: str = GPU_IMAGE, parallel
                                      mlflow_uri=mlflow_uri, mlflow_experiment=mlflow_experiment)
                 fold_task.set_display_name(f"stage {stage}: train folds")
                 on_v100(fold_task)
+                retry_io(fold_task)  # it writes to MLflow
+                time_limit(fold_task, minutes=360)
             extra = {"previous": ranking} if ranking is not None else {}
             ranked = rank_op(stage=stage, next_stage=stage + 1 if stage < stages else 0, recipe=rec.outputs["resolved"],
                              features=en_feat.outputs["features"], results=dsl.Collected(fold_task.outputs["result"]), **extra)
             ranked.set_display_name(f"stage {stage}: rank" + (f" + stage {stage + 1} plan" if stage < stages else ""))
+            cpu_resources(ranked, cpu="1", memory="2G")
+            time_limit(ranked, minutes=15)
             ranking, vectors = ranked.outputs["ranking"], ranked.outputs["Output"]
 
         # ---- final model, evaluation, transfer, publication
         final = final_op(features=en_feat.outputs["features"], config={}, feature="", size="0", epochs=final_epochs,
                          eval_every=final_eval_every, seed=-1, device=device, mlflow_uri=mlflow_uri,
-                         mlflow_experiment=mlflow_experiment, parent_run=parent, ranking=ranking)
+                         mlflow_experiment=mlflow_experiment, ranking=ranking)
         final.set_display_name("final training")
         on_v100(final)
         ev_en = evaluate_op(model=final.outputs["model"], features=en_feat.outputs["features"], rows="test")
         ev_en.set_display_name("evaluate English")
         tr = transfer_op(model=final.outputs["model"], features=gr_feat.outputs["features"], freeze=transfer_freeze, lrs=transfer_lrs,
                          batches=transfer_batches, epochs=transfer_epochs, eval_every=transfer_eval_every, seed=seed, device=device,
-                         mlflow_uri=mlflow_uri, mlflow_experiment=mlflow_experiment, parent_run=parent)
+                         mlflow_uri=mlflow_uri, mlflow_experiment=mlflow_experiment)
         tr.set_display_name("Greek transfer")
         on_v100(tr)
+        for task in (final, tr):
+            retry_io(task)
+            time_limit(task, minutes=720)
         ev_gr = evaluate_op(model=tr.outputs["tuned"], features=gr_feat.outputs["features"], rows="test")
         ev_gr.set_display_name("evaluate Greek")
+        for task in (ev_en, ev_gr):
+            cpu_resources(task, cpu="2", memory="4G")
+            time_limit(task, minutes=60)
+        link = link_op(parent_run=parent, mlflow_uri=mlflow_uri, mlflow_experiment=mlflow_experiment, ranking=ranking,
+                       model=final.outputs["model"], tuned=tr.outputs["tuned"])
+        link.set_display_name("nest MLflow runs").set_caching_options(False)
+        retry_io(link)
+        cpu_resources(link, cpu="250m", memory="1G")
+        time_limit(link, minutes=10)
         # each language's model against its own champion, then archived and registered
         published = []
         for lang, model, feats, report, name in (("English", final.outputs["model"], en_feat, ev_en, model_name),
@@ -139,6 +181,9 @@ def build_study(cpu_image: str = CPU_IMAGE, gpu_image: str = GPU_IMAGE, parallel
             published.append(pub)
             for task in (cmp, pub):
                 with_s3_keys(task)
+                retry_io(task)
+                cpu_resources(task, cpu="1", memory="4G")
+                time_limit(task, minutes=30)
 
     return ser_study
 

@@ -22,7 +22,7 @@ from ser import pipeline_steps as steps
 from ser.dataset import FeatureSet
 from ser.features import FeatureSpec
 from ser.images import CPU_IMAGE, GPU_IMAGE
-from tests.servers import s3_server  # noqa: F401
+from tests.servers import mlflow_server, s3_server, tracking_env  # noqa: F401
 
 DATA, MODELS = "ser-data-components", "ser-models-components"
 TINY_CONFIG = {"arch": {"cnn": "squirtle", "conv_channels": [4, 4, 4], "conv_kernels": [3, 3, 3], "pool_kernels": [2, 3, 3],
@@ -204,7 +204,7 @@ def test_search_components_recipe_train_folds_rank(prepared, s3_server, tmp_path
         feats = _imp(prepared / "features")
         run = track_op(name="t", mlflow_uri="", mlflow_experiment="t")
         rec = recipe_op(recipe="demo", seed=0, folds=2, trials_stage1=2, trials_stage2=1, trials_stage3=1, search_epochs=1,
-                        stage4_epochs=1, parent_run=run.output, features=feats)
+                        stage4_epochs=1, features=feats)
         with dsl.ParallelFor(rec.outputs["Output"], parallelism=2) as item:
             t = folds_op(item=item, recipe=rec.outputs["resolved"], features=feats, device="cpu", mlflow_uri="", mlflow_experiment="t")
         rank_op(stage=1, next_stage=2, recipe=rec.outputs["resolved"], features=feats, results=dsl.Collected(t.outputs["result"]))
@@ -235,10 +235,10 @@ def test_training_components_final_evaluate_transfer(prepared, s3_server, tmp_pa
     def p():
         feats, gr = _imp(prepared / "features"), _imp(prepared / "features-gr")
         f = final_op(features=feats, config=TINY_CONFIG, feature="mel", size="30", epochs=2, eval_every=1, seed=0, device="cpu",
-                     mlflow_uri="", mlflow_experiment="t", parent_run="")
+                     mlflow_uri="", mlflow_experiment="t")
         eval_op(model=f.outputs["model"], features=feats, rows="test")
         t = transfer_op(model=f.outputs["model"], features=gr, freeze="g", lrs="1e-3", batches="8", epochs=2, eval_every=1, seed=0,
-                        device="cpu", mlflow_uri="", mlflow_experiment="t", parent_run="")
+                        device="cpu", mlflow_uri="", mlflow_experiment="t")
         eval_op(model=t.outputs["tuned"], features=gr, rows="test")
 
     run = _run(p, tmp_path, s3_server)
@@ -302,3 +302,52 @@ def test_wrong_key_and_missing_bucket_fail_naming_endpoint_and_bucket(corpora, s
         pr.run_local(p, {"bucket": "no-such-bucket"}, tmp_path / "out", env=s3_server.env(), log=tmp_path / "bucket.log", echo=False)
     log = (tmp_path / "bucket.log").read_text()
     assert "bucket 'no-such-bucket' does not exist" in log and s3_server.url in log
+
+
+# --------------------------------------------------------------------------- cache keys that follow the data, runs linked afterwards
+
+
+@pytest.mark.integration
+def test_data_fingerprint_follows_the_objects_and_ingest_refuses_changed_data(corpora, s3_server, tmp_path, monkeypatch):  # noqa: F811
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    pairs = corpora["params"]["english_corpora"]
+    before = steps.data_fingerprint(DATA, pairs)
+    assert steps.data_fingerprint(DATA, pairs) == before  # same objects, same key: the ingest step is a cache hit
+    name, prefix = steps.parse_pairs(pairs)[0]
+    store = s3_server.store()
+    extra = tmp_path / "extra.txt"
+    extra.write_text("one more object")
+    store.put_file(DATA, f"{prefix.strip('/')}/zz-extra/extra.txt", extra)
+    try:
+        after = steps.data_fingerprint(DATA, pairs)
+        assert after != before  # new data, new key: ingest runs again
+        with pytest.raises(ValueError, match="changed since the pipeline fingerprinted it"):
+            steps.ingest(DATA, pairs, tmp_path / "ingest", fingerprint=before)
+        info = steps.ingest(DATA, pairs, tmp_path / "ingest", fingerprint=after)
+        assert info["fingerprint"] == after and info["rows"] > 0
+    finally:
+        store.client.remove_object(DATA, f"{prefix.strip('/')}/zz-extra/extra.txt")
+    with pytest.raises(FileNotFoundError, match="holds no objects"):
+        steps.data_fingerprint(DATA, "ravdess=corpora/nothing-here")
+
+
+@pytest.mark.integration
+def test_runs_of_cached_steps_are_nested_under_the_pipeline_run_afterwards(tracking_env, tmp_path):  # noqa: F811
+    from mlflow.tracking import MlflowClient
+
+    step = tmp_path / "final"
+    with steps.tracking_run("", "final training", "final", record_dir=step) as tracker:
+        assert tracker.enabled
+    child = json.loads((step / steps.RUN_FILE).read_text())["run_id"]
+    first = steps.open_pipeline_run("study 1", {})
+    assert steps.link_runs(first, [step, None]) == 1
+    client = MlflowClient()
+    assert client.get_run(child).data.tags["mlflow.parentRunId"] == first
+    # a second pipeline run whose step was a cache hit: the run keeps its first parent, the new one lists it
+    second = steps.open_pipeline_run("study 2", {})
+    assert steps.link_runs(second, [step]) == 1
+    assert client.get_run(child).data.tags["mlflow.parentRunId"] == first
+    listed = json.loads(Path(client.download_artifacts(second, "linked_runs.json", str(tmp_path))).read_text())
+    assert listed == {"nested": [], "reused_from_cache": [child]}
+    assert steps.link_runs("", [step]) == 0  # tracking off for the pipeline: nothing to do

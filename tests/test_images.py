@@ -7,6 +7,7 @@ start-up check, the Java 17 serving image; the entrypoints run for real with stu
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -322,3 +323,63 @@ def test_pipeline_code_uses_the_image_constants():
                 if ref not in known:
                     stale.append(f"{path.relative_to(REPO)}: {ref}")
     assert not stale, "image tags that are not in src/ser/images.py:\n" + "\n".join(stale)
+
+
+# ------------------------------------------------ the build driver (make images / images-check), without building
+def test_buildah_build_mounts_the_wheel_folder_and_ca_and_sets_the_base():
+    argv = images.build_argv("serve", "buildah", python_image=images.DEBIAN_PYTHON_IMAGE, torch_index_url="https://pypi.org/simple",
+                             torch_find_links="/opt/wheels", ca_bundle="/etc/ssl/certs/ca-certificates.crt")
+    assert argv[:6] == ["buildah", "--storage-driver", "vfs", "bud", "--isolation", "chroot"] and argv[-1] == "."
+    assert ["-v", "/opt/wheels:/opt/wheels:ro"] == argv[argv.index("-v"):argv.index("-v") + 2]
+    assert "/etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro" in argv
+    build_args = [argv[i + 1] for i, a in enumerate(argv) if a == "--build-arg"]
+    assert build_args == [f"PYTHON_IMAGE={images.DEBIAN_PYTHON_IMAGE}", "TORCH_INDEX_URL=https://pypi.org/simple",
+                          "TORCH_FIND_LINKS=/opt/wheels"]
+    assert argv[argv.index("-t") + 1] == images.SERVE_IMAGE and argv[argv.index("-f") + 1] == "images/Dockerfile.serve"
+    # every build arg the driver sets is declared by the Dockerfile (an undeclared one would be ignored)
+    declared = arg_defaults(DOCKERFILES["serve"])
+    assert {a.split("=")[0] for a in build_args} <= set(declared)
+
+
+def test_a_flavour_keeps_its_own_torch_index():
+    argv = images.build_argv("serve-gpu-v100", "docker", torch_index_url="https://pypi.org/simple")
+    build_args = [argv[i + 1] for i, a in enumerate(argv) if a == "--build-arg"]
+    assert "TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126" in build_args
+    assert "TORCH_INDEX_URL=https://pypi.org/simple" not in build_args
+
+
+def test_docker_cannot_mount_and_unknown_names_are_refused():
+    with pytest.raises(ValueError, match="needs buildah"):
+        images.build_argv("cpu", "docker", torch_find_links="/opt/wheels")
+    with pytest.raises(ValueError, match="unknown image 'tpu'"):
+        images.build_argv("tpu", "buildah")
+
+
+def test_build_without_docker_or_buildah_says_what_it_needs(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "src/ser/images.py"), "build", "cpu"], cwd=REPO, capture_output=True,
+                          text=True, env={**os.environ, "PATH": str(tmp_path)}, check=False)
+    assert proc.returncode == 3
+    assert "needs Docker with a running daemon, or buildah" in proc.stderr and "apt-get install -y buildah" in proc.stderr
+
+
+def test_the_kfp_step_command_runs_a_component_as_the_launcher_would(tmp_path):
+    """The command images-check runs inside the CPU image, run here on the venv instead."""
+    from ser.cli import main
+
+    assert main(["pipeline", "compile", "--out", str(tmp_path)]) == 0
+    argv = images.kfp_step_argv(str(tmp_path / "ser_study.yaml"), "exec-mlflow-run",
+                                {"name": "check", "mlflow_uri": "", "mlflow_experiment": "check"}, str(tmp_path / "out"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(PATH=f"{Path(sys.executable).parent}:{env['PATH']}", PYTHONPATH=str(REPO / "src"))
+    (tmp_path / "out").mkdir()
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "MLflow parent run: (tracking off)" in proc.stdout
+    written = json.loads((tmp_path / "out" / "executor_output.json").read_text())
+    assert written["parameterValues"] == {"Output": ""}  # tracking off: the empty run id, as a cluster step returns it
+
+
+def test_sizes_as_buildah_prints_them():
+    assert images.parse_size("2.46 GB") == 2_460_000_000 and images.parse_size("207 MB") == 207_000_000
+    with pytest.raises(KeyError):
+        images.parse_size("3 parsecs")

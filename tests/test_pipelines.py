@@ -18,7 +18,7 @@ from ser.cli import main
 from tests.servers import mlflow_server, s3_server  # noqa: F401
 
 GPU_STEPS = {"train-folds", "final-train", "transfer"}
-S3_STEPS = {"ingest", "compare-champion", "publish"}
+S3_STEPS = {"data-fingerprint", "ingest", "compare-champion", "publish"}
 
 
 def _load(path: Path) -> tuple[dict, dict]:
@@ -193,3 +193,84 @@ def test_retrain_publishes_only_a_better_model(study_run, s3_server, tmp_path): 
     assert second["candidate"] == pytest.approx(verdict["candidate"])
     assert not second["promote"] and "publish" not in again.tasks
     assert {k for k, _ in store.list(MODELS, EN)} == after
+
+
+# ------------------------------------------- caching, resources, retries, time limits (compiled YAML)
+#: Steps that look at the outside world, run on every pipeline run.
+UNCACHED = {
+    "ser_study": {"data-fingerprint", "data-fingerprint-2", "mlflow-run", "compare-champion", "compare-champion-2",
+                  "publish", "publish-2", "link-runs"},
+    "ser_retrain": {"data-fingerprint", "compare-champion", "publish"},
+}
+#: Steps that talk to S3 or MLflow (and so retry with backoff).
+IO_STEPS = {"data-fingerprint", "ingest", "mlflow-run", "train-folds", "final-train", "transfer", "compare-champion",
+            "publish", "link-runs"}
+
+
+def _tasks(spec: dict) -> dict[str, dict]:
+    """Every task of the pipeline (root DAG and nested DAGs: loops, conditions) with
+    ``deps``: the tasks it waits for, its enclosing DAG task's included."""
+    components = spec["components"]
+    out: dict[str, dict] = {}
+
+    def walk(dag: dict, inherited: set[str]) -> None:
+        for name, task in dag["tasks"].items():
+            deps = set(task.get("dependentTasks", [])) | inherited
+            comp = components[task["componentRef"]["name"]]
+            if "dag" in comp:
+                walk(comp["dag"], deps | {name})
+            else:
+                out[name] = {**task, "deps": deps}
+
+    walk(spec["root"]["dag"], set())
+    return out
+
+
+def _ancestors(tasks: dict[str, dict], name: str) -> set[str]:
+    """Every task ``name`` transitively waits for (DAG tasks forward their own dependencies)."""
+    seen, todo = set(), list(tasks[name]["deps"])
+    while todo:
+        dep = todo.pop()
+        if dep in seen:
+            continue
+        seen.add(dep)
+        if dep in tasks:
+            todo += tasks[dep]["deps"]
+    return seen
+
+
+@pytest.mark.parametrize("name", pr.PIPELINE_NAMES)
+def test_only_outside_world_steps_are_uncached_and_no_tracking_id_reaches_a_cached_step(compiled, name):
+    spec, _platform = compiled[name]
+    tasks = _tasks(spec)
+    uncached = {t for t, body in tasks.items() if not body.get("cachingOptions", {}).get("enableCache")}
+    assert uncached == UNCACHED[name]
+    for task, body in tasks.items():
+        if task in uncached:
+            continue
+        upstream = _ancestors(tasks, task)
+        # a data fingerprint is content (same data -> same value); run ids and verdicts are not
+        assert not (upstream & (uncached - {"data-fingerprint", "data-fingerprint-2"})), (task, upstream & uncached)
+        params = json.dumps(body.get("inputs", {}))
+        assert "parent_run" not in params and "mlflow-run" not in params, task
+
+
+@pytest.mark.parametrize("name", pr.PIPELINE_NAMES)
+def test_every_step_has_requests_limits_a_time_limit_and_io_steps_retry(compiled, name):
+    spec, platform = compiled[name]
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for executor, body in spec["deploymentSpec"]["executors"].items():
+        res = body["container"].get("resources") or {}
+        for key in ("resourceCpuRequest", "resourceCpuLimit", "resourceMemoryRequest", "resourceMemoryLimit"):
+            assert key in res, (executor, key)
+        assert res["cpuLimit"] >= res["cpuRequest"] and res["memoryLimit"] >= res["memoryRequest"], executor
+        if _component_of(executor) in GPU_STEPS:
+            assert str(res["accelerator"]["resourceCount"]) == "1", executor  # a GPU limit
+        assert int(k8s[executor]["activeDeadlineSeconds"]) > 0, executor
+    for task, body in _tasks(spec).items():
+        retry = body.get("retryPolicy")
+        if _component_of(f"exec-{task}") in IO_STEPS:
+            assert retry and retry["maxRetryCount"] >= 2 and retry["backoffFactor"] > 1, task
+            assert retry["backoffDuration"].endswith("s") and retry["backoffMaxDuration"].endswith("s"), task
+        else:
+            assert retry is None, task  # pure computation: a retry would only repeat the failure

@@ -136,3 +136,103 @@ def test_cli_up_status_env_down_across_commands(tmp_path, capsys):
     assert not any(Path(p).exists() for p in tmp_sockets)  # weed's gRPC sockets in /tmp are removed too
     assert ser("services", "--dir", str(root), "down") == 0
     assert "no local servers were running" in capsys.readouterr().out
+
+
+# ------------------------------------------------- the registry, and signals to real commands
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _ser_process(*argv: str, cwd: Path) -> "subprocess.Popen[str]":
+    """`ser ARGV` as its own process (this checkout's source first on the path)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    return subprocess.Popen([sys.executable, "-m", "ser", *argv], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _wait_for_records(services: set[str], proc, timeout: float = 180.0) -> list[dict]:
+    import time
+
+    from ser.services import recorded_servers
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        entries = recorded_servers()
+        if services <= {e["service"] for e in entries}:
+            return entries
+        assert proc.poll() is None, f"the command ended early:\n{proc.stdout.read()}"
+        time.sleep(0.5)
+    raise AssertionError(f"{services} never appeared in the registry")
+
+
+def _gone(pid: int) -> bool:
+    return not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+@pytest.mark.integration
+def test_status_and_down_find_servers_started_with_data_elsewhere(tmp_path, capsys):
+    """A server whose data is not under --dir (as with `ser demo`) is still listed and stopped."""
+    from ser.services import recorded_servers
+
+    s3 = LocalS3(tmp_path / "demo" / "s3").start(record=True)
+    try:
+        assert [e["pid"] for e in recorded_servers()] == [s3.pid]
+        assert ser("services", "--dir", str(tmp_path / "elsewhere"), "status") == 0
+        out = capsys.readouterr().out
+        assert s3.url in out and f"export S3_ENDPOINT_URL={s3.url}" in out
+        assert ser("services", "--dir", str(tmp_path / "elsewhere"), "down") == 0
+        assert f"stopped s3 (pid {s3.pid})" in capsys.readouterr().out
+        assert _gone(s3.pid) and port_is_free(s3.port)
+        assert recorded_servers() == []
+        assert ser("services", "--dir", str(tmp_path / "elsewhere"), "status") == 3
+    finally:
+        s3.stop()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("sig, status", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_foreground_up_stops_its_servers_on_sigterm_and_sigint(tmp_path, sig, status):
+    import signal
+
+    from ser.services import recorded_servers
+
+    proc = _ser_process("services", "--dir", str(tmp_path / ".ser"), "up", "--no-mlflow", "--foreground", cwd=tmp_path)
+    try:
+        (entry,) = _wait_for_records({"s3"}, proc)
+        proc.send_signal(getattr(signal, sig))
+        assert proc.wait(timeout=60) == status
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert _gone(entry["pid"])
+    assert recorded_servers() == []
+    assert not (tmp_path / ".ser" / "s3" / "state.json").exists()
+
+
+@pytest.mark.integration
+def test_the_demo_is_found_by_status_and_stops_everything_on_sigterm(tmp_path):
+    """What a user (or tmux, systemd, Kubernetes) does to a running `ser demo`."""
+    import signal
+    import subprocess
+    import sys
+
+    from ser.services import recorded_servers
+
+    demo = _ser_process("demo", "--budget", "smoke", "--no-serve", "--workdir", str(tmp_path / "work"), cwd=tmp_path)
+    try:
+        entries = _wait_for_records({"s3", "mlflow"}, demo)
+        status = subprocess.run([sys.executable, "-m", "ser", "services", "status"], cwd=tmp_path, text=True,
+                                capture_output=True, env={**__import__("os").environ, "PYTHONPATH": str(REPO / "src")})
+        assert status.returncode == 0, status.stdout + status.stderr
+        for entry in entries:
+            assert entry["url"] in status.stdout and entry["data_dir"].startswith(str(tmp_path / "work"))
+        demo.send_signal(signal.SIGTERM)
+        assert demo.wait(timeout=90) == 143
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    assert all(_gone(e["pid"]) for e in entries)
+    assert recorded_servers() == []

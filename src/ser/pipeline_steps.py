@@ -25,6 +25,7 @@ import base64
 import functools
 import html
 import json
+import logging
 import math
 import os
 import shutil
@@ -40,6 +41,9 @@ SUMMARY = "summary.json"
 
 
 # --------------------------------------------------------------------------- small helpers
+
+
+log = logging.getLogger(__name__)
 
 
 def parse_pairs(text: str, what: str = "corpora") -> list[tuple[str, str]]:
@@ -173,8 +177,35 @@ def class_counts_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
 # --------------------------------------------------------------------------- ingest (S3 -> table)
 
 
-def ingest(data_bucket: str, corpora: str, out_dir: str | Path, select: str = "all", seed: int = 0) -> dict[str, Any]:
+def data_fingerprint(data_bucket: str, corpora: str, store: Any = None) -> str:
+    """A digest of the objects under the corpus prefixes (key, size, ETag): what KFP's
+    cache key of the ingest step should depend on. The bucket's name and prefixes stay
+    the same when its content changes, so the pipeline computes this in a small uncached
+    step and hands it to ingest, which is then cached exactly while the data is unchanged."""
+    import hashlib
+
+    from ser.store import S3Store
+
+    store = store or S3Store.from_env()
+    digest = hashlib.sha256()
+    for name, prefix in parse_pairs(corpora):
+        folder = prefix.strip("/") + "/"
+        with store._op("list", data_bucket, folder):
+            objects = sorted((o.object_name, int(o.size or 0), (o.etag or "").strip('"'))
+                             for o in store.client.list_objects(data_bucket, prefix=folder, recursive=True) if not o.is_dir)
+        if not objects:
+            raise FileNotFoundError(f"s3://{data_bucket}/{folder} holds no objects (corpus {name})")
+        digest.update(json.dumps([name, prefix, objects]).encode())
+    return digest.hexdigest()[:16]
+
+
+def ingest(data_bucket: str, corpora: str, out_dir: str | Path, select: str = "all", seed: int = 0,
+           fingerprint: str = "") -> dict[str, Any]:
     """Download each corpus prefix from S3 and scan it into an utterance table.
+
+    ``fingerprint`` (from :func:`data_fingerprint`, computed before this step): the data
+    must still be what it was then, else ValueError (it changed while the pipeline ran,
+    and a cached result would be filed under the wrong key).
 
     ``corpora``: ``NAME=PREFIX`` pairs, e.g. ``"ravdess=corpora/ravdess,tess=corpora/tess"``
     or ``"synthetic=corpora/synthetic-ravdess"``. Writes ``out_dir/corpora/NAME/...``
@@ -188,6 +219,10 @@ def ingest(data_bucket: str, corpora: str, out_dir: str | Path, select: str = "a
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     store = S3Store.from_env()
+    now = data_fingerprint(data_bucket, corpora, store)
+    if fingerprint and fingerprint != now:
+        raise ValueError(f"the data under s3://{data_bucket} changed since the pipeline fingerprinted it "
+                         f"({fingerprint} -> {now}); run the pipeline again")
     groups: dict[str, list] = {}
     problems: list = []
     downloaded = {}
@@ -214,6 +249,7 @@ def ingest(data_bucket: str, corpora: str, out_dir: str | Path, select: str = "a
         "corpora": downloaded,
         "labels": sorted({r["corpus"] for r in dict_rows}),
         "select": select,
+        "fingerprint": now,
         "seconds": round(time.perf_counter() - t0, 2),
     }
     write_json(out / SUMMARY, info)
@@ -468,7 +504,8 @@ def train_folds(features_dir: str | Path, recipe_dir: str | Path, item: Mapping[
     if parent_run is None:
         tracking_file = Path(recipe_dir) / "tracking.json"
         parent_run = read_json(tracking_file).get("parent_run", "") if tracking_file.is_file() else ""
-    with tracking_run(parent_run, f"stage {st.number} vector {vector.id}", "stage", {"stage": st.number, "vector_id": vector.id}) as tracker:
+    with tracking_run(parent_run, f"stage {st.number} vector {vector.id}", "stage", {"stage": st.number, "vector_id": vector.id},
+                      record_dir=out) as tracker:
         result = search.score_vector(vector, fs, idx, st.rules, folds=recipe.folds, seed=recipe.seed, epochs=st.max_epochs,
                                      workdir=out / "work", device=device, tracker=tracker, protocol=recipe.split, score_at=recipe.score_at,
                                      eval_every=recipe.eval_every, checkpoint_every=max(recipe.checkpoint_every, 5), progress=False,
@@ -521,6 +558,7 @@ def rank_stage(recipe_dir: str | Path, stage: int, result_dirs: Sequence[str | P
             "folds": recipe.folds, "split": split, "score_at": recipe.score_at}
     search.write_stage(search.StageResult(st, [], ranked, [], winner), out, meta)
     write_json(out / f"stage{st.number}" / "vectors.json", {"results": results})
+    write_json(out / RUNS_FILE, {"runs": recorded_runs(ranking_dir, *result_dirs)})
     listed = [r for r in ranked if r.get("qualified")]
     top = ranked[0]
     return {"stage": st.number, "vectors": len(results), "ranked": len(ranked), "listed": len(listed),
@@ -531,13 +569,25 @@ def rank_stage(recipe_dir: str | Path, stage: int, result_dirs: Sequence[str | P
 # --------------------------------------------------------------------------- tracking (optional)
 
 
+#: A tracked step's MLflow run, kept in its output folder (see :func:`link_runs`).
+RUN_FILE = "mlflow_run.json"
+#: The search's MLflow runs, carried from ranking to ranking.
+RUNS_FILE = "mlflow_runs.json"
+
+
 class tracking_run:
     """``with tracking_run(parent, name, kind, tags) as tracker``: an MLflow run for one
     step, child of the pipeline's run ``parent`` (a run id; "" for none), when
-    MLFLOW_TRACKING_URI names a server that answers; else a NullTracker (never fails)."""
+    MLFLOW_TRACKING_URI names a server that answers; else a NullTracker (never fails).
 
-    def __init__(self, parent: str, name: str, kind: str = "stage", tags: Mapping[str, Any] | None = None, experiment: str | None = None) -> None:
+    ``record_dir``: where the run id is written (``mlflow_run.json``). Cacheable
+    pipeline steps take no parent (a per-run id in their inputs would defeat KFP's
+    cache); an uncached step links their recorded runs afterwards (:func:`link_runs`)."""
+
+    def __init__(self, parent: str, name: str, kind: str = "stage", tags: Mapping[str, Any] | None = None, experiment: str | None = None,
+                 record_dir: str | Path | None = None) -> None:
         self.parent, self.name, self.kind, self.tags, self.experiment = parent or None, name, kind, dict(tags or {}), experiment
+        self.record_dir = Path(record_dir) if record_dir is not None else None
         self._run = None
 
     def __enter__(self):
@@ -551,8 +601,11 @@ class tracking_run:
                 self._run = mlflow.start_run(run_name=self.name, parent_run_id=self.parent,
                                              tags={"ser.kind": self.kind, **{k: str(v) for k, v in self.tags.items()}})
             except Exception as exc:  # a parent from another server, a server that went away: go on untracked
-                print(f"tracking skipped: cannot open run {self.name!r} ({exc})")
+                log.warning("tracking skipped: cannot open run %r (%s)", self.name, exc)
                 return tracking.NullTracker(str(exc))
+            if self.record_dir is not None:
+                write_json(self.record_dir / RUN_FILE, {"run_id": self._run.info.run_id, "name": self.name,
+                                                        "tracking_uri": mlflow.get_tracking_uri()})
         return tracker
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -576,8 +629,53 @@ def open_pipeline_run(name: str, params: Mapping[str, Any], experiment: str | No
             mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
             return run.info.run_id
     except Exception as exc:
-        print(f"tracking skipped: cannot open the pipeline run ({exc})")
+        log.warning("tracking skipped: cannot open the pipeline run (%s)", exc)
         return ""
+
+
+def recorded_runs(*folders: str | Path | None) -> list[str]:
+    """MLflow run ids recorded in step output folders (``mlflow_run.json``, ``mlflow_runs.json``), in order, once each."""
+    ids: list[str] = []
+    for folder in folders:
+        if folder is None:
+            continue
+        one, many = Path(folder) / RUN_FILE, Path(folder) / RUNS_FILE
+        found = ([read_json(one)["run_id"]] if one.is_file() else []) + (read_json(many)["runs"] if many.is_file() else [])
+        ids += [r for r in found if r and r not in ids]
+    return ids
+
+
+def link_runs(parent_run: str, folders: Sequence[str | Path | None]) -> int:
+    """Nest the runs recorded in ``folders`` under ``parent_run`` (the pipeline run's).
+
+    A run without a parent gets ``mlflow.parentRunId``; a run a cached step made for an
+    earlier pipeline run keeps its first parent and is listed on this one instead
+    (``linked_runs.json``): the cache reused it, it was not trained again. Returns the
+    number of runs linked; 0 when tracking is off. Tracking never fails a pipeline."""
+    runs = recorded_runs(*folders)
+    if not parent_run or not runs:
+        return 0
+    from ser import tracking
+
+    if not tracking.Tracker.from_env().enabled:
+        return 0
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    nested, reused = [], []
+    try:
+        for run_id in runs:
+            tags = client.get_run(run_id).data.tags
+            if tags.get("mlflow.parentRunId") in (None, "", parent_run):
+                client.set_tag(run_id, "mlflow.parentRunId", parent_run)
+                nested.append(run_id)
+            else:
+                reused.append(run_id)
+        client.log_dict(parent_run, {"nested": nested, "reused_from_cache": reused}, "linked_runs.json")
+    except Exception as exc:
+        log.warning("tracking: linking %d runs to %s failed (%s)", len(runs), parent_run, exc)
+        return 0
+    return len(nested) + len(reused)
 
 
 def configure(s3_endpoint: str = "", mlflow_uri: str = "", experiment: str = "") -> None:
@@ -657,7 +755,7 @@ def final_train(features_dir: str | Path, out_dir: str | Path, *, ranking_dir: s
             "--eval-every", max(1, as_int(eval_every)), "--device", device, "--threads", torch_threads(), "--no-progress", "--out", out]
     if as_int(epochs) > 0:
         args += ["--epochs", as_int(epochs)]
-    with tracking_run(parent_run, "final training", "final", {"feature": feature, "size": size}) as tracker:
+    with tracking_run(parent_run, "final training", "final", {"feature": feature, "size": size}, record_dir=out) as tracker:
         if tracker.enabled:
             tracker.log_params({"feature": feature, "size": size, "epochs": epochs, "eval_every": eval_every, "seed": seed, "split": split})
         run_ser(*args)
@@ -701,7 +799,8 @@ def transfer(model_dir: str | Path, features_dir: str | Path, out_dir: str | Pat
     fs_path = Path(features_dir) / feature_file(kind, size)
     if not fs_path.is_file():
         raise FileNotFoundError(f"transfer needs the target-language {fs_path.name} (the winner's feature); add {kind}/{size} to the Greek features step")
-    with tracking_run(parent_run, "transfer", "transfer", {"freeze": freeze, "feature": kind, "size": size}) as tracker:
+    with tracking_run(parent_run, "transfer", "transfer", {"freeze": freeze, "feature": kind, "size": size},
+                      record_dir=out_dir) as tracker:
         run_ser("transfer", "--model", Path(model_dir) / "model.pt", "--features", fs_path, "--freeze", freeze, "--lrs", lrs,
                 "--batches", batches, "--epochs", max(1, as_int(epochs)), "--eval-every", max(1, as_int(eval_every)), "--seed", as_int(seed),
                 "--device", device, "--threads", torch_threads(), "--no-progress", "--out", out_dir)
@@ -849,6 +948,6 @@ def publish(model_dir: str | Path, eval_dir: str | Path | None, model_bucket: st
                         name, logged.version, candidate_value=float(metrics.get("macro_f1", 0.0)),
                         champion_value=-1.0 if champion_value is None else float(champion_value))
             except Exception as exc:  # the registry is a convenience here; S3 is the source of truth
-                print(f"tracking: registering {name} failed ({exc}); the S3 publication stands")
+                log.warning("tracking: registering %s failed (%s); the S3 publication stands", name, exc)
     write_json(out / "published.json", info)
     return info

@@ -8,6 +8,12 @@ directory, and can be used two ways:
   ``state.json`` (pid, url, client env) in the directory, and :meth:`attach` finds
   the running server again from another command.
 
+Every server a ``ser`` command starts is also recorded in one per-user registry
+(:func:`registry_dir`: ``$SER_STATE_DIR``, else ``$XDG_STATE_HOME/ser``, else
+``~/.local/state/ser``), whatever directory its data lives in, so that
+``ser services status|down`` find the servers of ``ser demo`` or of a command run
+from another folder; entries of dead processes are dropped when read.
+
 Each server runs in its own process group, so :meth:`stop` ends it with every
 child it spawned (SIGTERM, then SIGKILL after a grace period).
 """
@@ -112,6 +118,94 @@ def _tail(path: Path, lines: int = 25) -> str:
         return "(no log)"
 
 
+#: Environment variable that moves the registry of started servers (tests, several users of one account).
+STATE_DIR_ENV = "SER_STATE_DIR"
+
+
+def registry_dir() -> Path:
+    """The folder where started servers are recorded (one JSON file each)."""
+    if os.environ.get(STATE_DIR_ENV):
+        base = Path(os.environ[STATE_DIR_ENV])
+    elif os.environ.get("XDG_STATE_HOME"):
+        base = Path(os.environ["XDG_STATE_HOME"]) / "ser"
+    else:
+        base = Path.home() / ".local" / "state" / "ser"
+    return base.expanduser().resolve() / "servers"
+
+
+def record_server(service: str, pid: int, started_at: float | None, url: str, data_dir: str | Path,
+                  log: str | Path | None = None) -> Path:
+    """Record a started server process (a process-group leader) in the registry; returns the entry's path."""
+    folder = registry_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    entry = {"service": service, "pid": pid, "started_at": started_at, "url": url,
+             "data_dir": str(Path(data_dir).expanduser().resolve()), "log": str(log) if log else None,
+             "started_by": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "cwd": os.getcwd()}
+    path = folder / f"{service}-{pid}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(entry, indent=2))
+    tmp.replace(path)
+    return path
+
+
+def forget_server(service: str, pid: int | None) -> None:
+    """Drop a registry entry (the server was stopped)."""
+    if pid is not None:
+        try:
+            (registry_dir() / f"{service}-{pid}.json").unlink()
+        except FileNotFoundError:
+            pass
+
+
+def recorded_servers() -> list[dict[str, Any]]:
+    """Registry entries of servers that still run, oldest first; entries of dead ones are deleted."""
+    folder = registry_dir()
+    alive = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            entry = json.loads(path.read_text())
+            pid, started_at = int(entry["pid"]), entry.get("started_at")
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # half-written or foreign file: leave it alone
+        created = _create_time(pid)
+        if created is None or (started_at is not None and abs(created - started_at) >= 2):
+            path.unlink(missing_ok=True)  # the process ended (or its pid now belongs to another)
+            continue
+        alive.append(entry)
+    return sorted(alive, key=lambda e: e.get("started_at") or 0)
+
+
+def track_process(service: str, pid: int, url: str, data_dir: str | Path, log: str | Path | None = None) -> "_Server":
+    """Record a server that another module started (TorchServe) and return it as a
+    stoppable process group, so that `ser services status|down` see it too."""
+    path = record_server(service, pid, _create_time(pid), url, data_dir, log)
+    return server_from_record(json.loads(path.read_text()))
+
+
+def server_from_record(entry: Mapping[str, Any]) -> "_Server":
+    """A stoppable server object for a registry entry: LocalS3/LocalMLflow attached from
+    their data folder (so that :meth:`_Server.stop` also cleans up), any other process
+    (TorchServe of ``ser demo``) as a bare process group."""
+    for cls in (LocalS3, LocalMLflow):
+        if entry.get("service") == cls.name:
+            server = cls.attach(entry["data_dir"])
+            if server is not None and server.pid == entry["pid"]:
+                return server
+    server = _Server.__new__(_Server)
+    _Server.__init__(server, entry["data_dir"])
+    server.name = str(entry.get("service", "server"))
+    server.pid, server.started_at = int(entry["pid"]), entry.get("started_at")
+    server._url = entry.get("url")
+    return server
+
+
+def wait_while_running(servers: "list[_Server]", poll: float = 1.0) -> None:
+    """Block until none of ``servers`` runs any more (stopped by `ser services down`,
+    or crashed); Ctrl-C and SIGTERM interrupt it so that the caller stops them."""
+    while any(server.running() for server in servers):
+        time.sleep(poll)
+
+
 class _Server:
     """A server process in its own session, with a state file in ``data_dir``."""
 
@@ -157,7 +251,7 @@ class _Server:
 
     @property
     def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
+        return getattr(self, "_url", None) or f"http://{HOST}:{self.port}"
 
     @property
     def state_path(self) -> Path:
@@ -178,8 +272,13 @@ class _Server:
         created = _create_time(self.pid)
         return created is not None and (self.started_at is None or abs(created - self.started_at) < 2)
 
-    def start(self: S, timeout: float | None = None) -> S:
-        """Start the server and wait until it answers; ServiceError (with its log) if not."""
+    def start(self: S, timeout: float | None = None, record: bool = False) -> S:
+        """Start the server and wait until it answers; ServiceError (with its log) if not.
+
+        ``record``: list it in the per-user registry, so that `ser services status|down`
+        find it from any folder; commands do (their servers may outlive them, or be
+        stopped from another terminal), library and test use in a ``with`` block does not.
+        """
         if self.running():
             return self
         other = type(self).attach(self.data_dir)
@@ -213,6 +312,8 @@ class _Server:
             self.stop()
             raise
         self._write_state()
+        if record:
+            record_server(self.name, self.pid, self.started_at, self.url, self.data_dir, self.log_path)
         return self
 
     def stop(self, timeout: float = 15.0) -> None:
@@ -256,6 +357,7 @@ class _Server:
                 self.proc.wait(timeout=1)
             except subprocess.TimeoutExpired:
                 pass
+        forget_server(self.name, self.pid)
         self.proc, self.pid, self.started_at = None, None, None
         try:
             self.state_path.unlink()
@@ -408,8 +510,8 @@ class LocalS3(_Server):
         except StoreError:
             return False
 
-    def start(self, timeout: float | None = None) -> "LocalS3":
-        super().start(timeout)
+    def start(self, timeout: float | None = None, record: bool = False) -> "LocalS3":
+        super().start(timeout, record)
         if self.buckets:
             store = self.store()
             for bucket in self.buckets:

@@ -94,6 +94,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache", type=Path, default=Path(".ser/cache/features"), help="feature cache folder")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--out", type=Path, required=True, help="feature set to write (.npz)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI; automatic when not on a terminal)")
     p.set_defaults(func=cmd_features)
 
 
@@ -211,7 +212,8 @@ def cmd_features(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as exc:
         raise UserError(str(exc)) from None
     start = time.perf_counter()
-    fs, report = dataset.build(rows, spec, labels=args.labels, cache_dir=args.cache, workers=args.workers)
+    fs, report = dataset.build(rows, spec, labels=args.labels, cache_dir=args.cache, workers=args.workers,
+                               progress=not args.no_progress)
     if len(fs) == 0:
         raise UserError(f"no usable rows in {args.table} for the {args.labels} label set")
     fs.meta.update({"table": str(args.table), "problems": len(report.problems)})

@@ -4,7 +4,9 @@ Starts a real S3 server (SeaweedFS) and a real MLflow server on 127.0.0.1, runs 
 `ser_study` Kubeflow pipeline locally through kfp's SubprocessRunner on the
 synthetic corpora, serves the published winner with TorchServe, posts one
 recording to the endpoint, prints every URL and artifact location, and stops what
-it started (unless --keep-running).
+it started. With --keep-running it waits instead, until Ctrl-C, SIGTERM or
+`ser services down` (which finds the servers in the per-user registry), and then
+stops them; a SIGTERM at any point stops every server started so far.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-mlflow", action="store_true", help="run without the MLflow server (tracking skipped)")
     p.add_argument("--no-serve", action="store_true", help="stop after the pipeline; do not start TorchServe")
     p.add_argument("--keep-running", action="store_true",
-                   help="leave S3, MLflow and TorchServe running at the end (stop with `ser services down` / Ctrl-C)")
+                   help="at the end, keep S3, MLflow and TorchServe running until Ctrl-C, SIGTERM or `ser services down`")
     p.set_defaults(func=cmd_demo)
 
 
@@ -53,22 +55,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
         _banner("starting a real S3 server (SeaweedFS) on 127.0.0.1")
         s3 = services.LocalS3(workdir / "s3")
         try:
-            s3.start()
+            s3.start(record=True)
         except services.ServiceError as exc:
             raise UserError(f"could not start the local S3 server: {exc}") from None
-        if not args.keep_running:
-            stack.callback(s3.stop)
+        stack.callback(s3.stop)  # on success, error, Ctrl-C and SIGTERM (ser.cli.Terminated) alike
+        running = [s3]
         print(f"S3 endpoint {s3.url} (data in {workdir / 's3'})")
         mlflow_uri = None
         if not args.no_mlflow:
             _banner("starting a real MLflow server on 127.0.0.1 (artifacts in S3)")
             mlflow = services.LocalMLflow(workdir / "mlflow", s3_env=s3.env())
             try:
-                mlflow.start()
+                mlflow.start(record=True)
             except services.ServiceError as exc:
                 raise UserError(f"could not start the local MLflow server: {exc}") from None
-            if not args.keep_running:
-                stack.callback(mlflow.stop)
+            stack.callback(mlflow.stop)
+            running.append(mlflow)
             mlflow_uri = mlflow.url
             print(f"MLflow UI {mlflow_uri}")
 
@@ -82,29 +84,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
         if not args.no_serve:
             _banner("serving the winning English model with TorchServe")
-            answer = _serve_and_ask(summary, workdir, s3, stack, keep=args.keep_running)
+            answer, torchserve = _serve_and_ask(summary, workdir, s3, stack)
+            running.append(torchserve)
             print(json.dumps(answer, indent=2))
         if mlflow_uri:
             print(f"\nMLflow: {mlflow_uri} (experiment ser-demo; registry ser-english, ser-greek)")
         print(f"S3: {s3.url}; summary: {workdir / 'summary.json'}")
         print(f"demo finished in {time.perf_counter() - started:.0f} s (results are on SYNTHETIC data)")
         if args.keep_running:
-            print("servers left running: stop them with Ctrl-C here or `ser services down`")
-            try:
-                while True:
-                    time.sleep(3600)
-            except KeyboardInterrupt:
-                pass
-        else:
-            print("stopping every server the demo started ...")
+            print("servers left running: stop them with Ctrl-C here or `ser services down`", flush=True)
+            services.wait_while_running(running)
+        print("stopping every server the demo started ...", flush=True)
     return 0
 
 
-def _serve_and_ask(summary: dict, workdir: Path, s3, stack: ExitStack, keep: bool) -> dict:
+def _serve_and_ask(summary: dict, workdir: Path, s3, stack: ExitStack):
     """Fetch the published model from the S3 model bucket (its KServe layout), serve
-    its .mar with TorchServe, and post one fresh synthetic recording to the endpoint."""
+    its .mar with TorchServe (recorded for `ser services`, stopped by ``stack``), and
+    post fresh synthetic recordings to the endpoint; (first answer, recorded server)."""
     import requests
 
+    from ser import services
     from ser import store as s3store
     from ser import torchserve
     from ser.corpora import synthetic
@@ -121,8 +121,9 @@ def _serve_and_ask(summary: dict, workdir: Path, s3, stack: ExitStack, keep: boo
         raise UserError(f"no .mar archive under {uri}")
     print(f"model archive {uri} -> {mar}")
     server = torchserve.start(mar, run_dir=workdir / "serve" / "run")
-    if not keep:
-        stack.callback(server.stop)
+    stack.callback(server.stop)
+    recorded = services.track_process("torchserve", server.process.pid, server.url, server.run_dir)
+    stack.callback(services.forget_server, "torchserve", server.process.pid)
     # Recordings the model has never seen: same generator, another seed, one per emotion.
     fresh = synthetic.generate(workdir / "serve" / "fresh", layout="ravdess", per_class=1, speakers=1, seed=2026)
     headers = {**server.headers(), "Content-Type": "application/octet-stream"}
@@ -138,7 +139,7 @@ def _serve_and_ask(summary: dict, workdir: Path, s3, stack: ExitStack, keep: boo
         print(f"  POST {clip.name}  true {truth:<10} -> {answer['label']:<10} p={answer['probabilities'][answer['label']]:.2f}")
     print(f"{right} of {len(fresh)} fresh synthetic recordings right (chance: 1 in {len(fresh)})")
     print("call it yourself (while it runs, e.g. with --keep-running):\n  " + server.curl(str(fresh[0])))
-    return answers[0]
+    return answers[0], recorded
 
 
 def _true_label(path: Path) -> str:

@@ -303,7 +303,7 @@ def feature_file(kind: str, size: int) -> str:
     return f"{kind}-{as_int(size)}.npz"
 
 
-def features(table_dir: str | Path, out_dir: str | Path, kinds: str = "mel", sizes: str = "60", labels: str = "english", roots: Sequence[str | Path] = (), workers: int | None = None, rate: int | None = None) -> dict[str, Any]:
+def features(table_dir: str | Path, out_dir: str | Path, kinds: str = "mel", sizes: str = "60", labels: str = "english", roots: Sequence[str | Path] = (), workers: int | None = None, rate: int | None = 16000) -> dict[str, Any]:
     """One feature set per (kind, size) in ``out_dir/<kind>-<size>.npz``."""
     from ser import dataset, tables
     from ser.features import FeatureSpec
@@ -716,7 +716,7 @@ def _log_training(tracker: Any, out: Path, metrics: Mapping[str, Any]) -> None:
     for rec in _history_metrics(out / "history.csv"):
         epoch = int(rec.pop("epoch", 0))
         tracker.log_metrics({k: v for k, v in rec.items() if not math.isnan(v)}, step=epoch)
-    tracker.log_metrics({f"test_{k}": metrics[k] for k in ("accuracy", "macro_f1", "loss") if isinstance(metrics.get(k), (int, float))})
+    tracker.log_metrics({f"test_{k}": metrics[k] for k in ("accuracy", "ua", "macro_f1", "loss") if isinstance(metrics.get(k), (int, float))})
     for name in ("metrics.json", "config.json", "learning_curve.png", "confusion_matrix.png", "improvements.md"):
         if (out / name).is_file():
             tracker.log_artifact(out / name)
@@ -806,7 +806,7 @@ def transfer(model_dir: str | Path, features_dir: str | Path, out_dir: str | Pat
                 "--device", device, "--threads", torch_threads(), "--no-progress", "--out", out_dir)
         metrics = read_json(Path(out_dir) / "metrics.json")
         if tracker.enabled:
-            tracker.log_metrics({f"test_{k}": metrics[k] for k in ("accuracy", "macro_f1", "loss") if isinstance(metrics.get(k), (int, float))})
+            tracker.log_metrics({f"test_{k}": metrics[k] for k in ("accuracy", "ua", "macro_f1", "loss") if isinstance(metrics.get(k), (int, float))})
             for name in ("metrics.json", "summary.md", "runs.md", "learning_curve.png", "confusion_matrix.png"):
                 if (Path(out_dir) / name).is_file():
                     tracker.log_artifact(Path(out_dir) / name)
@@ -818,7 +818,7 @@ def training_report(out_dir: str | Path, title: str, metrics: Mapping[str, Any])
     """HTML for a KFP HTML artifact: the scores, the learning curve and the confusion matrix."""
     out = Path(out_dir)
     images = [p for p in (out / "learning_curve.png", out / "confusion_matrix.png") if p.is_file()]
-    rows = [{"metric": k, "value": metrics.get(k)} for k in ("accuracy", "macro_f1", "loss", "best_epoch", "seed", "split") if k in metrics]
+    rows = [{"metric": k, "value": metrics.get(k)} for k in ("accuracy", "ua", "macro_f1", "loss", "best_epoch", "checkpoint", "seed", "split") if k in metrics]
     table = "<table border=1 cellpadding=4>" + "".join(f"<tr><td>{html.escape(str(r['metric']))}</td><td>{html.escape(str(r['value']))}</td></tr>" for r in rows) + "</table>"
     extra = ""
     for name in ("improvements.md", "summary.md", "per_class.md"):
@@ -827,7 +827,7 @@ def training_report(out_dir: str | Path, title: str, metrics: Mapping[str, Any])
     return html_page(title, images, table + extra)
 
 
-def kfp_scalars(metrics: Mapping[str, Any], keys: Sequence[str] = ("accuracy", "macro_f1", "loss", "best_epoch")) -> dict[str, float]:
+def kfp_scalars(metrics: Mapping[str, Any], keys: Sequence[str] = ("accuracy", "ua", "macro_f1", "loss", "best_epoch")) -> dict[str, float]:
     """The numbers of a metrics dict that KFP's Metrics artifact can show."""
     out = {}
     for key in keys:

@@ -174,13 +174,8 @@ def run_serve(args) -> int:
         )
     except (ServeError, PackageError) as exc:
         raise UserError(str(exc)) from None
-    stop = {"now": False}
 
-    def _terminate(signum, frame):  # SIGTERM (e.g. from a supervisor) behaves like Ctrl-C
-        stop["now"] = True
-
-    previous = signal.signal(signal.SIGTERM, _terminate)
-    try:
+    def banner() -> None:
         info = server.describe()[0]
         print(f"serving model {server.model!r} at {server.predict_url}")
         print(f"  workers {len(info.get('workers', []))}, batch size {info.get('batchSize')}, max batch delay {info.get('maxBatchDelay')} ms")
@@ -193,17 +188,28 @@ def run_serve(args) -> int:
         print(f"  {server.curl('clip.wav')}")
         timeline = '-H "X-Ser-Mode: timeline" -H "X-Ser-Window-S: 2" -H "X-Ser-Hop-S: 1"'
         print("  " + server.curl("long.wav").replace("curl -s", f"curl -s {timeline}", 1))
+
+    return _serve_until_stopped(server, "TorchServe", banner)
+
+
+def _serve_until_stopped(server, what: str, banner) -> int:
+    """Print the banner, then wait until Ctrl-C or SIGTERM (a supervisor's stop), and stop
+    ``server`` either way; 1 if the server died on its own, with its last log lines."""
+    stop = {"now": False}
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    try:
+        banner()
         print("Ctrl-C stops the server.", flush=True)
         while not stop["now"]:
             if not server.alive():
-                print(f"TorchServe exited unexpectedly (status {server.process.returncode}); last log lines:\n{server.log_tail()}", file=sys.stderr)
+                print(f"{what} exited unexpectedly (status {server.process.returncode}); last log lines:\n{server.log_tail()}", file=sys.stderr)
                 return 1
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass
     finally:
         signal.signal(signal.SIGTERM, previous)
-        print("stopping TorchServe ...", flush=True)
+        print(f"stopping {what} ...", flush=True)
         server.stop()
         print("stopped.")
     return 0
@@ -220,24 +226,12 @@ def _serve_kserve(args, model: Path, runtime) -> int:
         server = start(model, port=args.port, name=name, backend=runtime.backend, threads=args.threads, workers=args.workers or 2, auth=not args.no_auth, timeout=args.timeout)
     except (RuntimeError, PackageError) as exc:
         raise UserError(str(exc)) from None
-    stop = {"now": False}
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
-    try:
+
+    def banner() -> None:
         auth = f' -H "Authorization: Bearer {server.token}"' if server.token else ""
         print(f"serving model {name!r} at {server.url} (KServe v1 and v2 protocol)")
         print(f"  try-it page: {server.url}/" + (f"  (paste the token {server.token})" if server.token else ""))
         print(f"  curl -s{auth} -H 'Content-Type: application/octet-stream' --data-binary @clip.wav {server.url}/predict")
         print(f"  v1: POST {server.predict_url}  v2: POST {server.url}/v2/models/{name}/infer   logs {server.log}")
-        print("Ctrl-C stops the server.", flush=True)
-        while not stop["now"]:
-            if not server.alive():
-                print(f"the predictor exited (status {server.process.returncode}):\n{server.log_tail()}", file=sys.stderr)
-                return 1
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        server.stop()
-        print("stopped.")
-    return 0
+
+    return _serve_until_stopped(server, "the KServe predictor", banner)

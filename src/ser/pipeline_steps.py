@@ -728,8 +728,10 @@ def final_train(features_dir: str | Path, out_dir: str | Path, *, ranking_dir: s
                 parent_run: str = "") -> dict[str, Any]:
     """The study's final training (``ser train``) of the search's winner
     (``ranking_dir/winner.json``) or of a fixed ``config`` (retraining) on the
-    ``feature``/``size`` feature set: the whole training split, test evaluated every
-    ``eval_every`` epochs, lowest-test-loss checkpoint kept. ``out_dir`` gets
+    ``feature``/``size`` feature set, split with the search's own seed, protocol and
+    test size (so the test rows are the ones the search held out): the epoch is chosen
+    every ``eval_every`` epochs on validation rows carved from the training side (``ser
+    train --checkpoint validation``), and the test rows are only scored. ``out_dir`` gets
     ``model.pt``, ``metrics.json``, ``learning_curve.png``, ``confusion_matrix.png`` ..."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -40,3 +40,29 @@ def banded_feature_set(labels: tuple[str, ...], n: int, seed: int = 0):
     return FeatureSet(images, y.astype(np.int64), labels, FeatureSpec(kind="mel", size=30, sample_rate=16000),
                       speaker=np.array([f"spk{i % 6}" for i in range(n)]), corpus=np.array(["synthetic"] * n),
                       source_id=ids, group=ids.copy(), augment=np.array([""] * n))
+
+
+def count_connections(monkeypatch, port: int) -> list[tuple[str, int]]:
+    """Record every TCP connection attempt to 127.0.0.1:``port`` made through urllib3
+    (requests, minio) or the standard library (urllib, http.client); the attempts still
+    go to the network.
+
+    "Fails fast" is then a count of attempts (no retry loop), not a wall-clock limit
+    that a loaded CI machine could break."""
+    import socket
+
+    import urllib3.util.connection as connection
+
+    attempts: list[tuple[str, int]] = []
+
+    def counting(real):
+        def create_connection(address, *args, **kwargs):
+            if int(address[1]) == int(port):
+                attempts.append((str(address[0]), int(address[1])))
+            return real(address, *args, **kwargs)
+
+        return create_connection
+
+    monkeypatch.setattr(connection, "create_connection", counting(connection.create_connection))
+    monkeypatch.setattr(socket, "create_connection", counting(socket.create_connection))
+    return attempts

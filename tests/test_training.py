@@ -231,3 +231,16 @@ def test_a_diverging_fit_stops_and_abandons():
     data.images[0, 0, 0] = np.inf  # a poisoned input makes the loss non-finite at once
     result = fit(tiny(), data, data, TrainConfig(epochs=5, batch_size=40, lr=1e-3, device="cpu"), progress=False)
     assert result.stopped_by == "diverged" and result.abandoned and len(result.history) == 1
+
+
+def test_select_chooses_the_epoch_by_validation_ua_or_loss():
+    data = patterned(60, seed=1)
+    val = patterned(40, seed=2, noise=0.9)
+    cfg = TrainConfig(epochs=6, batch_size=20, lr=3e-3, device="cpu")
+    by_ua = fit(tiny(), data, val, cfg, progress=False, select="ua")
+    best = max(by_ua.history, key=lambda r: (r.ua, -r.val_loss))
+    assert by_ua.best_epoch == best.epoch and by_ua.best_val_loss == best.val_loss
+    by_loss = fit(tiny(), data, val, cfg, progress=False)
+    assert by_loss.best_epoch == min(by_loss.history, key=lambda r: r.val_loss).epoch
+    with pytest.raises(ValueError, match="select must be one of"):
+        fit(tiny(), data, val, cfg, progress=False, select="f1")

@@ -63,6 +63,7 @@ class CVRecipe:
     checkpoint: str = "validation"
     val_size: float = 0.2
     patience: int = 10
+    select: str = "loss"
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -72,6 +73,8 @@ class CVRecipe:
             raise CVError(f"val_size must be a fraction in (0, 1), got {self.val_size}")
         if self.patience < 0:
             raise CVError("patience must be >= 0 (0: no early stop)")
+        if self.select not in ("loss", "ua"):
+            raise CVError(f"select must be loss or ua, got {self.select!r}")
         if (self.model.get("cnn") == "plus") != (self.features.kind == "logmel"):
             raise CVError("the plus network takes logmel features, the study's CNNs take mel/chroma/mfcc images")
 
@@ -82,11 +85,11 @@ class CVRecipe:
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description, "features": self.features.to_dict(), "model": dict(self.model),
                 "augment": self.augment.to_dict() if self.augment else None, "train": self.train.to_dict(),
-                "checkpoint": self.checkpoint, "val_size": self.val_size, "patience": self.patience}
+                "checkpoint": self.checkpoint, "val_size": self.val_size, "patience": self.patience, "select": self.select}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "CVRecipe":
-        known = {"name", "description", "features", "model", "augment", "train", "checkpoint", "val_size", "patience"}
+        known = {"name", "description", "features", "model", "augment", "train", "checkpoint", "val_size", "patience", "select"}
         unknown = set(data) - known
         if unknown:
             raise CVError(f"unknown recipe keys {sorted(unknown)}; expected {sorted(known)}")
@@ -97,7 +100,7 @@ class CVRecipe:
                 train=TrainConfig.from_dict(dict(data.get("train") or {})),
                 augment=PlusConfig.from_dict(dict(data["augment"])) if data.get("augment") else None,
                 checkpoint=str(data.get("checkpoint", "validation")), val_size=float(data.get("val_size", 0.2)),
-                patience=int(data.get("patience", 10)),
+                patience=int(data.get("patience", 10)), select=str(data.get("select", "loss")),
             )
         except KeyError as exc:
             raise CVError(f"recipe lacks {exc}") from None
@@ -248,7 +251,7 @@ def train_fold(fs: FeatureSet, train_idx: np.ndarray, test_idx: np.ndarray, reci
         augment = augmenter(PlusConfig(crop=False, speed=0.0, specaugment=False, mixup=0.0, label_smoothing=0.0), spec.window, spec.n_classes)
     val = fs.subset(val_idx) if val_idx.size else None
     result = fit(model, fs.subset(fit_idx), val, cfg, stopper=patience_stopper(recipe.patience) if val is not None else None,
-                 progress=progress, desc=desc, augment=augment)
+                 progress=progress, desc=desc, augment=augment, select=recipe.select)
     model.load_state_dict(result.best_state)
     model.eval()
     from ser.training import evaluate

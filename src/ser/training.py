@@ -47,6 +47,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 SCHEDULES: tuple[str, ...] = ("constant", "cosine")
+SELECTIONS: tuple[str, ...] = ("loss", "ua")
 CHECKPOINT_VERSION = 1
 
 
@@ -352,6 +353,7 @@ def fit(
     eval_batch_size: int = 256,
     desc: str = "train",
     augment: "Augmenter | None" = None,
+    select: str = "loss",
 ) -> FitResult:
     """Train ``model`` on ``train`` for ``cfg.epochs`` epochs, validating on ``val``.
 
@@ -363,6 +365,11 @@ def fit(
     The model is left with the weights of the last epoch run; load ``best_state``
     for the best.
 
+    ``select``: what makes an epoch the best, the lowest validation ``loss`` (the
+    study's rule) or the highest validation ``ua`` (ties: lower loss). With
+    augmentation and label smoothing the validation loss can bottom out in the first
+    epochs while the accuracy still climbs, so loss picks checkpoints early.
+
     ``augment`` (the plus recipe, :mod:`ser.plus`) turns each batch of rows into
     network inputs and target distributions (crops, SpecAugment, mixup, label
     smoothing), drawing from the shuffling generator so a resumed fit is exact.
@@ -370,6 +377,8 @@ def fit(
     device = resolve_device(cfg.device)
     if len(train) == 0:
         raise ValueError("the training set is empty")
+    if select not in SELECTIONS:
+        raise ValueError(f"select must be one of {SELECTIONS}, got {select!r}")
     model.to(device)
     images, labels = as_tensors(train, device)
     lengths = torch.from_numpy(train.length).to(device)
@@ -387,6 +396,7 @@ def fit(
 
     history: list[EpochRecord] = []
     best_epoch, best_val, best_state = 0, math.inf, None
+    best_key: tuple[float, ...] | None = None
     stopped_by, abandoned, seconds, done = None, False, 0.0, False
     ckpt_path = Path(checkpoint) if checkpoint is not None else None
     n_val = len(val) if has_val else 0
@@ -400,6 +410,7 @@ def fit(
             torch.cuda.set_rng_state(ckpt["rng_cuda"], device)
         history = [EpochRecord(**r) for r in ckpt["history"]]
         best_epoch, best_val, best_state = ckpt["best_epoch"], ckpt["best_val_loss"], ckpt["best_state"]
+        best_key = tuple(ckpt["best_key"]) if ckpt.get("best_key") is not None else (None if best_state is None else (best_val,))
         stopped_by, abandoned, seconds = ckpt["stopped_by"], ckpt["abandoned"], ckpt["seconds"]
         done = stopped_by is not None
     else:
@@ -426,6 +437,7 @@ def fit(
                 "history": [r.to_dict() for r in history],
                 "best_epoch": best_epoch,
                 "best_val_loss": best_val,
+                "best_key": list(best_key) if best_key is not None else None,
                 "best_state": best_state,
                 "stopped_by": stopped_by,
                 "abandoned": abandoned,
@@ -467,8 +479,9 @@ def fit(
         if has_val and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
             vloss, sc = _quick_eval(model, val_images, val_labels, eval_batch_size, cfg.precision, val_lengths)
             record = EpochRecord(epoch, train_loss, vloss, sc.wa, sc.macro_f1, sc.ua)
-            if vloss < best_val:
-                best_epoch, best_val, best_state = epoch, vloss, _cpu_state(model)
+            key = (vloss,) if select == "loss" else (-sc.ua, vloss)
+            if best_key is None or key < best_key:
+                best_epoch, best_val, best_key, best_state = epoch, vloss, key, _cpu_state(model)
         history.append(record)
         if not math.isfinite(train_loss):  # diverged (an LR too high): nothing more to learn
             decision = _Diverged()

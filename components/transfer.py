@@ -17,6 +17,8 @@ def op(base_image: str = GPU_IMAGE):
         eval_every: int,
         seed: int,
         device: str,
+        cv_folds: int,
+        final_epochs: int,
         mlflow_uri: str,
         mlflow_experiment: str,
         tuned: Output[Model],
@@ -24,7 +26,8 @@ def op(base_image: str = GPU_IMAGE):
         confusion: Output[ClassificationMetrics],
         curves: Output[HTML],
     ) -> float:
-        """freeze: subsets a..g ("g", "aceg", "all"); lrs / batches comma-separated. Returns test macro F1."""
+        """freeze: subsets a..g ("g", "aceg", "all"); lrs / batches comma-separated; cv_folds > 0: cells
+        scored by k-fold CV on the training side, then one final model of final_epochs. Returns test macro F1."""
         from ser import gpu
         from ser import files
         from ser import pipeline_steps as steps
@@ -32,7 +35,7 @@ def op(base_image: str = GPU_IMAGE):
         gpu.check_gpu_arch()
         steps.configure(mlflow_uri=mlflow_uri, experiment=mlflow_experiment)
         data = steps.transfer(model.path, features.path, tuned.path, freeze=freeze, lrs=lrs, batches=batches, epochs=epochs,
-                              eval_every=eval_every, seed=seed, device=device)
+                              eval_every=eval_every, seed=seed, device=device, cv_folds=cv_folds, final_epochs=final_epochs)
         for key, value in steps.kfp_scalars(data).items():
             metrics.log_metric(key, value)
         confusion.log_confusion_matrix(list(data["labels"]), data["confusion_matrix"])

@@ -70,6 +70,8 @@ def build_study(cpu_image: str = CPU_IMAGE, gpu_image: str = GPU_IMAGE, parallel
         transfer_batches: str = "48",
         transfer_epochs: int = 150,
         transfer_eval_every: int = 10,
+        transfer_cv_folds: int = 0,
+        transfer_final_epochs: int = 0,
         device: str = "auto",
         model_bucket: str = "ser-models",
         model_name: str = "ser-english",
@@ -149,7 +151,7 @@ def build_study(cpu_image: str = CPU_IMAGE, gpu_image: str = GPU_IMAGE, parallel
         ev_en.set_display_name("evaluate English")
         tr = transfer_op(model=final.outputs["model"], features=gr_feat.outputs["features"], freeze=transfer_freeze, lrs=transfer_lrs,
                          batches=transfer_batches, epochs=transfer_epochs, eval_every=transfer_eval_every, seed=seed, device=device,
-                         mlflow_uri=mlflow_uri, mlflow_experiment=mlflow_experiment)
+                         cv_folds=transfer_cv_folds, final_epochs=transfer_final_epochs, mlflow_uri=mlflow_uri, mlflow_experiment=mlflow_experiment)
         tr.set_display_name("Greek transfer")
         on_v100(tr)
         for task in (final, tr):

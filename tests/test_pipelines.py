@@ -87,6 +87,25 @@ def test_study_fans_out_with_a_parallelism_limit_and_budget_parameters(compiled)
     assert len(ranks) == 4
 
 
+def test_the_study_preset_carries_the_studys_transfer_budgets_to_the_transfer_step(compiled):
+    """`--preset study`: every subset, the 7-LR x 4-batch grid, cells scored by 5-fold CV,
+    a 2000-epoch final model; the transfer step receives them as its inputs."""
+    spec, _ = compiled["ser_study"]
+    params = pr.preset_params("study", pr.build("ser_study"))
+    assert params["transfer_freeze"] == "a,b,c,d,e,f,g" and params["transfer_batches"] == "16,32,48,64"
+    assert (params["transfer_cv_folds"], params["transfer_final_epochs"], params["transfer_epochs"]) == (5, 2000, 150)
+    assert "2.68e-05" in params["transfer_lrs"].split(",") and len(params["transfer_lrs"].split(",")) == 7
+    inputs = spec["root"]["inputDefinitions"]["parameters"]
+    assert set(params) <= set(inputs)
+    assert inputs["transfer_cv_folds"]["defaultValue"] == 0  # the pipeline's own default stays the quick test-split scoring
+    transfer_task = spec["root"]["dag"]["tasks"]["transfer"]["inputs"]["parameters"]
+    for step_input, pipeline_param in (("cv_folds", "transfer_cv_folds"), ("final_epochs", "transfer_final_epochs"),
+                                       ("freeze", "transfer_freeze"), ("lrs", "transfer_lrs")):
+        assert transfer_task[step_input]["componentInputParameter"] == pipeline_param
+    with pytest.raises(pr.PipelineError, match="unknown preset"):
+        pr.preset_params("fast")
+
+
 def test_retrain_publishes_only_under_a_condition(compiled):
     spec, _ = compiled["ser_retrain"]
     tasks = spec["root"]["dag"]["tasks"]

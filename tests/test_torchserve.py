@@ -177,18 +177,26 @@ def test_each_bad_input_class(server, case):
 
 
 def test_bad_requests_do_not_fail_their_batch(server):
-    """Good and bad requests at once: batches mix them; each gets its own status."""
+    """Good and bad requests at once: batches mix them; each gets its own status.
+
+    Whether concurrent requests land in one batch depends on timing (the 25 ms batch
+    delay), so the burst is repeated, at most 5 times, until a batch of several forms:
+    a loaded CI machine slows the test down instead of failing it."""
     good, bad = serving.test_clip(), b"not audio " * 50
     bodies = [good if i % 2 == 0 else bad for i in range(24)]
-    with cf.ThreadPoolExecutor(12) as pool:
-        responses = list(pool.map(lambda b: post(server, b), bodies))
-    batch_sizes = [int(r.headers.get("X-Ser-Batch", "1")) for r in responses]
-    for body, r in zip(bodies, responses):
-        if body is good:
-            _ok(r)
-        else:
-            assert r.status_code == 415 and r.json()["error"] == "not_audio"
-    assert max(batch_sizes) > 1, f"requests were never batched: {batch_sizes}"
+    seen: list[int] = []
+    for _attempt in range(5):
+        with cf.ThreadPoolExecutor(12) as pool:
+            responses = list(pool.map(lambda b: post(server, b), bodies))
+        for body, r in zip(bodies, responses):
+            if body is good:
+                _ok(r)
+            else:
+                assert r.status_code == 415 and r.json()["error"] == "not_audio"
+        seen += [int(r.headers.get("X-Ser-Batch", "1")) for r in responses]
+        if max(seen) > 1:
+            break
+    assert max(seen) > 1, f"requests were never batched in 5 bursts: {seen}"
 
 
 def _fuzz_payloads(n: int, seed: int = 7) -> list[bytes]:

@@ -72,6 +72,27 @@ def pipeline_inputs(pipeline_fn: Any) -> dict[str, dict[str, Any]]:
     return {name: {"type": inp.type, "default": inp.default} for name, inp in (spec.inputs or {}).items()}
 
 
+PRESETS: tuple[str, ...] = ("study",)
+
+
+def preset_params(name: str, pipeline_fn: Any = None) -> dict[str, Any]:
+    """The parameters of a named budget preset (``src/ser/recipes/pipeline/NAME.yaml``:
+    ``study`` carries the study's transfer grid and budgets), checked against the
+    pipeline's inputs."""
+    from importlib import resources
+
+    import yaml
+
+    if name not in PRESETS:
+        raise PipelineError(f"unknown preset {name!r}; expected one of {', '.join(PRESETS)}")
+    data = yaml.safe_load(resources.files("ser").joinpath(f"recipes/pipeline/{name}.yaml").read_text(encoding="utf-8")) or {}
+    inputs = pipeline_inputs(pipeline_fn) if pipeline_fn is not None else {}
+    unknown = sorted(set(data) - set(inputs)) if inputs else []
+    if unknown:
+        raise PipelineError(f"preset {name} sets {', '.join(unknown)}, which this pipeline does not take")
+    return dict(data)
+
+
 def parse_params(items: list[str] | None, pipeline_fn: Any = None) -> dict[str, Any]:
     """``["k=v", ...]`` -> arguments, each value cast to the parameter's type
     (Integer, Float, Boolean, Struct/List as JSON; strings as given)."""

@@ -793,10 +793,13 @@ def evaluate(model_dir: str | Path, features_dir: str | Path, out_dir: str | Pat
 
 def transfer(model_dir: str | Path, features_dir: str | Path, out_dir: str | Path, *, freeze: str = "g", lrs: str = "2.68e-5",
              batches: str = "48", epochs: int = 150, eval_every: int = 10, seed: int = 0, device: str = "auto",
-             parent_run: str = "") -> dict[str, Any]:
+             cv_folds: int = 0, final_epochs: int = 0, parent_run: str = "") -> dict[str, Any]:
     """``ser transfer``: the English model's head replaced for the target label set,
     ``freeze`` subsets frozen, fine-tuned over the ``lrs`` x ``batches`` grid on the
-    target feature set of the model's kind and size; the best run is kept."""
+    target feature set of the model's kind and size; the best run is kept.
+    ``cv_folds`` > 0 scores each grid cell by k-fold cross-validation on the training
+    side and trains one final model for ``final_epochs`` (the study's rule);
+    0 scores the cells on the test split."""
     kind, size = _model_feature(model_dir)
     fs_path = Path(features_dir) / feature_file(kind, size)
     if not fs_path.is_file():
@@ -805,7 +808,9 @@ def transfer(model_dir: str | Path, features_dir: str | Path, out_dir: str | Pat
                       record_dir=out_dir) as tracker:
         run_ser("transfer", "--model", Path(model_dir) / "model.pt", "--features", fs_path, "--freeze", freeze, "--lrs", lrs,
                 "--batches", batches, "--epochs", max(1, as_int(epochs)), "--eval-every", max(1, as_int(eval_every)), "--seed", as_int(seed),
-                "--device", device, "--threads", torch_threads(), "--no-progress", "--out", out_dir)
+                "--device", device, "--threads", torch_threads(), "--no-progress", "--out", out_dir,
+                *(["--cv-folds", as_int(cv_folds)] if as_int(cv_folds) > 0 else []),
+                *(["--final-epochs", as_int(final_epochs)] if as_int(final_epochs) > 0 else []))
         metrics = read_json(Path(out_dir) / "metrics.json")
         if tracker.enabled:
             tracker.log_metrics({f"test_{k}": metrics[k] for k in ("accuracy", "ua", "macro_f1", "loss") if isinstance(metrics.get(k), (int, float))})

@@ -51,6 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "Outputs land under ROOT/<pipeline>-<time>/<task>/.")
     r.add_argument("--pipeline", choices=PIPELINES, default="ser_study", help="which pipeline (default ser_study)")
     r.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="pipeline parameter (repeatable)")
+    r.add_argument("--preset", choices=("study",), default=None,
+                   help="budget preset: study (the study's transfer grid: subsets a..g, 7 LRs, batches 16-64, 150 epochs, "
+                   "cells scored by 5-fold CV, a 2000-epoch final model); --param overrides it")
     r.add_argument("--root", type=Path, default=Path("local_outputs"), help="pipeline root for outputs (default local_outputs)")
     r.add_argument("--log", type=Path, default=None,
                    help="file for the runner's detailed output (default ROOT/logs/<pipeline>-<time>.log; the console shows one line per step)")
@@ -71,6 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--token", default=None, help="bearer token (default $KFP_TOKEN); prefer the environment to the command line")
     s.add_argument("--pipeline", choices=PIPELINES, default="ser_retrain", help="which pipeline (default ser_retrain)")
     s.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="pipeline parameter (repeatable)")
+    s.add_argument("--preset", choices=("study",), default=None, help="budget preset (see `ser pipeline run-local --help`); --param overrides it")
     s.add_argument("--experiment", default="ser", help="KFP experiment (default ser)")
     s.add_argument("--namespace", default=None, help="Kubernetes namespace (multi-user Kubeflow)")
     s.add_argument("--run-name", default=None, help="run name (default: pipeline and time)")
@@ -109,7 +113,7 @@ def cmd_run_local(args: argparse.Namespace) -> int:
         raise UserError("--demo runs ser_study")
     try:
         fn = pr.build(args.pipeline, **options)
-        params = pr.parse_params(args.param, fn)
+        params = {**(pr.preset_params(args.preset, fn) if args.preset else {}), **pr.parse_params(args.param, fn)}
         if args.demo:
             from ser.store import S3Store, StoreError
 
@@ -150,7 +154,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         raise UserError("no KFP endpoint: pass --host URL or set KFP_HOST")
     try:
         fn = pr.build(args.pipeline, **_options(args))
-        params = pr.parse_params(args.param, fn)
+        params = {**(pr.preset_params(args.preset, fn) if args.preset else {}), **pr.parse_params(args.param, fn)}
         info = pr.submit(host, fn, params, experiment=args.experiment, namespace=args.namespace, token=args.token,
                          run_name=args.run_name, service_account=args.service_account or None,
                          enable_caching=False if args.no_cache else None)

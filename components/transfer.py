@@ -17,14 +17,14 @@ def op(base_image: str = GPU_IMAGE):
         eval_every: int,
         seed: int,
         device: str,
-        cv_folds: int,
-        final_epochs: int,
         mlflow_uri: str,
         mlflow_experiment: str,
         tuned: Output[Model],
         metrics: Output[Metrics],
         confusion: Output[ClassificationMetrics],
         curves: Output[HTML],
+        cv_folds: int = 0,
+        final_epochs: int = 0,
     ) -> float:
         """freeze: subsets a..g ("g", "aceg", "all"); lrs / batches comma-separated; cv_folds > 0: cells
         scored by k-fold CV on the training side, then one final model of final_epochs. Returns test macro F1."""

@@ -100,9 +100,14 @@ def run(args: argparse.Namespace) -> int:
                         stream=sys.stderr)
     if hasattr(args, "no_progress") and not (sys.stdout.isatty() and sys.stderr.isatty()):
         args.no_progress = True  # a log file or a pipe: progress bars would only fill it with carriage returns
-    previous = None
+    previous = previous_int = None
     try:
         previous = signal.signal(signal.SIGTERM, _terminate)
+        # Ctrl-C (SIGINT) stops what a command started even where the parent left SIGINT
+        # ignored (a background job of a non-interactive shell, some CI runners): Python
+        # keeps an inherited SIG_IGN, which would make `ser services up --foreground`
+        # deaf to Ctrl-C.
+        previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     except ValueError:  # not the main thread (embedded use): leave signals alone
         pass
     try:
@@ -124,6 +129,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        if previous_int is not None:
+            signal.signal(signal.SIGINT, previous_int)
 
 
 if __name__ == "__main__":

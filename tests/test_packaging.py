@@ -31,9 +31,13 @@ def _imported_top_levels() -> dict[str, str]:
     return found
 
 
+def _names(deps: list[str]) -> set[str]:
+    return {re.split(r"[<>=!~\[; ]", dep, maxsplit=1)[0].lower().replace("_", "-") for dep in deps}
+
+
 def _declared() -> set[str]:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    return {re.split(r"[<>=!~\[; ]", dep, maxsplit=1)[0].lower().replace("_", "-") for dep in project["dependencies"]}
+    return _names(project["dependencies"]) | _names(project["optional-dependencies"]["encoder"])
 
 
 def _undeclared(declared: set[str]) -> dict[str, tuple[list[str], str]]:
@@ -58,3 +62,17 @@ def test_every_imported_package_is_declared():
 def test_an_undeclared_import_is_reported():
     """psutil (imported by ser.services) used to be missing from the list: the check names it."""
     assert set(_undeclared(_declared() - {"psutil"})) == {"psutil"}
+
+
+def test_the_encoder_extra_stays_optional():
+    """Only ser/encoder.py imports the encoder extra's packages, and only inside its
+    functions: the core, the CNN images and `make demo` run without them."""
+    extra = {"faster_whisper", "ctranslate2"}
+    where = {}
+    for path in (REPO / "src/ser").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            if any(n.split(".")[0] in extra for n in names):
+                where.setdefault(path.name, []).append(node in tree.body)
+    assert set(where) == {"encoder.py"} and not any(where["encoder.py"])

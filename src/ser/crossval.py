@@ -75,8 +75,10 @@ class CVRecipe:
             raise CVError("patience must be >= 0 (0: no early stop)")
         if self.select not in ("loss", "ua"):
             raise CVError(f"select must be loss or ua, got {self.select!r}")
-        if (self.model.get("cnn") == "plus") != (self.features.kind == "logmel"):
-            raise CVError("the plus network takes logmel features, the study's CNNs take mel/chroma/mfcc images")
+        takes = {"plus": "logmel", "head": "whisper"}.get(str(self.model.get("cnn")))
+        if takes != (self.features.kind if self.features.kind in ("logmel", "whisper") else None):
+            raise CVError("the plus network takes logmel features, the head takes whisper embeddings, "
+                          "the study's CNNs take mel/chroma/mfcc images")
 
     @property
     def optimistic(self) -> bool:
@@ -119,7 +121,7 @@ class CVRecipe:
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 
-RECIPES: tuple[str, ...] = ("plus", "study")
+RECIPES: tuple[str, ...] = ("plus", "study", "whisper")
 
 
 def load_recipe(name_or_path: str | Path) -> CVRecipe:
@@ -141,11 +143,10 @@ def load_recipe(name_or_path: str | Path) -> CVRecipe:
 def model_spec(recipe: CVRecipe, in_size: int, n_classes: int):
     """The recipe's architecture sized for the data."""
     from ser import models
-    from ser.plusnet import PlusSpec
 
     data = dict(recipe.model)
-    if data.get("cnn") == "plus":
-        return PlusSpec.from_dict({**data, "in_size": in_size, "n_classes": n_classes})
+    if data.get("cnn") in ("plus", "head"):
+        return models.spec_from_dict({**data, "in_size": in_size, "n_classes": n_classes})
     preset = data.pop("preset", None)
     base = models.PRESETS[preset].to_dict() if preset else {}
     base.update(data)
@@ -268,7 +269,7 @@ def run(fs: FeatureSet, recipe: CVRecipe, out: str | Path, *, folds: int | None 
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if fs.spec.kind != recipe.features.kind or fs.spec.size != recipe.features.size:
+    if not fs.spec.matches(recipe.features):
         raise CVError(f"the feature set holds {fs.spec.kind} {fs.spec.size}, the {recipe.name} recipe wants "
                       f"{recipe.features.kind} {recipe.features.size}: extract it with the recipe's features")
     try:

@@ -27,7 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ser import allocator, audio
-from ser.features import FeatureSpec, extract, extract_file
+from ser.features import FeatureSpec, extract, extract_file, resolve
 from ser.labels import label_set
 
 _STR_COLUMNS = ("speaker", "corpus", "source_id", "group", "augment")
@@ -279,6 +279,7 @@ def build(
     """
     names = label_set(labels)
     rows = list(rows)
+    spec = resolve(spec)  # whisper: the encoder's identity joins the cache key
     cache = FeatureCache(cache_dir, spec) if cache_dir else None
     images: list[np.ndarray | None] = [None] * len(rows)
     problems: list[tuple[str, str]] = []
@@ -298,7 +299,9 @@ def build(
         else:
             images[i] = image
     cached_count = len(keep) - len(todo)
-    workers = workers or os.cpu_count() or 1
+    # The encoder runs on every core by itself (CTranslate2's threads); one copy of it
+    # per worker would only multiply its memory.
+    workers = 1 if spec.kind == "whisper" else (workers or os.cpu_count() or 1)
     # Batches of up to 32 clips: few cache shards, yet every worker gets several.
     size = max(1, min(32, -(-len(todo) // (4 * workers))))
     batches = [todo[start : start + size] for start in range(0, len(todo), size)]
@@ -309,7 +312,8 @@ def build(
         # Made after the pool forks, and only when shown: a tqdm starts a monitor thread.
         if not progress or not todo:
             return contextlib.nullcontext(None)
-        return tqdm(total=len(todo), desc=f"features {spec.kind} {spec.size}x{spec.size}", unit="clip")
+        shape = f"{spec.encoder} {spec.size}" if spec.kind == "whisper" else f"{spec.size}x{spec.size}"
+        return tqdm(total=len(todo), desc=f"features {spec.kind} {shape}", unit="clip")
 
     def gather(results: Iterable[list[tuple[np.ndarray | None, str]]]) -> None:
         with progress_bar() as bar:
@@ -325,6 +329,8 @@ def build(
     if workers > 1 and len(todo) > 32:
         with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context(spec), initializer=_worker_setup) as pool:
             gather(pool.map(_work, jobs))
+    elif spec.kind == "whisper":
+        gather(map(_work, jobs))
     else:
         from threadpoolctl import threadpool_limits
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from functools import lru_cache
 from typing import Literal
 
@@ -19,8 +19,8 @@ from PIL import Image
 
 from ser import audio
 
-FeatureKind = Literal["mel", "chroma", "mfcc", "logmel"]
-KINDS: tuple[str, ...] = ("mel", "chroma", "mfcc", "logmel")
+FeatureKind = Literal["mel", "chroma", "mfcc", "logmel", "whisper"]
+KINDS: tuple[str, ...] = ("mel", "chroma", "mfcc", "logmel", "whisper")
 #: The kinds of the study: N x N pictures, the time axis squeezed to N columns.
 IMAGE_KINDS: tuple[str, ...] = ("mel", "chroma", "mfcc")
 #: Sample rate every recording is resampled to by default: the same recording must give
@@ -28,6 +28,9 @@ IMAGE_KINDS: tuple[str, ...] = ("mel", "chroma", "mfcc")
 DEFAULT_RATE = 16000
 NORMALISATIONS: tuple[str, ...] = ("utterance", "none")
 SIZES: tuple[int, ...] = (30, 50, 60, 80)
+#: Fields that only the ``whisper`` kind has (left out of other kinds' dicts and keys,
+#: so adding them changed no existing cache key or bundle).
+ENCODER_FIELDS: tuple[str, ...] = ("encoder", "encoder_id", "compute_type", "encoder_window")
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,15 @@ class FeatureSpec:
     gives the same image at whatever rate it arrives; ``None`` keeps each corpus at
     its native rate, as the study did, and then the image depends on the rate the
     audio came at (docs/METHOD_DEVIATIONS.md).
+
+    ``whisper`` (the ``whisper`` recipe, :mod:`ser.encoder`): the frozen encoder's
+    output, one ``size``-wide embedding per 20 ms (size = the encoder's width, 512 for
+    base), for :mod:`ser.headnet` to pool. ``encoder`` names it (a size or a
+    directory), ``encoder_id`` is the identity of its files (filled in by
+    :func:`resolve`), ``compute_type`` how CTranslate2 runs it, and ``encoder_window``
+    the seconds each utterance is padded to with silence before encoding (30: Whisper's
+    own window, which it was trained on; 0: none, ten times cheaper). No pre-emphasis:
+    the encoder was trained on plain audio.
     """
 
     kind: FeatureKind = "mel"
@@ -55,19 +67,30 @@ class FeatureSpec:
     preemphasis: float = 0.97
     top_db: float = 60.0
     normalise: str = "utterance"  #: logmel only: "utterance" (mean 0, deviation 1) or "none" (dB below the peak)
+    encoder: str = "base"  #: whisper only: a faster-whisper size or a directory of converted files
+    encoder_id: str = ""  #: whisper only: SHA-256 prefix of the encoder's model.bin (set by resolve)
+    compute_type: str = "int8"  #: whisper only: CTranslate2 compute type (int8, float32, float16 on a GPU)
+    encoder_window: int = 30  #: whisper only: seconds every utterance is padded to (0: no padding)
 
     def __post_init__(self) -> None:
         if self.normalise not in NORMALISATIONS:
             raise ValueError(f"normalise must be one of {NORMALISATIONS}, got {self.normalise!r}")
         if self.kind not in KINDS:
             raise ValueError(f"feature kind must be one of {KINDS}, got {self.kind!r}")
-        if not 8 <= int(self.size) <= 512:
-            raise ValueError(f"feature size must be between 8 and 512, got {self.size}")
+        largest = 1280 if self.kind == "whisper" else 512  # whisper: the encoder's width (large: 1280)
+        if not 8 <= int(self.size) <= largest:
+            raise ValueError(f"feature size must be between 8 and {largest}, got {self.size}")
+        if self.kind == "whisper" and (self.sample_rate != 16000 or self.preemphasis != 0.0 or not 0 <= self.encoder_window <= 30):
+            raise ValueError("whisper features need sample_rate 16000, preemphasis 0 and an encoder_window of 0-30 s")
         if self.n_fft <= 0 or self.hop <= 0:
             raise ValueError("n_fft and hop must be positive")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        if self.kind != "whisper":
+            for name in ENCODER_FIELDS:
+                data.pop(name)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "FeatureSpec":
@@ -76,12 +99,23 @@ class FeatureSpec:
         if unknown:
             raise ValueError(f"unknown FeatureSpec fields: {sorted(unknown)}")
         values = dict(data)
-        for key in ("size", "n_fft", "hop"):
+        for key in ("size", "n_fft", "hop", "encoder_window"):
             if key in values:
                 values[key] = int(values[key])
         if values.get("sample_rate") is not None:
             values["sample_rate"] = int(values["sample_rate"])
         return cls(**values)
+
+    def matches(self, wanted: "FeatureSpec") -> bool:
+        """True when features made with this spec are what ``wanted`` asks for: the same
+        spec, except that a whisper spec asking for an encoder by name accepts the
+        identity and width :func:`resolve` found for it."""
+        mine, theirs = self.to_dict(), wanted.to_dict()
+        if self.kind == "whisper" and wanted.kind == "whisper":
+            for name in ("size",) if wanted.encoder_id else ("size", "encoder_id"):
+                mine.pop(name)
+                theirs.pop(name)
+        return mine == theirs
 
     def key(self) -> str:
         """Short stable hash of the spec: part of every cache key and artifact name."""
@@ -161,18 +195,45 @@ def to_unit_range(image: np.ndarray) -> np.ndarray:
 
 def prepare(wave: np.ndarray, spec: FeatureSpec) -> np.ndarray:
     """Steps 1-2: pre-emphasis, then trim of leading and trailing silence."""
-    return audio.trim(audio.preemphasis(wave, spec.preemphasis), top_db=spec.top_db)
+    if spec.preemphasis:
+        wave = audio.preemphasis(wave, spec.preemphasis)
+    return audio.trim(wave, top_db=spec.top_db)
+
+
+def resolve(spec: FeatureSpec) -> FeatureSpec:
+    """The spec with everything its name leaves open pinned down: for ``whisper``, the
+    encoder's identity and width (the encoder is located, and loaded once); other
+    kinds are complete already."""
+    if spec.kind != "whisper":
+        return spec
+    from ser import encoder
+
+    model = encoder.load(spec.encoder, spec.encoder_id, spec.compute_type)
+    found = encoder.identity(encoder.locate(spec.encoder, spec.encoder_id))
+    return replace(spec, encoder_id=found, size=encoder.dimensions(model))
+
+
+def _encode(wave: np.ndarray, spec: FeatureSpec) -> np.ndarray:
+    from ser import encoder
+
+    if not spec.encoder_id:
+        raise ValueError("a whisper spec needs its encoder_id: pass it through features.resolve first")
+    model = encoder.load(spec.encoder, spec.encoder_id, spec.compute_type)
+    return encoder.embed(wave, model, spec.encoder_window)
 
 
 def extract(wave: np.ndarray, rate: int, spec: FeatureSpec) -> np.ndarray:
     """One waveform at ``rate`` Hz -> float32 image of shape (N, N) in [0, 1], or for
-    ``logmel`` a standardised (N, frames) log-mel array at the spec's hop.
+    ``logmel`` a standardised (N, frames) log-mel array at the spec's hop, for
+    ``whisper`` the (N, frames) encoder embeddings at 20 ms.
 
     The waveform should already be at the spec's rate (see :func:`load`); resampling
     is the decoder's job so that serving and training decode identically.
     """
     if wave.ndim != 1 or wave.size == 0:
         raise audio.AudioError("expected a non-empty mono waveform")
+    if spec.kind == "whisper":
+        return _encode(prepare(wave, spec), spec)
     image = spectral(prepare(wave, spec), rate, spec)
     if spec.kind == "logmel":
         return standardise(image) if spec.normalise == "utterance" else (image / 80.0).astype(np.float32)

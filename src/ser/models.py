@@ -17,6 +17,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from ser.headnet import HeadNet, HeadSpec
 from ser.plusnet import PlusNet, PlusSpec
 
 CNNName = Literal["bulba", "charma", "squirtle"]
@@ -223,12 +224,15 @@ class SquirtleNet(_Net):
 _CLASSES: dict[str, type[_Net]] = {"bulba": BulbaNet, "charma": CharmaNet, "squirtle": SquirtleNet}
 
 
-def spec_from_dict(data: dict[str, Any]) -> "ArchSpec | PlusSpec | EnsembleSpec":
+def spec_from_dict(data: dict[str, Any]) -> "ArchSpec | PlusSpec | HeadSpec | EnsembleSpec":
     """The architecture a bundle's ``arch`` dict describes: a study CNN, the ``plus``
-    recipe's network (:mod:`ser.plusnet`) or an ensemble of either."""
+    recipe's network (:mod:`ser.plusnet`), the ``whisper`` recipe's head over encoder
+    embeddings (:mod:`ser.headnet`) or an ensemble of one of them."""
     kind = data.get("cnn")
     if kind == "plus":
         return PlusSpec.from_dict(data)
+    if kind == "head":
+        return HeadSpec.from_dict(data)
     if kind == "ensemble":
         return EnsembleSpec.from_dict(data)
     return ArchSpec.from_dict(data)
@@ -283,10 +287,12 @@ class Ensemble(nn.Module):
         return torch.stack(outs).mean(0)
 
 
-def build(spec: "ArchSpec | PlusSpec | EnsembleSpec") -> nn.Module:
+def build(spec: "ArchSpec | PlusSpec | HeadSpec | EnsembleSpec") -> nn.Module:
     """A freshly initialised network for the spec (spec already validated)."""
     if isinstance(spec, PlusSpec):
         return PlusNet(spec)
+    if isinstance(spec, HeadSpec):
+        return HeadNet(spec)
     if isinstance(spec, EnsembleSpec):
         return Ensemble(spec)
     return _CLASSES[spec.cnn](spec)
@@ -297,7 +303,7 @@ class ModelBundle:
     """A trained network and what is needed to use it: labels, feature spec, provenance."""
 
     model: nn.Module
-    arch: "ArchSpec | PlusSpec | EnsembleSpec"
+    arch: "ArchSpec | PlusSpec | HeadSpec | EnsembleSpec"
     labels: tuple[str, ...]
     feature_spec: dict[str, Any]
     meta: dict[str, Any]
@@ -328,6 +334,10 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> ModelBu
         raise ValueError(f"{path}: not a ser model file ({exc})") from None
     if not isinstance(payload, dict) or not {"arch", "state_dict", "labels"} <= set(payload):
         raise ValueError(f"{path}: not a ser model file (missing arch, state_dict or labels)")
+    if (payload.get("feature_spec") or {}).get("kind") == "whisper":
+        from ser import encoder
+
+        encoder.register_beside(path)  # a packaged model carries its encoder next to model.pt
     arch = spec_from_dict(payload["arch"])
     model = build(arch)
     model.load_state_dict(payload["state_dict"])

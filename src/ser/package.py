@@ -7,7 +7,10 @@ The .mar holds three things:
 - the handler, ``ser/ts_handler.py`` (``serving/handler.py`` subclasses it); it
   imports :mod:`ser.serving`, so the serving image needs ``ser`` installed;
 - ``model-config.yaml``: worker count, batch size, max batch delay, response
-  timeout, and a ``ser:`` section the handler reads (request limits, torch threads).
+  timeout, and a ``ser:`` section the handler reads (request limits, torch threads);
+- for a model on encoder embeddings (the ``whisper`` recipe), ``encoder/``: the
+  encoder files it was trained with (~145 MB for whisper-base), so one archive
+  serves without a model hub.
 
 ``kserve_layout`` lays out what KServe's TorchServe runtime expects under its
 storageUri: ``config/config.properties`` and ``model-store/<name>.mar``.
@@ -188,7 +191,7 @@ def build_mar(
     import yaml
 
     model_pt = resolve_model(model)
-    check_model(model_pt)
+    checked = check_model(model_pt)
     out = Path(out)
     if out.suffix != ".mar":
         raise PackageError(f"{out}: the archive name must end in .mar")
@@ -207,7 +210,9 @@ def build_mar(
         shutil.copyfile(model_pt, staged / SERIALIZED)
         shutil.copyfile(handler, staged / "handler.py")
         (staged / "model-config.yaml").write_text(yaml.safe_dump(runtime.model_config(), sort_keys=False))
+        extra = _stage_encoder(checked["feature_spec"], tmp_dir / "extra")
         config = ModelArchiverConfig(
+            extra_files=str(extra) if extra else None,
             model_name=name,
             handler=str(staged / "handler.py"),
             version=str(version),
@@ -231,6 +236,25 @@ def build_mar(
         shutil.move(str(built), part)
         part.replace(out)
     return out
+
+
+def _stage_encoder(feature_spec: dict[str, Any], folder: Path) -> Path | None:
+    """For a model on encoder embeddings: ``folder/encoder/`` holding the very encoder
+    files it was trained with (the archiver copies ``folder``'s contents next to
+    model.pt, where :func:`ser.encoder.register_beside` finds them). None otherwise."""
+    if feature_spec.get("kind") != "whisper":
+        return None
+    from ser import encoder
+
+    try:
+        source = encoder.locate(feature_spec["encoder"], feature_spec.get("encoder_id", ""))
+    except encoder.EncoderError as exc:
+        raise PackageError(f"the model needs its encoder in the archive: {exc}") from None
+    (folder / "encoder").mkdir(parents=True)
+    for name in encoder.FILES:
+        if (source / name).is_file():
+            shutil.copyfile(source / name, folder / "encoder" / name)
+    return folder
 
 
 def config_properties(

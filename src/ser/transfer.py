@@ -48,6 +48,7 @@ from torch import nn
 
 from ser import models
 from ser.dataset import FeatureSet
+from ser.features import IMAGE_KINDS
 from ser.training import EpochRecord, TrainConfig, fit
 
 FREEZE_SUBSETS: dict[str, tuple[str, ...]] = {
@@ -164,10 +165,18 @@ class TransferRun:
 
 
 def check_compatible(bundle: models.ModelBundle, fs: FeatureSet) -> None:
-    """The new data must be images of the size the network was built for."""
-    size = int(fs.images.shape[-1]) if fs.images.ndim == 3 else -1
+    """The new data must be features of the kind and size the network was built for
+    (N x N images for the study's CNNs; N-high frames of any width for the plus
+    network and the encoder head)."""
+    size = int(fs.images.shape[1]) if fs.images.ndim == 3 else -1
+    kind = (bundle.feature_spec or {}).get("kind", fs.spec.kind)
+    if kind != fs.spec.kind:
+        raise ValueError(f"the model takes {kind} features, the feature set holds {fs.spec.kind}")
     if size != bundle.arch.in_size:
-        raise ValueError(f"the model takes {bundle.arch.in_size}x{bundle.arch.in_size} images, the feature set has {size}x{size}")
+        n = bundle.arch.in_size
+        if kind in IMAGE_KINDS:
+            raise ValueError(f"the model takes {n}x{n} images, the feature set has {size}x{size}")
+        raise ValueError(f"the model takes {kind} frames {n} high, the feature set's are {size}")
 
 
 def grid(subsets: Iterable[str], lrs: Sequence[float], batches: Sequence[int], scratch_lrs: Sequence[float] = (), scratch_batch: int = SCRATCH_BATCH) -> list[tuple[str, float, int]]:

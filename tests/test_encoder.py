@@ -145,12 +145,17 @@ def test_served_request_predict_and_evaluation_agree(tmp_path, head_bundle, reso
     assert np.allclose(list(batch[0]["probabilities"].values()), want, atol=1e-5)
 
 
-def test_a_packaged_model_carries_its_encoder(tmp_path, head_bundle, monkeypatch):
+@pytest.fixture(scope="module")
+def head_mar(tmp_path_factory, head_bundle):
     from ser.package import build_mar
+
+    return build_mar(head_bundle, tmp_path_factory.mktemp("mar") / "emotion.mar")
+
+
+def test_a_packaged_model_carries_its_encoder(tmp_path, head_mar, monkeypatch):
     import zipfile
 
-    mar = build_mar(head_bundle, tmp_path / "emotion.mar")
-    with zipfile.ZipFile(mar) as z:
+    with zipfile.ZipFile(head_mar) as z:
         names = set(z.namelist())
         assert {"model.pt", "encoder/model.bin", "encoder/config.json"} <= names
         z.extractall(tmp_path / "unpacked")
@@ -159,3 +164,27 @@ def test_a_packaged_model_carries_its_encoder(tmp_path, head_bundle, monkeypatch
     monkeypatch.setattr(encoder, "_search_dirs", [])
     models.load_bundle(tmp_path / "unpacked" / "model.pt")
     assert encoder.locate("base", PINNED_ID) == tmp_path / "unpacked" / "encoder"
+
+
+@pytest.mark.integration
+def test_torchserve_serves_the_archive_with_its_own_encoder(tmp_path, head_mar, head_bundle):
+    """A real TorchServe loads encoder + head from the one .mar: with an empty user cache
+    its workers never join the shipped files, and the answer is the in-process one."""
+    import requests
+
+    from ser.torchserve import start
+
+    empty = tmp_path / "cache"
+    empty.mkdir()
+    srv = start(head_mar, timeout=240, env={"XDG_CACHE_HOME": str(empty)})
+    try:
+        data = wav_bytes(speech_like(2.5, seed=5), 16000)
+        r = requests.post(srv.predict_url, data=data, headers={"Content-Type": "application/octet-stream", **srv.headers()}, timeout=120)
+        assert r.status_code == 200, r.text
+        bad = requests.post(srv.predict_url, data=b"not audio", headers={"Content-Type": "application/octet-stream", **srv.headers()}, timeout=60)
+        assert 400 <= bad.status_code < 500
+    finally:
+        srv.stop()
+    local = serving.Predictor(models.load_bundle(head_bundle), backend="int8").predict(data)["probabilities"]
+    assert list(r.json()["probabilities"].values()) == pytest.approx(list(local.values()), abs=1e-5)
+    assert not any(empty.rglob("model.bin"))

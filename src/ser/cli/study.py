@@ -136,7 +136,7 @@ def resolve_config(config: dict[str, Any] | None, preset: str | None, image_size
             raise UserError(f"config says {key}={arch_d[key]}, but the feature set has {what}")
     base.update(arch_d)
     try:
-        arch = models.ArchSpec.from_dict(base)
+        arch = models.spec_from_dict(base)  # a study CNN, or cnn: head / plus
         cfg = TrainConfig.from_dict(train_d)
     except (ValueError, TypeError) as exc:
         raise UserError(f"invalid config: {exc}") from None
@@ -446,7 +446,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UserError("--seeds must be at least 1")
     config = _read_config(args.config) if args.config else None
     preset = args.preset or (None if config else "optimal-english")
-    arch, cfg = resolve_config(config, preset, int(fs.images.shape[-1]), len(fs.label_names))
+    arch, cfg = resolve_config(config, preset, int(fs.images.shape[1]), len(fs.label_names))
     overrides = {"epochs": args.epochs, "eval_every": args.eval_every, "batch_size": args.batch_size, "lr": args.lr, "precision": args.precision}
     try:
         cfg = cfg.with_(device=args.device, **{k: v for k, v in overrides.items() if v is not None})
@@ -494,9 +494,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _check_labels(bundle, fs, model_path: Path, features: Path) -> None:
     if tuple(bundle.labels) != tuple(fs.label_names):
         raise UserError(f"{model_path} predicts {list(bundle.labels)} but {features} is labelled {list(fs.label_names)}")
-    size = int(fs.images.shape[-1])
+    size = int(fs.images.shape[1])  # N: the image side, or the height of logmel / encoder frames
     if size != bundle.arch.in_size:
-        raise UserError(f"{model_path} takes {bundle.arch.in_size}x{bundle.arch.in_size} images, {features} has {size}x{size}")
+        raise UserError(f"{model_path} takes inputs {bundle.arch.in_size} high, {features} has {size}")
     if bundle.feature_spec and bundle.feature_spec != fs.spec.to_dict():
         print(f"warning: {features} was extracted with {fs.spec.to_dict()}, the model with {bundle.feature_spec}", file=sys.stderr)
 

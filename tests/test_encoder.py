@@ -188,3 +188,32 @@ def test_torchserve_serves_the_archive_with_its_own_encoder(tmp_path, head_mar, 
     local = serving.Predictor(models.load_bundle(head_bundle), backend="int8").predict(data)["probabilities"]
     assert list(r.json()["probabilities"].values()) == pytest.approx(list(local.values()), abs=1e-5)
     assert not any(empty.rglob("model.bin"))
+
+
+def test_the_pipeline_steps_carry_the_whisper_family(tmp_path):
+    """features -> final training (the head) -> evaluate -> Greek transfer, through the
+    same step functions the Kubeflow components call, on small synthetic corpora."""
+    from ser import pipeline_steps as steps
+    from ser import tables
+    from ser.cli import main as ser_main
+    from ser.corpora import synthetic
+
+    feats = {}
+    for layout, labels_name in (("ravdess", "english"), ("aesdd", "greek")):
+        synthetic.generate(tmp_path / layout, layout, per_class=4, speakers=2)
+        assert ser_main(["ingest", "--corpus", f"{layout}={tmp_path / layout}", "--out", str(tmp_path / f"{layout}.csv")]) == 0
+        rows = tables.read_rows(tmp_path / f"{layout}.csv")
+        steps.write_table(rows, tmp_path / f"{layout}-table", list(rows[0]))
+        info = steps.features(tmp_path / f"{layout}-table", tmp_path / f"{layout}-features", kinds="whisper", sizes="512", labels=labels_name)
+        assert info["sets"]["whisper-512.npz"]["n"] == len(rows)
+        feats[layout] = tmp_path / f"{layout}-features"
+    config = {"arch": {"cnn": "head", "hidden": 16}, "train": {"batch_size": 8, "lr": 1e-3}}
+    final = steps.final_train(feats["ravdess"], tmp_path / "final", config=config, feature="whisper", size=512, epochs=2,
+                              eval_every=1, device="cpu")
+    assert final["feature"] == "whisper" and 0.0 <= final["ua"] <= 1.0
+    bundle = models.load_bundle(tmp_path / "final" / "model.pt")
+    assert isinstance(bundle.model, HeadNet) and bundle.feature_spec["encoder_id"] == PINNED_ID
+    ev = steps.evaluate(tmp_path / "final", feats["ravdess"], tmp_path / "eval")
+    assert ev["accuracy"] == pytest.approx(final["accuracy"])
+    greek = steps.transfer(tmp_path / "final", feats["aesdd"], tmp_path / "greek", freeze="g", lrs="1e-3", batches="8", epochs=2, eval_every=1, device="cpu")
+    assert greek["feature"] == "whisper" and len(greek["labels"]) == 5

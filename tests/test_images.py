@@ -146,8 +146,18 @@ def test_torch_and_pip_pins(kind):
     text = DOCKERFILES[kind].read_text()
     assert re.search(r'pip install "torch==\$\{TORCH_VERSION\}[^"]*" --index-url "\$\{TORCH_INDEX_URL\}"', text)
     # the installed torch build is held while `ser` and its pins go in
-    assert "--constraint /opt/torch-constraint.txt ." in text
+    assert re.search(r'--constraint /opt/torch-constraint.txt "?\.', text)
     assert "COPY pyproject.toml" in text and "COPY src" in text
+
+
+def test_only_the_encoder_images_carry_the_encoder_extra():
+    from ser import images
+
+    for name, (_, dockerfile, build_args) in images.IMAGES.items():
+        extras = [a for a in build_args if a.startswith("SER_EXTRAS=")]
+        assert extras == (["SER_EXTRAS=[encoder]"] if name.endswith("-encoder") else []), name
+        if name.endswith("-encoder"):
+            assert arg_defaults(REPO / dockerfile)["SER_EXTRAS"] == ""
 
 
 def test_cpu_images_use_the_cpu_wheel():

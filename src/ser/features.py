@@ -85,6 +85,14 @@ class FeatureSpec:
         if self.n_fft <= 0 or self.hop <= 0:
             raise ValueError("n_fft and hop must be positive")
 
+    @classmethod
+    def for_kind(cls, kind: str, size: int = 60, sample_rate: int | None = DEFAULT_RATE, **fields_: object) -> "FeatureSpec":
+        """A spec with the defaults ``kind`` needs: the whisper encoder takes plain 16 kHz
+        audio (no pre-emphasis), and its width is found by :func:`resolve`."""
+        if kind == "whisper":
+            return cls(kind="whisper", size=512, sample_rate=16000, preemphasis=0.0, **fields_)  # size: a placeholder
+        return cls(kind=kind, size=size, sample_rate=sample_rate, **fields_)
+
     def to_dict(self) -> dict:
         data = asdict(self)
         if self.kind != "whisper":

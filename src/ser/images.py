@@ -30,6 +30,12 @@ SERVE_IMAGE = f"{REGISTRY}/ser-serve:{VERSION}"
 #: The same serving image on the torch CUDA 12.6 wheel (sm_70); overlay gpu-v100.
 SERVE_GPU_IMAGE = f"{REGISTRY}/ser-serve-gpu-v100:{VERSION}"
 
+#: The whisper recipe's images: the CPU and serving images with the ``encoder`` extra
+#: (faster-whisper, CTranslate2, the whisper-base files: ~0.3 GB more); the CNN images
+#: above never carry it.
+CPU_ENCODER_IMAGE = f"{REGISTRY}/ser-cpu-encoder:{VERSION}"
+SERVE_ENCODER_IMAGE = f"{REGISTRY}/ser-serve-encoder:{VERSION}"
+
 #: name -> (image, Dockerfile, docker build args), the order `make images` builds them in.
 IMAGES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "cpu": (CPU_IMAGE, "images/Dockerfile.cpu", ()),
@@ -43,6 +49,8 @@ IMAGES: dict[str, tuple[str, str, tuple[str, ...]]] = {
             "REQUIRED_CUDA_ARCH=sm_70",
         ),
     ),
+    "cpu-encoder": (CPU_ENCODER_IMAGE, "images/Dockerfile.cpu", ("SER_EXTRAS=[encoder]",)),
+    "serve-encoder": (SERVE_ENCODER_IMAGE, "images/Dockerfile.serve", ("SER_EXTRAS=[encoder]",)),
 }
 
 

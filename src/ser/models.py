@@ -22,7 +22,7 @@ from ser.plusnet import PlusNet, PlusSpec
 
 CNNName = Literal["bulba", "charma", "squirtle"]
 CNNS: tuple[str, ...] = ("bulba", "charma", "squirtle")
-DISPLAY = {"bulba": "BulbaNET", "charma": "CharmaNET", "squirtle": "SquirtleNET"}
+DISPLAY = {"bulba": "BulbaNET", "charma": "CharmaNET", "squirtle": "SquirtleNET", "plus": "PlusNet", "head": "encoder head", "ensemble": "ensemble"}
 
 
 class SpecError(ValueError):

@@ -320,7 +320,7 @@ def features(table_dir: str | Path, out_dir: str | Path, kinds: str = "mel", siz
     try:
         for kind in parse_list(kinds):
             for size in parse_list(sizes, int):
-                spec = FeatureSpec(kind=kind, size=size, sample_rate=rate)
+                spec = FeatureSpec.for_kind(kind, size, rate)  # whisper: the encoder's embeddings (size = its width)
                 fs, rep = dataset.build(rows, spec, labels=labels, cache_dir=cache, workers=workers, progress=False)
                 if len(fs) == 0:
                     raise ValueError(f"no usable rows in {table_dir} for the {labels} label set")

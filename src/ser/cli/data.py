@@ -213,10 +213,8 @@ def cmd_features(args: argparse.Namespace) -> int:
 
     try:
         rows = tables.read_rows(args.table)
-        if args.feature == "whisper":
-            spec = FeatureSpec(kind="whisper", size=512, sample_rate=16000, preemphasis=0.0, encoder=args.encoder, encoder_window=args.encoder_window)
-        else:
-            spec = FeatureSpec(kind=args.feature, size=args.size, sample_rate=args.rate)
+        extra = {"encoder": args.encoder, "encoder_window": args.encoder_window} if args.feature == "whisper" else {}
+        spec = FeatureSpec.for_kind(args.feature, args.size, args.rate, **extra)
     except (FileNotFoundError, ValueError) as exc:
         raise UserError(str(exc)) from None
     start = time.perf_counter()

@@ -217,3 +217,26 @@ def test_the_pipeline_steps_carry_the_whisper_family(tmp_path):
     assert ev["accuracy"] == pytest.approx(final["accuracy"])
     greek = steps.transfer(tmp_path / "final", feats["aesdd"], tmp_path / "greek", freeze="g", lrs="1e-3", batches="8", epochs=2, eval_every=1, device="cpu")
     assert greek["feature"] == "whisper" and len(greek["labels"]) == 5
+
+
+def test_ser_cv_runs_the_whisper_recipe(tmp_path, capsys):
+    """`ser cv --recipe whisper`: leave-one-speaker-out, the fold heads kept as one
+    servable ensemble on the encoder's features."""
+    from ser.cli import main as ser_main
+    from ser.corpora import synthetic
+
+    synthetic.generate(tmp_path / "corpus", "ravdess", per_class=3, speakers=3)
+    assert ser_main(["ingest", "--corpus", f"ravdess={tmp_path / 'corpus'}", "--out", str(tmp_path / "t.csv")]) == 0
+    code = ser_main(["cv", "--table", str(tmp_path / "t.csv"), "--recipe", "whisper", "--epochs", "2", "--set", "features.encoder_window=0",
+                     "--cache", str(tmp_path / "cache"), "--no-progress", "--out", str(tmp_path / "cv")])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "leave-one-speaker-out, 3 runs: UA" in out
+    import yaml
+
+    recipe = yaml.safe_load((tmp_path / "cv" / "recipe.yaml").read_text())  # saved next to the results, overrides applied
+    assert recipe["checkpoint"] == "last" and recipe["features"]["encoder_window"] == 0 and recipe["model"]["cnn"] == "head"
+    ensemble = models.load_bundle(tmp_path / "cv" / "ensemble.pt")
+    assert ensemble.feature_spec["encoder_id"] == PINNED_ID and len(ensemble.model.members) == 3
+    answer = serving.Predictor(ensemble).predict(wav_bytes(speech_like(1.2), 16000))
+    assert abs(sum(answer["probabilities"].values()) - 1) < 1e-5

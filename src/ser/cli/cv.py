@@ -17,7 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "chosen on validation speakers carved from the training speakers, never on test rows (the "
         "'study' recipe keeps the study's rule, test-loss checkpoints, and says its scores are "
         "optimistic). Recipes: plus (log-mel frames, a time-pooling CNN, crops, speed perturbation, "
-        "SpecAugment, mixup, label smoothing), study (the study's optimal SquirtleNET on mel 60x60), or "
+        "SpecAugment, mixup, label smoothing), study (the study's optimal SquirtleNET on mel 60x60), "
+        "whisper (a frozen Whisper-base encoder and a small head; pip install 'ser[encoder]'), or "
         "a YAML file (copy src/ser/recipes/cv/plus.yaml). Give --table to extract the recipe's "
         "features (cached), or --features made with the same spec. Writes OUT/recipe.yaml, "
         "folds.md/.csv, summary.json, confusion_matrix.png, one folder per (fold, seed) with its "
@@ -27,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--table", type=Path, help="utterance table (from `ser ingest`): features are extracted with the recipe's spec")
     src.add_argument("--features", type=Path, help="feature set (.npz) made with the recipe's feature spec")
-    p.add_argument("--recipe", default="plus", help="plus, study, or a recipe file (YAML/JSON) (default plus)")
+    p.add_argument("--recipe", default="plus", help="plus, study, whisper, or a recipe file (YAML/JSON) (default plus)")
     p.add_argument("--labels", choices=("english", "greek", "emodb", "basic6", "basic4"), default="english",
                    help="label set for --table (which classes the run keeps; default english)")
     p.add_argument("--folds", type=int, default=None, help="K speaker groups instead of leave-one-speaker-out")

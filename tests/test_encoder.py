@@ -19,7 +19,7 @@ import torch
 from ser import dataset, encoder, labels, models, serving
 from ser import features as F
 from ser.headnet import HeadNet, HeadSpec
-from tests.helpers import tone, wav_bytes
+from tests.helpers import wav_bytes
 
 pytestmark = pytest.mark.skipif(
     not encoder.available() or any(__import__("importlib").util.find_spec(p) is None for p in encoder.PINNED["base"]["parts"]),

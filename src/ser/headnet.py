@@ -15,17 +15,18 @@ It takes any number of frames; there is no windowing at inference.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from ser.settings import Settings
 
 POOLINGS: tuple[str, ...] = ("attention", "mean")
 
 
 @dataclass(frozen=True)
-class HeadSpec:
+class HeadSpec(Settings):
     """Architecture of :class:`HeadNet`; ``in_size`` is the encoder's width."""
 
     cnn: str = "head"
@@ -50,18 +51,6 @@ class HeadSpec:
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "HeadSpec":
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown HeadSpec fields: {sorted(unknown)}")
-        return cls(**data)
-
-    def with_(self, **changes: Any) -> "HeadSpec":
-        return replace(self, **changes)
 
 
 class HeadNet(nn.Module):

@@ -22,15 +22,16 @@ fit draws the same crops and masks as an uninterrupted one.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from ser.settings import Settings
+
 
 @dataclass(frozen=True)
-class PlusConfig:
+class PlusConfig(Settings):
     """Switches of the plus recipe's augmentation (see the module docstring)."""
 
     crop: bool = True
@@ -51,15 +52,6 @@ class PlusConfig:
         if min(self.time_masks, self.time_width, self.freq_masks, self.freq_width) < 0:
             raise ValueError("mask counts and widths must be >= 0")
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PlusConfig":
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown augmentation fields: {sorted(unknown)}")
-        return cls(**data)
 
 
 def _uniform(gen: torch.Generator, n: int = 1) -> torch.Tensor:

@@ -16,19 +16,20 @@ in eval mode it cuts a longer input into overlapping windows of that length, hop
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ser.settings import Settings
+
 POOLINGS: tuple[str, ...] = ("attention", "mean")
 
 
 @dataclass(frozen=True)
-class PlusSpec:
+class PlusSpec(Settings):
     """Architecture of :class:`PlusNet`; ``in_size`` is the number of mel bands."""
 
     cnn: str = "plus"
@@ -61,18 +62,6 @@ class PlusSpec:
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PlusSpec":
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown PlusSpec fields: {sorted(unknown)}")
-        return cls(**data)
-
-    def with_(self, **changes: Any) -> "PlusSpec":
-        return replace(self, **changes)
 
 
 class PlusNet(nn.Module):

@@ -29,7 +29,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -40,6 +40,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ser import metrics
+from ser.settings import Settings
 
 if TYPE_CHECKING:  # pragma: no cover
     from ser import stopping
@@ -52,7 +53,7 @@ CHECKPOINT_VERSION = 1
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Settings):
     """How to train: the study's defaults are batch 32, LR 6e-5, at most 300 epochs.
 
     ``eval_every``: validate every k epochs (and at the last epoch); ``device``:
@@ -97,19 +98,6 @@ class TrainConfig:
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown TrainConfig fields: {sorted(unknown)}")
-        return cls(**data)
-
-    def with_(self, **changes: Any) -> "TrainConfig":
-        return replace(self, **changes)
 
 
 @dataclass(frozen=True)

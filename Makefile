@@ -32,8 +32,18 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)  ## create .venv with the pinned stack (idempotent)
 
-demo: setup  ## run the whole study locally on the synthetic corpus (S3, MLflow, kfp local, TorchServe)
+# `make demo CORPUS=ravdess`: fetch a real English corpus (ser fetch; online, once) and run
+# the demo on it instead of the synthetic one.
+CORPUS     ?=
+CORPUS_DIR ?= .ser/corpora/$(CORPUS)
+
+demo: setup  ## run the whole study locally on the synthetic corpus (S3, MLflow, kfp local, TorchServe); CORPUS=ravdess: on real speech
+ifneq ($(CORPUS),)
+	$(VENV)/bin/ser fetch $(CORPUS) $(CORPUS_DIR)
+	$(VENV)/bin/ser demo --english $(CORPUS)=$(CORPUS_DIR)
+else
 	$(VENV)/bin/ser demo
+endif
 
 test: setup  ## run every test (integration tests start real servers on 127.0.0.1)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

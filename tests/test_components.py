@@ -133,6 +133,36 @@ def corpora(s3_server, tmp_path_factory):  # noqa: F811
     return {"params": params, "work": work}
 
 
+@pytest.mark.integration
+def test_the_demo_takes_a_real_english_corpus(s3_server, tmp_path):  # noqa: F811
+    """`ser demo --english ravdess=DIR` (`make demo CORPUS=ravdess`): the folder as
+    distributed goes to S3 under its own name and the ingest step parses it as that corpus."""
+    from ser.corpora import synthetic
+
+    folder = tmp_path / "ravdess"
+    synthetic.generate(folder, "ravdess", per_class=2, speakers=2)
+    (folder / "SYNTHETIC.txt").unlink()  # now laid out exactly as the real RAVDESS is
+    store = s3_server.store()
+    params = pr.upload_demo_corpora(store, tmp_path / "work", bucket="ser-data-real", greek_per_class=2, english=("ravdess", folder))
+    assert params["english_corpora"] == "ravdess=corpora/ravdess" and params["greek_corpora"].startswith("synthetic=")
+    with pytest.MonkeyPatch.context() as env:
+        for key, value in s3_server.env().items():
+            env.setenv(key, value)
+        steps.ingest("ser-data-real", params["english_corpora"], tmp_path / "ingest")
+    rows = steps.read_table(tmp_path / "ingest")
+    assert len(rows) == 14 and {r["corpus"] for r in rows} == {"ravdess"}
+    with pytest.raises(FileNotFoundError, match="ser fetch ravdess"):
+        pr.upload_demo_corpora(store, tmp_path / "work", bucket="ser-data-real", english=("ravdess", tmp_path / "missing"))
+
+
+def test_make_demo_corpus_fetches_then_runs_the_demo_on_it():
+    import subprocess
+
+    out = subprocess.run(["make", "-n", "demo", "CORPUS=ravdess", "PY=true", "STAMP=/dev/null"], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1], check=True).stdout.splitlines()
+    assert out[-2:] == [".venv/bin/ser fetch ravdess .ser/corpora/ravdess", ".venv/bin/ser demo --english ravdess=.ser/corpora/ravdess"]
+
+
 @pytest.fixture(scope="module")
 def prepared(corpora, s3_server, tmp_path_factory):  # noqa: F811
     """Every step's output made in-process with ser.pipeline_steps (the components' inputs)."""

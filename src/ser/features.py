@@ -55,7 +55,7 @@ class FeatureSpec:
     directory), ``encoder_id`` is the identity of its files (filled in by
     :func:`resolve`), ``compute_type`` how CTranslate2 runs it, and ``encoder_window``
     the seconds each utterance is padded to with silence before encoding (30: Whisper's
-    own window, which it was trained on; 0: none, ten times cheaper). No pre-emphasis:
+    own window, which it was trained on; 0: none, 20-30 times cheaper). No pre-emphasis:
     the encoder was trained on plain audio.
     """
 
@@ -241,6 +241,8 @@ def extract(wave: np.ndarray, rate: int, spec: FeatureSpec) -> np.ndarray:
     if wave.ndim != 1 or wave.size == 0:
         raise audio.AudioError("expected a non-empty mono waveform")
     if spec.kind == "whisper":
+        if rate != 16000:
+            raise ValueError(f"the whisper encoder takes 16 kHz audio, got {rate} Hz (decode with the spec's sample_rate)")
         return _encode(prepare(wave, spec), spec)
     image = spectral(prepare(wave, spec), rate, spec)
     if spec.kind == "logmel":

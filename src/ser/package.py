@@ -250,10 +250,7 @@ def _stage_encoder(feature_spec: dict[str, Any], folder: Path) -> Path | None:
         source = encoder.locate(feature_spec["encoder"], feature_spec.get("encoder_id", ""))
     except encoder.EncoderError as exc:
         raise PackageError(f"the model needs its encoder in the archive: {exc}") from None
-    (folder / "encoder").mkdir(parents=True)
-    for name in encoder.FILES:
-        if (source / name).is_file():
-            shutil.copyfile(source / name, folder / "encoder" / name)
+    shutil.copytree(source, folder / "encoder", ignore=shutil.ignore_patterns(".*"))  # every file the encoder came with
     return folder
 
 

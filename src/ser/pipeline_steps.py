@@ -325,7 +325,9 @@ def features(table_dir: str | Path, out_dir: str | Path, kinds: str = "mel", siz
                 if len(fs) == 0:
                     raise ValueError(f"no usable rows in {table_dir} for the {labels} label set")
                 fs.meta.update({"table": str(Path(table_dir) / TABLE), "problems": len(rep.problems)})
-                name = feature_file(kind, size)
+                name = feature_file(kind, fs.spec.size)  # whisper: named by the encoder's width, whatever size was asked
+                if name in made:
+                    continue
                 fs.save(out / name)
                 tables.write_problems(rep.problems, out / f"{name[:-4]}.problems.csv")
                 made[name] = {"n": len(fs), "classes": fs.class_counts(), "problems": len(rep.problems)}

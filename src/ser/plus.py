@@ -53,7 +53,6 @@ class PlusConfig(Settings):
             raise ValueError("mask counts and widths must be >= 0")
 
 
-
 def _uniform(gen: torch.Generator, n: int = 1) -> torch.Tensor:
     return torch.rand(n, generator=gen)
 

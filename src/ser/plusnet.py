@@ -63,7 +63,6 @@ class PlusSpec(Settings):
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
 
-
 class PlusNet(nn.Module):
     """(batch, 1, mel bands, frames) -> logits; any number of frames."""
 
@@ -88,9 +87,7 @@ class PlusNet(nn.Module):
             w = torch.softmax(self.attention(h), dim=-1)
         else:
             w = torch.full_like(h[:, :1], 1.0 / h.shape[-1])
-        mean = (h * w).sum(-1)
-        std = ((h - mean.unsqueeze(-1)).pow(2) * w).sum(-1).clamp_min(1e-6).sqrt()
-        return torch.cat([mean, std], dim=1)
+        return weighted_stats(h, w, dim=-1)
 
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.dropout(self.embed(x)))
@@ -99,6 +96,14 @@ class PlusNet(nn.Module):
         if self.training:
             return self.classify(x)
         return window_logits(self.classify, x, lengths, self.spec.window, self.spec.hop)
+
+
+def weighted_stats(h: torch.Tensor, w: torch.Tensor, dim: int) -> torch.Tensor:
+    """Statistics pooling: the mean and standard deviation of ``h`` over ``dim`` under
+    weights ``w`` (summing to 1 along ``dim``), side by side: (batch, 2 x features)."""
+    mean = (h * w).sum(dim, keepdim=True)
+    std = ((h - mean).pow(2) * w).sum(dim).clamp_min(1e-6).sqrt()
+    return torch.cat([mean.squeeze(dim), std], dim=1)
 
 
 def window_starts(length: int, window: int, hop: int) -> list[int]:

@@ -99,7 +99,6 @@ class TrainConfig(Settings):
             raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
 
 
-
 @dataclass(frozen=True)
 class EpochRecord:
     """One epoch; accuracy (WA), macro F1 and UA are fractions, val fields NaN when not evaluated."""

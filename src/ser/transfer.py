@@ -48,7 +48,7 @@ from torch import nn
 
 from ser import models
 from ser.dataset import FeatureSet
-from ser.features import IMAGE_KINDS
+from ser.features import IMAGE_KINDS, FeatureSpec
 from ser.training import EpochRecord, TrainConfig, fit
 
 FREEZE_SUBSETS: dict[str, tuple[str, ...]] = {
@@ -172,6 +172,9 @@ def check_compatible(bundle: models.ModelBundle, fs: FeatureSet) -> None:
     kind = (bundle.feature_spec or {}).get("kind", fs.spec.kind)
     if kind != fs.spec.kind:
         raise ValueError(f"the model takes {kind} features, the feature set holds {fs.spec.kind}")
+    if kind == "whisper" and not fs.spec.matches(FeatureSpec.from_dict(bundle.feature_spec)):
+        raise ValueError(f"the model's encoder features are {bundle.feature_spec}, the feature set's {fs.spec.to_dict()}: "
+                         "extract the new data with the model's encoder and window")
     if size != bundle.arch.in_size:
         n = bundle.arch.in_size
         if kind in IMAGE_KINDS:

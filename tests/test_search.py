@@ -13,7 +13,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from ser import ranking, recipes, search, search_space, stopping, training
+from ser import ranking, recipes, search, search_space, splits, stopping, training
 from ser.dataset import FeatureSet
 from ser.features import FeatureSpec
 from ser.labels import label_set
@@ -316,7 +316,7 @@ def test_final_model_is_tested_on_the_rows_the_search_held_out(tmp_path):
     assert desc["reference"] == "chroma-30"  # the winner below (mel) is not the set the split was drawn on
     searched = set(mel.source_id[train_idx[("mel", 30)]])
     held_out = set(desc["test_source_ids"])
-    train, test = search.held_out_rows(mel, held_out)
+    train, test = splits.held_out_rows(mel, held_out)
     assert set(mel.source_id[test]) == held_out and not held_out & searched
     assert set(train) == set(train_idx[("mel", 30)]) and not set(train) & set(test)
     assert len(train) + len(test) == len(mel)

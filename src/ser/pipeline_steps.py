@@ -689,15 +689,12 @@ def configure(s3_endpoint: str = "", mlflow_uri: str = "", experiment: str = "")
             os.environ[name] = value.strip()
 
 
-def run_ser(*argv: Any) -> None:
-    """Run one ``ser`` command in this process; a non-zero exit raises with the command."""
-    from ser.cli import main
+def _session():
+    """The steps' MLflow session: auto (tracks when MLFLOW_TRACKING_URI answers; runs nest
+    under the step's open run)."""
+    from ser import track_runs
 
-    args = [str(a) for a in argv]
-    print("+ ser " + " ".join(args), flush=True)
-    code = main(args)
-    if code:
-        raise RuntimeError(f"`ser {' '.join(args)}` failed with exit status {code}")
+    return track_runs.open_session("auto")
 
 
 # --------------------------------------------------------------------------- final training, evaluation, transfer
@@ -728,42 +725,49 @@ def final_train(features_dir: str | Path, out_dir: str | Path, *, ranking_dir: s
                 config: Mapping[str, Any] | None = None, feature: str = "", size: int = 0, epochs: int = 0,
                 eval_every: int = 10, seed: int = -1, split: str = "", test_size: float = 0.0, device: str = "auto",
                 parent_run: str = "") -> dict[str, Any]:
-    """The study's final training (``ser train``) of the search's winner
+    """The study's final training (:func:`ser.steps.train`) of the search's winner
     (``ranking_dir/winner.json``) or of a fixed ``config`` (retraining) on the
-    ``feature``/``size`` feature set, split with the search's own seed, protocol and
-    test size (so the test rows are the ones the search held out): the epoch is chosen
-    every ``eval_every`` epochs on validation rows carved from the training side (``ser
-    train --checkpoint validation``), and the test rows are only scored. ``out_dir`` gets
-    ``model.pt``, ``metrics.json``, ``learning_curve.png``, ``confusion_matrix.png`` ..."""
+    ``feature``/``size`` feature set. The winner is tested on exactly the sources the
+    search held out (``winner_meta.json``'s ``split.test_source_ids``): rows the search
+    never saw, whatever feature set won. The epoch is chosen every ``eval_every``
+    epochs on validation rows carved from the training side, and the test rows are only
+    scored. ``out_dir`` gets ``model.pt``, ``metrics.json``, ``learning_curve.png``,
+    ``confusion_matrix.png`` ..."""
+    from ser import steps, track_runs
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    held: tuple[str, ...] = ()
     if ranking_dir:
         meta = read_json(Path(ranking_dir) / "winner_meta.json")
         vector = meta["vector"]
         feature, size = vector["feature"], as_int(vector["size"])
-        config_path = Path(ranking_dir) / "winner.json"
+        config = read_json(Path(ranking_dir) / "winner.json")
         split_meta = meta.get("split") or {}
+        held = tuple(str(s) for s in split_meta.get("test_source_ids") or ())
         seed = as_int(seed) if as_int(seed) >= 0 else as_int(split_meta.get("seed", meta.get("seed", 0)))
         split = split or split_meta.get("protocol", "random")
         test_size = float(test_size) or float(split_meta.get("test_size", 0.2))
     else:
         if not feature or not as_int(size):
             raise ValueError("final training of a fixed config needs its feature kind and size")
-        config_path = out.parent / (out.name + ".config.json")
-        write_json(config_path, dict(config or {"preset": "optimal-english"}))
+        config = dict(config or {"preset": "optimal-english"})
         seed, split, test_size = max(0, as_int(seed)), split or "random", float(test_size) or 0.2
     fs_path = Path(features_dir) / feature_file(feature, size)
     if not fs_path.is_file():
         raise FileNotFoundError(f"{fs_path.name} is not among the feature sets ({', '.join(p.name for p in Path(features_dir).glob('*.npz'))})")
-    args = ["train", "--features", fs_path, "--config", config_path, "--split", split, "--test-size", test_size, "--seed", seed,
-            "--eval-every", max(1, as_int(eval_every)), "--device", device, "--threads", torch_threads(), "--no-progress", "--out", out]
-    if as_int(epochs) > 0:
-        args += ["--epochs", as_int(epochs)]
+    torch_threads()
+    req = steps.TrainRequest(features=fs_path, out=out, config=dict(config), split=split, test_size=test_size, seed=seed,
+                             held_out_sources=held, held_out_from="the search's held-out sources (winner_meta.json)" if held else "",
+                             eval_every=max(1, as_int(eval_every)), epochs=as_int(epochs) if as_int(epochs) > 0 else None,
+                             device=device, progress=False, register=track_runs.registry_name(label_names(features_dir)))
     with tracking_run(parent_run, "final training", "final", {"feature": feature, "size": size}, record_dir=out) as tracker:
         if tracker.enabled:
-            tracker.log_params({"feature": feature, "size": size, "epochs": epochs, "eval_every": eval_every, "seed": seed, "split": split})
-        run_ser(*args)
-        metrics = read_json(out / "metrics.json")
+            tracker.log_params({"feature": feature, "size": size, "epochs": epochs, "eval_every": eval_every, "seed": seed, "split": split,
+                                "held_out_sources": len(held)})
+        metrics = steps.train(req, _session()).metrics
+        log.info("final training: UA %.4f, accuracy %.4f, macro F1 %.4f at epoch %s -> %s", metrics.get("ua") or math.nan,
+                 metrics["accuracy"], metrics["macro_f1"], metrics.get("best_epoch"), out)
         if tracker.enabled:
             _log_training(tracker, out, metrics)
             metrics["mlflow_run_id"] = tracker.active_run_id()
@@ -780,15 +784,18 @@ def _model_feature(model_dir: str | Path) -> tuple[str, int]:
 
 
 def evaluate(model_dir: str | Path, features_dir: str | Path, out_dir: str | Path, rows: str = "test") -> dict[str, Any]:
-    """``ser evaluate`` of ``model_dir/model.pt`` on the test split its metadata names
-    (split protocol, seed, test size), on the feature set of the model's own spec."""
+    """:func:`ser.steps.evaluate` of ``model_dir/model.pt`` on the rows it was tested on
+    (the search's held-out sources, else the split its metadata names), on the feature
+    set of the model's own spec."""
+    from ser import steps
+
     kind, size = _model_feature(model_dir)
     fs_path = Path(features_dir) / feature_file(kind, size)
     if not fs_path.is_file():
         raise FileNotFoundError(f"the model needs {fs_path.name}, which the features step did not make")
-    run_ser("evaluate", "--model", Path(model_dir) / "model.pt", "--features", fs_path, "--rows", rows,
-            "--threads", torch_threads(), "--no-progress", "--out", out_dir)
-    data = read_json(Path(out_dir) / "metrics.json")
+    torch_threads()
+    result = steps.evaluate(steps.EvaluateRequest(model=Path(model_dir) / "model.pt", features=fs_path, out=Path(out_dir), rows=rows), _session())
+    data = dict(result.metrics)
     data["feature"], data["size"] = kind, size
     return data
 
@@ -796,24 +803,26 @@ def evaluate(model_dir: str | Path, features_dir: str | Path, out_dir: str | Pat
 def transfer(model_dir: str | Path, features_dir: str | Path, out_dir: str | Path, *, freeze: str = "g", lrs: str = "2.68e-5",
              batches: str = "48", epochs: int = 150, eval_every: int = 10, seed: int = 0, device: str = "auto",
              cv_folds: int = 0, final_epochs: int = 0, parent_run: str = "") -> dict[str, Any]:
-    """``ser transfer``: the English model's head replaced for the target label set,
-    ``freeze`` subsets frozen, fine-tuned over the ``lrs`` x ``batches`` grid on the
+    """:func:`ser.steps.transfer`: the English model's head replaced for the target label
+    set, ``freeze`` subsets frozen, fine-tuned over the ``lrs`` x ``batches`` grid on the
     target feature set of the model's kind and size; the best run is kept.
     ``cv_folds`` > 0 scores each grid cell by k-fold cross-validation on the training
     side and trains one final model for ``final_epochs`` (the study's rule);
     0 scores the cells on the test split."""
+    from ser import steps, track_runs
+
     kind, size = _model_feature(model_dir)
     fs_path = Path(features_dir) / feature_file(kind, size)
     if not fs_path.is_file():
         raise FileNotFoundError(f"transfer needs the target-language {fs_path.name} (the winner's feature); add {kind}/{size} to the Greek features step")
+    torch_threads()
+    req = steps.TransferRequest(model=Path(model_dir) / "model.pt", features=fs_path, out=Path(out_dir), freeze=tuple(parse_list(freeze)) or ("g",),
+                                lrs=lrs, batches=batches, epochs=max(1, as_int(epochs)), eval_every=max(1, as_int(eval_every)), seed=as_int(seed),
+                                cv_folds=max(0, as_int(cv_folds)), final_epochs=as_int(final_epochs) if as_int(final_epochs) > 0 else None,
+                                device=device, progress=False, register=track_runs.registry_name(label_names(features_dir)))
     with tracking_run(parent_run, "transfer", "transfer", {"freeze": freeze, "feature": kind, "size": size},
                       record_dir=out_dir) as tracker:
-        run_ser("transfer", "--model", Path(model_dir) / "model.pt", "--features", fs_path, "--freeze", freeze, "--lrs", lrs,
-                "--batches", batches, "--epochs", max(1, as_int(epochs)), "--eval-every", max(1, as_int(eval_every)), "--seed", as_int(seed),
-                "--device", device, "--threads", torch_threads(), "--no-progress", "--out", out_dir,
-                *(["--cv-folds", as_int(cv_folds)] if as_int(cv_folds) > 0 else []),
-                *(["--final-epochs", as_int(final_epochs)] if as_int(final_epochs) > 0 else []))
-        metrics = read_json(Path(out_dir) / "metrics.json")
+        metrics = dict(steps.transfer(req, _session()).metrics)
         if tracker.enabled:
             tracker.log_metrics({f"test_{k}": metrics[k] for k in ("accuracy", "ua", "macro_f1", "loss") if isinstance(metrics.get(k), (int, float))})
             for name in ("metrics.json", "summary.md", "runs.md", "learning_curve.png", "confusion_matrix.png"):

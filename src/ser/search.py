@@ -25,7 +25,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -399,28 +399,13 @@ def search_split(feature_sets: Mapping[tuple[str, int], FeatureSet], protocol: s
     test_sources = set(ref.source_id[test].tolist())
     out, sizes = {}, {}
     for key in keys:
-        train, _ = held_out_rows(feature_sets[key], test_sources)
+        train, _ = splits.held_out_rows(feature_sets[key], test_sources)
         out[key] = train
         sizes[f"{key[0]}-{key[1]}"] = {"train_rows": int(train.size), "held_out_rows": int(len(feature_sets[key]) - train.size)}
     desc = {"protocol": protocol, "seed": int(seed), "test_size": float(test_size), "reference": f"{keys[0][0]}-{keys[0][1]}",
             "test_sources": len(test_sources), "rows": sizes, "test_source_ids": sorted(test_sources),
             "note": "the search sees only the training side; the test side is for the final model"}
     return out, desc
-
-
-def held_out_rows(fs: FeatureSet, test_sources: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(training rows, test rows) of ``fs`` with the sources ``test_sources`` held out.
-
-    The search holds the same sources out of every feature set (:func:`search_split`);
-    the final model must be tested on exactly those, whatever feature set won: a
-    fresh split of the winner's feature set can put utterances the search trained
-    on into the test side. Test rows are originals only; copies of a held-out
-    source never train."""
-    sources = np.asarray(sorted(set(test_sources)), dtype=str)
-    test = np.flatnonzero(fs.is_original & np.isin(fs.source_id, sources)).astype(np.int64)
-    groups = np.unique(fs.group)
-    train = splits.training_rows(fs, groups[~np.isin(groups, sources)])
-    return train, test
 
 
 def read_held_out(path: str | Path) -> list[str]:

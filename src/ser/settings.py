@@ -1,14 +1,18 @@
-"""The dict round trip every settings dataclass shares (specs, configs, switches).
+"""Settings declared once: the dict round trip every settings dataclass shares, and
+command-line flags made from the same fields.
 
 Settings travel as JSON and YAML (recipes, bundles, KFP parameters, MLflow params);
 each class turns into a dict and back the same way, and a misspelt key is refused by
-name rather than ignored.
+name rather than ignored. A field declared with :func:`option` carries its help text,
+and :func:`add_arguments` makes its flag, so a step's request is written once for the
+CLI, the pipeline and the files (as HfArgumentParser does for the transformers examples).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, fields, replace
-from typing import Any, TypeVar
+import argparse
+from dataclasses import MISSING, asdict, field, fields, replace
+from typing import Any, Sequence, TypeVar, get_args, get_type_hints
 
 T = TypeVar("T", bound="Settings")
 
@@ -29,3 +33,44 @@ class Settings:
 
     def with_(self: T, **changes: Any) -> T:
         return replace(self, **changes)  # type: ignore[type-var]
+
+
+def option(default: Any = MISSING, help: str = "", **cli: Any) -> Any:
+    """A dataclass field declared once with its help text: :func:`add_arguments` turns it
+    into a command-line flag, ``to_dict`` into JSON/YAML. ``cli`` holds argparse extras
+    (``choices``, ``metavar``, ``flag``); ``cli=False`` keeps a field off the command line."""
+    return field(default=default, metadata={"help": help, "cli": cli.pop("cli", True), **cli})
+
+
+def _flag_type(hint: Any) -> Any:
+    """The argparse ``type`` of a field's annotation (``X | None`` -> X)."""
+    args = [a for a in get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
+
+
+def add_arguments(parser: argparse.ArgumentParser | Any, cls: type, skip: Sequence[str] = ()) -> None:
+    """One flag per field of ``cls`` that has help text (``--field-name``; booleans
+    ``store_true``), with the field's default, type and help (HfArgumentParser's idea)."""
+    hints = get_type_hints(cls)
+    for f in fields(cls):
+        meta = dict(f.metadata)
+        if not meta.get("help") or not meta.pop("cli", True) or f.name in skip:
+            continue
+        flag = meta.pop("flag", "--" + f.name.replace("_", "-"))
+        kwargs: dict[str, Any] = {"dest": f.name, **meta}
+        kind = _flag_type(hints[f.name])
+        if kind is bool:
+            kwargs["action"] = "store_true"
+        else:
+            kwargs.setdefault("type", kind)  # a field whose text is parsed by the class itself says type=str
+            if f.default is MISSING:
+                kwargs["required"] = True
+            else:
+                kwargs["default"] = f.default
+        parser.add_argument(flag, **kwargs)
+
+
+def from_args(cls: type[T], args: argparse.Namespace, **values: Any) -> T:
+    """An instance of ``cls`` from parsed flags (fields the parser has) and ``values``."""
+    given = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}  # type: ignore[arg-type]
+    return cls(**{**given, **values})

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import itertools
 import warnings
-from typing import Literal, Sequence
+from typing import Iterable, Literal, Sequence
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
@@ -222,3 +222,32 @@ def describe(fs: FeatureSet, train: np.ndarray, test: np.ndarray) -> dict:
         "test_speakers": int(np.unique(keys[test]).size),
         "shared_speakers": int(np.intersect1d(keys[train], keys[test]).size),
     }
+
+
+def held_out_rows(fs: FeatureSet, test_sources: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, test rows) of ``fs`` with the sources ``test_sources`` held out.
+
+    The search holds the same sources out of every feature set (:func:`search_split`);
+    the final model must be tested on exactly those, whatever feature set won: a
+    fresh split of the winner's feature set can put utterances the search trained
+    on into the test side. Test rows are originals only; copies of a held-out
+    source never train."""
+    sources = np.asarray(sorted(set(test_sources)), dtype=str)
+    test = np.flatnonzero(fs.is_original & np.isin(fs.source_id, sources)).astype(np.int64)
+    groups = np.unique(fs.group)
+    train = training_rows(fs, groups[~np.isin(groups, sources)])
+    return train, test
+
+
+def recorded_split(fs: FeatureSet, meta: dict, *, split: Protocol | None = None, seed: int | None = None,
+                   test_size: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows, test rows) of ``fs`` as a model's metadata records them: the sources
+    a search held out (``held_out_sources``: the study's final model is tested on exactly
+    those), else its split protocol, seed and test size; arguments given override the
+    metadata's split. Evaluation and the champion gate score the same rows this way."""
+    held = meta.get("held_out_sources")
+    if held and split is None and seed is None and test_size is None:
+        return held_out_rows(fs, held)
+    return train_test(fs, test_size or float(meta.get("test_size", 0.2)),
+                      seed=int(meta.get("seed", 0)) if seed is None else int(seed),
+                      protocol=split or meta.get("split") or "random")

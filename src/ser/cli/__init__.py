@@ -2,8 +2,9 @@
 
 Each module in GROUPS exposes ``register(subparsers)`` and keeps heavy imports
 (torch, mlflow, kfp) inside its handlers, so ``ser --help`` answers at once.
-Handlers return an exit code; a :class:`UserError` becomes a one-line message and
-exit status 2 instead of a traceback.  SIGTERM (what systemd, a terminal multiplexer or
+Handlers return an exit code; a :class:`UserError` (or a step's
+:class:`ser.steps.StepError`) becomes a one-line message and exit status 2 instead of
+a traceback.  SIGTERM (what systemd, a terminal multiplexer or
 Kubernetes sends) is turned into :class:`Terminated`, a KeyboardInterrupt, so that the
 ``with`` blocks and ExitStacks of a command stop the servers it started exactly as on
 Ctrl-C.  Diagnostics go through :mod:`logging` (stderr, ``--log-level``); results go
@@ -110,9 +111,11 @@ def run(args: argparse.Namespace) -> int:
         previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     except ValueError:  # not the main thread (embedded use): leave signals alone
         pass
+    from ser.steps import StepError  # light: the steps import torch only when they run
+
     try:
         return int(args.func(args) or 0)
-    except UserError as exc:
+    except (UserError, StepError) as exc:
         print(f"ser {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:

@@ -1,0 +1,123 @@
+"""The typed steps (ser.steps): train, evaluate and transfer called as library
+functions, with no command line; the Kubeflow final-train step tests on the rows the
+search held out."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from ser import models, pipeline_steps, settings, steps, track_runs
+from ser.labels import ENGLISH, GREEK
+from tests.helpers import banded_feature_set
+
+TINY = {"arch": {"cnn": "squirtle", "conv_channels": [8, 8, 8], "fc_features": [32, 32], "dropout": 0.25},
+        "train": {"batch_size": 16, "lr": 0.002, "epochs": 3}}
+
+
+def off():
+    return track_runs.open_session("off")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("steps")
+    english = banded_feature_set(ENGLISH, 140).save(root / "english.npz")
+    greek = banded_feature_set(GREEK, 60, seed=1).save(root / "greek.npz")
+    return root, english, greek
+
+
+def predicted_sources(folder) -> set[str]:
+    with (folder / "predictions.csv").open(encoding="utf-8") as f:
+        return {row["source_id"] for row in csv.DictReader(f)}
+
+
+def test_train_is_a_library_call_and_a_finished_run_is_reused(data, tmp_path):
+    root, english, _ = data
+    req = steps.TrainRequest(features=english, out=tmp_path / "run", config=TINY, split="speaker", seed=3, device="cpu", progress=False)
+    result = steps.train(req, off())
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert result.metrics == metrics and not result.runs[0].reused
+    assert metrics["seed"] == 3 and metrics["split"] == "speaker" and metrics["sizes"]["shared_speakers"] == 0
+    assert 0.0 <= metrics["ua"] <= 1.0 and metrics["checkpoint"] == "validation"
+    bundle = models.load_bundle(tmp_path / "run" / "model.pt")
+    assert bundle.labels == ENGLISH and bundle.meta["config_hash"] == metrics["config_hash"]
+    again = steps.train(req, off())
+    assert again.runs[0].reused and again.metrics["config_hash"] == metrics["config_hash"]
+    changed = steps.train(req.with_(seed=4), off())  # another seed is another run
+    assert not changed.runs[0].reused
+
+
+def test_held_out_sources_are_the_test_rows_of_training_and_evaluation(data, tmp_path):
+    """The study's final model is tested on exactly the sources its search held out,
+    and `evaluate --rows test` scores the same rows again from the bundle."""
+    _, english, _ = data
+    held = tuple(f"0-{i}" for i in range(0, 140, 5))  # 28 sources, every class
+    req = steps.TrainRequest(features=english, out=tmp_path / "run", config=TINY, held_out_sources=held, device="cpu", progress=False)
+    metrics = steps.train(req, off()).metrics
+    assert metrics["sizes"]["test_rows"] == len(held) and metrics["held_out"]
+    assert models.load_bundle(tmp_path / "run" / "model.pt").meta["held_out_sources"] == sorted(held)
+    ev = steps.evaluate(steps.EvaluateRequest(model=tmp_path / "run" / "model.pt", features=english, out=tmp_path / "eval", rows="test",
+                                              device="cpu"), off())
+    assert ev.rows == len(held) and predicted_sources(tmp_path / "eval") == set(held)
+    assert ev.metrics["accuracy"] == pytest.approx(metrics["accuracy"])  # the same rows, the same model
+    with pytest.raises(steps.StepError, match="held out"):
+        steps.train(req.with_(held_out_sources=("nowhere",), out=tmp_path / "other"), off())
+
+
+def test_pipeline_final_train_tests_on_the_searchs_held_out_sources(data, tmp_path):
+    """A fresh split of the winner's feature set could test on rows the search trained
+    on; the Kubeflow step reads the held-out ids from winner_meta.json instead."""
+    _, english, _ = data
+    features = tmp_path / "features"
+    features.mkdir()
+    (features / pipeline_steps.feature_file("mel", 30)).symlink_to(english)
+    held = sorted(f"0-{i}" for i in range(1, 140, 5))
+    ranking = tmp_path / "ranking"
+    ranking.mkdir()
+    (ranking / "winner.json").write_text(json.dumps(TINY))
+    (ranking / "winner_meta.json").write_text(json.dumps({
+        "vector": {"feature": "mel", "size": 30}, "seed": 0,
+        "split": {"protocol": "random", "seed": 0, "test_size": 0.2, "test_source_ids": held}}))
+    metrics = pipeline_steps.final_train(features, tmp_path / "final", ranking_dir=ranking, eval_every=1, device="cpu")
+    assert metrics["sizes"]["test_rows"] == len(held)
+    pipeline_steps.evaluate(tmp_path / "final", features, tmp_path / "eval")
+    assert predicted_sources(tmp_path / "eval") == set(held)
+
+
+def test_transfer_is_a_library_call(data, tmp_path):
+    root, english, greek = data
+    steps.train(steps.TrainRequest(features=english, out=tmp_path / "en", config=TINY, device="cpu", progress=False), off())
+    req = steps.TransferRequest(model=tmp_path / "en" / "model.pt", features=greek, out=tmp_path / "gr", freeze=("g",), lrs="1e-3",
+                                batches="16", epochs=2, eval_every=1, device="cpu", progress=False)
+    assert req.lrs == (1e-3,) and req.batches == (16,)  # text from a command line or a KFP parameter, parsed once
+    result = steps.transfer(req, off())
+    assert models.load_bundle(tmp_path / "gr" / "model.pt").labels == GREEK
+    assert result.metrics["transfer"]["subset"] == "g" and result.summary[0]["subset"] == "g"
+
+
+def test_requests_refuse_bad_values_by_name():
+    with pytest.raises(steps.StepError, match="lrs"):
+        steps.TransferRequest(model="m.pt", features="f.npz", out="o", lrs="abc")
+    with pytest.raises(steps.StepError, match="cv_folds"):
+        steps.TransferRequest(model="m.pt", features="f.npz", out="o", cv_folds=1)
+    with pytest.raises(steps.StepError, match="seeds"):
+        steps.TrainRequest(features="f.npz", out="o", seeds=0)
+
+
+def test_a_request_declares_its_flags_and_its_json_once():
+    parser = argparse.ArgumentParser()
+    settings.add_arguments(parser, steps.TrainRequest)
+    flags = {a.dest: a for a in parser._actions if a.option_strings}
+    assert {"features", "out", "split", "test_size", "checkpoint", "seeds", "keep_checkpoint"} <= set(flags)
+    assert "config" not in flags and "register" not in flags  # cli=False: the command adds its own form
+    assert all(a.help for a in flags.values()) and flags["split"].choices == steps.SPLITS
+    args = parser.parse_args(["--features", "f.npz", "--out", "o", "--split", "speaker", "--seeds", "2", "--keep-checkpoint"])
+    req = settings.from_args(steps.TrainRequest, args, device="cpu")
+    assert req.split == "speaker" and req.seeds == 2 and req.keep_checkpoint and req.test_size == 0.2
+    back = steps.TrainRequest.from_dict(json.loads(json.dumps(req.to_dict(), default=str)))
+    assert back == req and isinstance(back.features, Path)

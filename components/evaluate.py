@@ -15,11 +15,17 @@ def op(base_image: str = CPU_IMAGE):
         metrics: Output[Metrics],
         confusion: Output[ClassificationMetrics],
         page: Output[HTML],
+        mlflow_uri: str = "",
+        mlflow_experiment: str = "",
     ) -> float:
-        """``rows``: test (the split in the model's metadata), train or all. Returns macro F1."""
+        """``rows``: test (the rows the model was tested on: its search's held-out
+        sources, else the split in its metadata), train or all. Its MLflow run goes to
+        ``mlflow_experiment`` (the pipeline's) and is nested by the link step. Returns
+        macro F1."""
         from ser import files
         from ser import pipeline_steps as steps
 
+        steps.configure(mlflow_uri=mlflow_uri, experiment=mlflow_experiment)
         data = steps.evaluate(model.path, features.path, report.path, rows=rows)
         for key, value in steps.kfp_scalars(data).items():
             metrics.log_metric(key, value)

@@ -23,13 +23,14 @@ def op(base_image: str = CPU_IMAGE):
 def link_op(base_image: str = CPU_IMAGE):
     @component(base_image)
     def link_runs(parent_run: str, mlflow_uri: str, mlflow_experiment: str, ranking: Input[Artifact] = None,
-                  model: Input[Model] = None, tuned: Input[Model] = None) -> int:
-        """Nests the MLflow runs that the (cacheable) search, final and transfer steps
-        recorded in their outputs under this pipeline run's parent run; uncached, so
-        that tracking ids never enter a cache key. Returns how many were linked."""
+                  model: Input[Model] = None, tuned: Input[Model] = None, evaluated: Input[Artifact] = None,
+                  evaluated_tuned: Input[Artifact] = None) -> int:
+        """Nests the MLflow runs that the (cacheable) search, final, transfer and
+        evaluate steps recorded in their outputs under this pipeline run's parent run;
+        uncached, so that tracking ids never enter a cache key. Returns how many were linked."""
         from ser import pipeline_steps as steps
 
         steps.configure(mlflow_uri=mlflow_uri, experiment=mlflow_experiment)
-        return steps.link_runs(parent_run, [a.path if a is not None else None for a in (ranking, model, tuned)])
+        return steps.link_runs(parent_run, [a.path if a is not None else None for a in (ranking, model, tuned, evaluated, evaluated_tuned)])
 
     return link_runs

@@ -63,8 +63,10 @@ def build_retrain(cpu_image: str = CPU_IMAGE, gpu_image: str = GPU_IMAGE, **_ign
         on_v100(final)
         retry_io(final)
         time_limit(final, minutes=720)
-        ev = evaluate_op(model=final.outputs["model"], features=feats.outputs["features"], rows="test")
+        ev = evaluate_op(model=final.outputs["model"], features=feats.outputs["features"], rows="test", mlflow_uri=mlflow_uri,
+                         mlflow_experiment=mlflow_experiment)
         ev.set_display_name("evaluate")
+        retry_io(ev)  # its MLflow run
         cpu_resources(ev, cpu="2", memory="4G")
         time_limit(ev, minutes=60)
         cmp = compare_op(model=final.outputs["model"], features=feats.outputs["features"], report=ev.outputs["report"],

@@ -147,7 +147,8 @@ def build_study(cpu_image: str = CPU_IMAGE, gpu_image: str = GPU_IMAGE, parallel
                          mlflow_experiment=mlflow_experiment, ranking=ranking)
         final.set_display_name("final training")
         on_v100(final)
-        ev_en = evaluate_op(model=final.outputs["model"], features=en_feat.outputs["features"], rows="test")
+        ev_en = evaluate_op(model=final.outputs["model"], features=en_feat.outputs["features"], rows="test", mlflow_uri=mlflow_uri,
+                            mlflow_experiment=mlflow_experiment)
         ev_en.set_display_name("evaluate English")
         tr = transfer_op(model=final.outputs["model"], features=gr_feat.outputs["features"], freeze=transfer_freeze, lrs=transfer_lrs,
                          batches=transfer_batches, epochs=transfer_epochs, eval_every=transfer_eval_every, seed=seed, device=device,
@@ -157,13 +158,16 @@ def build_study(cpu_image: str = CPU_IMAGE, gpu_image: str = GPU_IMAGE, parallel
         for task in (final, tr):
             retry_io(task)
             time_limit(task, minutes=720)
-        ev_gr = evaluate_op(model=tr.outputs["tuned"], features=gr_feat.outputs["features"], rows="test")
+        ev_gr = evaluate_op(model=tr.outputs["tuned"], features=gr_feat.outputs["features"], rows="test", mlflow_uri=mlflow_uri,
+                            mlflow_experiment=mlflow_experiment)
         ev_gr.set_display_name("evaluate Greek")
         for task in (ev_en, ev_gr):
+            retry_io(task)  # its MLflow run
             cpu_resources(task, cpu="2", memory="4G")
             time_limit(task, minutes=60)
         link = link_op(parent_run=parent, mlflow_uri=mlflow_uri, mlflow_experiment=mlflow_experiment, ranking=ranking,
-                       model=final.outputs["model"], tuned=tr.outputs["tuned"])
+                       model=final.outputs["model"], tuned=tr.outputs["tuned"], evaluated=ev_en.outputs["report"],
+                       evaluated_tuned=ev_gr.outputs["report"])
         link.set_display_name("nest MLflow runs").set_caching_options(False)
         retry_io(link)
         cpu_resources(link, cpu="250m", memory="1G")

@@ -385,3 +385,31 @@ def test_runs_of_cached_steps_are_nested_under_the_pipeline_run_afterwards(track
     listed = json.loads(Path(client.download_artifacts(second, "linked_runs.json", str(tmp_path))).read_text())
     assert listed == {"nested": [], "reused_from_cache": [child]}
     assert steps.link_runs("", [step]) == 0  # tracking off for the pipeline: nothing to do
+
+
+@pytest.mark.integration
+def test_the_evaluate_steps_run_lands_in_the_pipelines_experiment_and_is_nested(tracking_env, tmp_path):  # noqa: F811
+    """The evaluate step's MLflow run goes to the pipeline's experiment (not a default
+    one) and the link step nests it under the pipeline's run, as the training runs."""
+    from mlflow.tracking import MlflowClient
+
+    from ser import steps as typed
+    from ser import track_runs
+    from ser.labels import ENGLISH
+    from tests.helpers import banded_feature_set
+
+    features = tmp_path / "features"
+    features.mkdir()
+    fs_path = banded_feature_set(ENGLISH, 70).save(features / steps.feature_file("mel", 30))
+    tiny = {"arch": {"conv_channels": [4, 4, 4], "fc_features": [8, 8]}, "train": {"epochs": 1, "batch_size": 16}}
+    typed.train(typed.TrainRequest(features=fs_path, out=tmp_path / "model", config=tiny, device="cpu", progress=False),
+                track_runs.open_session("off"))
+    data = steps.evaluate(tmp_path / "model", features, tmp_path / "eval")
+    run_id = json.loads((tmp_path / "eval" / steps.RUN_FILE).read_text())["run_id"]
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    assert client.get_experiment(run.info.experiment_id).name == tracking_env["MLFLOW_EXPERIMENT_NAME"]
+    assert run.data.metrics["macro_f1"] == pytest.approx(data["macro_f1"])
+    parent = steps.open_pipeline_run("study", {})
+    assert steps.link_runs(parent, [tmp_path / "eval"]) == 1
+    assert client.get_run(run_id).data.tags["mlflow.parentRunId"] == parent

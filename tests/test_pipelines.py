@@ -222,7 +222,7 @@ UNCACHED = {
     "ser_retrain": {"data-fingerprint", "compare-champion", "publish"},
 }
 #: Steps that talk to S3 or MLflow (and so retry with backoff).
-IO_STEPS = {"data-fingerprint", "ingest", "mlflow-run", "train-folds", "final-train", "transfer", "compare-champion",
+IO_STEPS = {"data-fingerprint", "ingest", "mlflow-run", "train-folds", "final-train", "transfer", "evaluate", "compare-champion",
             "publish", "link-runs"}
 
 

@@ -786,7 +786,8 @@ def _model_feature(model_dir: str | Path) -> tuple[str, int]:
 def evaluate(model_dir: str | Path, features_dir: str | Path, out_dir: str | Path, rows: str = "test") -> dict[str, Any]:
     """:func:`ser.steps.evaluate` of ``model_dir/model.pt`` on the rows it was tested on
     (the search's held-out sources, else the split its metadata names), on the feature
-    set of the model's own spec."""
+    set of the model's own spec. Its MLflow run goes to the step's experiment and is
+    recorded in ``out_dir`` for :func:`link_runs`."""
     from ser import steps
 
     kind, size = _model_feature(model_dir)
@@ -795,6 +796,10 @@ def evaluate(model_dir: str | Path, features_dir: str | Path, out_dir: str | Pat
         raise FileNotFoundError(f"the model needs {fs_path.name}, which the features step did not make")
     torch_threads()
     result = steps.evaluate(steps.EvaluateRequest(model=Path(model_dir) / "model.pt", features=fs_path, out=Path(out_dir), rows=rows), _session())
+    if result.run_id:  # nested under the pipeline's run by the link step, like the training runs
+        import mlflow
+
+        write_json(Path(out_dir) / RUN_FILE, {"run_id": result.run_id, "name": "evaluate", "tracking_uri": mlflow.get_tracking_uri()})
     data = dict(result.metrics)
     data["feature"], data["size"] = kind, size
     return data

@@ -375,6 +375,7 @@ class EvaluateResult:
     metrics: dict[str, Any]
     rows: int
     warnings: list[str] = field(default_factory=list)
+    run_id: str | None = None  # the MLflow run that holds these scores (None untracked)
 
 
 def load_model(path: str | Path, device: Any = "cpu"):
@@ -435,6 +436,7 @@ def evaluate(req: EvaluateRequest, session) -> EvaluateResult:
     out = req.out
     with session.run(f"evaluate {shown} on {req.features.name}", "evaluate", params=params,
                      tags={"ser.command": "evaluate", "ser.model": model_ref, "ser.out": str(out)}):
+        run_id = session.tracker.active_run_id() if session.enabled else None
         ev = score(bundle.model, part, batch_size=req.batch_size, device=device)
         extra = {"held_out": "the sources its search held out"} if meta.get("held_out_sources") and split is None and req.rows != "all" else {}
         data = report.metrics(ev, best_epoch=meta.get("best_epoch"), seed=seed if seed is not None else meta.get("seed"), split=split or meta.get("split"),
@@ -453,7 +455,7 @@ def evaluate(req: EvaluateRequest, session) -> EvaluateResult:
                              **{f"f1_{label}": values.get("f1") for label, values in ev.per_class.items()}})
         session.log_files(out, ("metrics.json", "confusion_matrix.png", "per_class.md", "per_class.csv", "predictions.csv"))
         session.log_dict(fs.spec.to_dict(), "feature_spec.json")
-    return EvaluateResult(out, data, len(part), warnings)
+    return EvaluateResult(out, data, len(part), warnings, run_id)
 
 
 # --------------------------------------------------------------------------- transfer

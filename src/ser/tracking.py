@@ -138,7 +138,7 @@ class Tracker:
 
         If tracking is not configured or the server does not answer: ``strict`` raises
         :class:`TrackingError` at once (before any training); otherwise one warning
-        "tracking skipped: ..." goes to stderr and a :class:`NullTracker` is returned.
+        "tracking skipped: ..." is logged (WARNING; stderr under the CLI) and a :class:`NullTracker` is returned.
         """
         uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
         reason = "MLFLOW_TRACKING_URI is not set" if not uri else unreachable_reason(uri)

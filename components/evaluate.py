@@ -31,6 +31,7 @@ def op(base_image: str = CPU_IMAGE):
             metrics.log_metric(key, value)
         confusion.log_confusion_matrix(list(data["labels"]), data["confusion_matrix"])
         files.write_text(page.path, steps.training_report(report.path, f"evaluation ({rows} rows)", data))
+        steps.write_metadata_files(metrics, confusion)  # a file at each path: cacheable by kfp.local too
         return float(data["macro_f1"])
 
     return evaluate

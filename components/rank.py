@@ -32,6 +32,7 @@ def op(base_image: str = CPU_IMAGE):
         files.write_text(table.path, info["markdown"])
         for key in ("vectors", "ranked", "listed", "best_macro_f1", "best_accuracy"):
             metrics.log_metric(key, float(info[key]))
+        steps.write_metadata_files(metrics)  # a file at its path: cacheable by kfp.local too
         ranking.metadata.update({"stage": stage, "best": info["best_id"], "winner": info["winner"]})
         vectors = steps.plan_stage(recipe.path, next_stage, features.path, ranking.path) if next_stage else []
         print(f"stage {stage}: best {info['best_id']} macro F1 {info['best_macro_f1']:.4f}; stage {next_stage}: {len(vectors)} vectors")

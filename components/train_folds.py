@@ -35,6 +35,7 @@ def op(base_image: str = GPU_IMAGE):
             if isinstance(info.get(key), (int, float)) and info[key] == info[key]:
                 metrics.log_metric(key, float(info[key]))
         metrics.log_metric("qualified", float(bool(info["qualified"])))
+        steps.write_metadata_files(metrics)  # a file at its path: cacheable by kfp.local too
         result.metadata.update({"id": info["id"], "stage": info["stage"], "stopped_by": info["stopped_by"]})
         files.write_text(curves.path, steps.html_page(f"stage {info['stage']} vector {info['id']}", info["curves"],
                                                       "<pre>" + info["markdown"] + "</pre>"))

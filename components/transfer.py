@@ -41,6 +41,7 @@ def op(base_image: str = GPU_IMAGE):
         confusion.log_confusion_matrix(list(data["labels"]), data["confusion_matrix"])
         tuned.metadata.update({"feature": data["feature"], "size": data["size"], "macro_f1": data["macro_f1"], "framework": "pytorch"})
         files.write_text(curves.path, steps.training_report(tuned.path, "transfer", data))
+        steps.write_metadata_files(metrics, confusion)  # a file at each path: cacheable by kfp.local too
         return float(data["macro_f1"])
 
     return transfer

@@ -4,7 +4,8 @@
 #   make images-check  build the CPU and serving images with buildah on a base made from
 #                      Debian's packages, then run them: `ser --version/--help`, a pipeline
 #                      component as KFP's launcher calls it, TorchServe answering /ping
-#                      (needs root, buildah and debootstrap: apt-get install -y buildah debootstrap)
+#                      (needs root, buildah and debootstrap: apt-get install -y buildah debootstrap;
+#                      one command, ~40 min on 2 cores when the torch layer is cached, ~25 GB of vfs)
 #   make push-images   docker push of the same tags (after `docker login REGISTRY`)
 #   make manifests     kubectl kustomize of every overlay into build/manifests/OVERLAY.yaml
 #
@@ -28,6 +29,13 @@ TORCH_FIND_LINKS ?=
 CA_BUNDLE     ?=
 IMAGES        ?=
 IMAGES_CHECK_PORT ?= 18480
+# images-check builds on this machine, so it takes what this machine's pip uses when
+# TORCH_FIND_LINKS / CA_BUNDLE are not given: the first $PIP_FIND_LINKS folder holding
+# a torch CPU wheel (no download of torch, and none where download.pytorch.org is out of
+# reach), and the CA file of $PIP_CERT or $SSL_CERT_FILE (a TLS-intercepting proxy's CA,
+# mounted for RUN steps only). Set LOCAL_TORCH_WHEELS= or HOST_CA_BUNDLE= to opt out.
+LOCAL_TORCH_WHEELS ?= $(firstword $(foreach d,$(PIP_FIND_LINKS),$(if $(wildcard $(d)/torch-*+cpu-cp311-*.whl),$(d))))
+HOST_CA_BUNDLE     ?= $(firstword $(wildcard $(PIP_CERT) $(SSL_CERT_FILE)))
 
 
 BUILD_OPTS = $(if $(IMAGE_BUILDER),--builder $(IMAGE_BUILDER)) $(if $(PYTHON_IMAGE),--python-image $(PYTHON_IMAGE)) \
@@ -45,6 +53,8 @@ images-base:  ## make the Python 3.11 base image from Debian's packages (buildah
 
 images-check: PYTHON_IMAGE := $(or $(PYTHON_IMAGE),$(DEBIAN_BASE))
 images-check: IMAGE_BUILDER := buildah
+images-check: TORCH_FIND_LINKS := $(or $(TORCH_FIND_LINKS),$(LOCAL_TORCH_WHEELS))
+images-check: CA_BUNDLE := $(or $(CA_BUNDLE),$(HOST_CA_BUNDLE))
 images-check: setup  ## build the CPU + serving images with buildah and run them (CLI, a KFP step, TorchServe)
 	@command -v buildah >/dev/null || { echo "make images-check needs buildah, which builds and runs images without a daemon" \
 	  "(Debian/Ubuntu: apt-get install -y buildah debootstrap; run as root)"; exit 3; }

@@ -72,7 +72,7 @@ def artifact_names(client, run_id: str) -> set[str]:
 # -- without a server ---------------------------------------------------------------------
 
 
-def test_unreachable_server_auto_goes_on_strict_fails_before_training(data, tmp_path, monkeypatch, capsys):
+def test_unreachable_server_auto_goes_on_strict_fails_before_training(data, tmp_path, monkeypatch, capsys, caplog):
     for name in ("MLFLOW_EXPERIMENT_NAME", "MLFLOW_TRACKING_URI"):
         monkeypatch.delenv(name, raising=False)
     port = free_port()
@@ -86,13 +86,16 @@ def test_unreachable_server_auto_goes_on_strict_fails_before_training(data, tmp_
     assert "ser train: error: tracking is required (strict) but cannot reach the MLflow server at " + uri in err
     assert not (tmp_path / "strict").exists(), "strict tracking must fail before training"
 
+    caplog.clear()
     assert main(train_args(data, tmp_path / "auto", "--epochs", "1")) == 0  # --tracking auto is the default
-    err = capsys.readouterr().err
-    assert err.count("tracking skipped:") == 1 and uri in err
+    skipped = [r for r in caplog.records if r.getMessage().startswith("tracking skipped:")]
+    assert len(skipped) == 1 and uri in skipped[0].getMessage() and skipped[0].levelname == "WARNING"
     assert (tmp_path / "auto" / "model.pt").is_file() and not (tmp_path / "auto" / "tracking.json").exists()
 
+    capsys.readouterr()
+    caplog.clear()
     assert main(train_args(data, tmp_path / "off", "--epochs", "1", "--tracking", "off")) == 0
-    assert "tracking" not in capsys.readouterr().err
+    assert "tracking" not in capsys.readouterr().err and "tracking" not in caplog.text
 
 
 # -- against the servers ------------------------------------------------------------------
@@ -223,7 +226,7 @@ def test_transfer_and_evaluate_runs(data, tracking_env, tmp_path, capsys):  # no
 
 
 @pytest.mark.integration
-def test_a_failing_tracking_step_is_reported_never_silent(data, tracking_env, tmp_path, monkeypatch, capsys):  # noqa: F811
+def test_a_failing_tracking_step_is_reported_never_silent(data, tracking_env, tmp_path, monkeypatch, capsys, caplog):  # noqa: F811
     from mlflow import MlflowClient
 
     from ser.tracking import Tracker
@@ -236,8 +239,10 @@ def test_a_failing_tracking_step_is_reported_never_silent(data, tracking_env, tm
     auto = tmp_path / "auto"
     assert main(train_args(data, auto, "--epochs", "1")) == 0  # training finishes, results on disk
     experiment = client.get_experiment_by_name(tracking_env["MLFLOW_EXPERIMENT_NAME"])
-    err = capsys.readouterr().err
-    assert "tracking failed while trying to log the model: RuntimeError: artifact store is down" in err and "is incomplete" in err
+    failed = [r for r in caplog.records if r.name == "ser.track_runs" and r.getMessage().startswith("tracking failed")]
+    assert len(failed) == 1 and failed[0].levelname == "WARNING"
+    assert "tracking failed while trying to log the model: RuntimeError: artifact store is down" in failed[0].getMessage()
+    assert "is incomplete" in failed[0].getMessage()
     assert (auto / "model.pt").is_file() and not (auto / "tracking.json").exists()
     run = client.search_runs([experiment.experiment_id], "tags.`ser.tracking` = 'incomplete'")[0]
     assert run.data.tags["ser.kind"] == "final" and "artifact store is down" in run.data.tags["ser.tracking_error"]

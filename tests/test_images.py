@@ -393,3 +393,37 @@ def test_sizes_as_buildah_prints_them():
     assert images.parse_size("2.46 GB") == 2_460_000_000 and images.parse_size("207 MB") == 207_000_000
     with pytest.raises(KeyError):
         images.parse_size("3 parsecs")
+
+
+def test_images_check_is_one_command_that_takes_this_machines_wheel_and_ca(tmp_path):
+    """`make -n images-check`: base image (only if missing), the two builds with buildah, the
+    compiled pipeline, the run checks; the torch wheel folder and CA file come from pip's
+    environment (PIP_FIND_LINKS, PIP_CERT / SSL_CERT_FILE) unless given or opted out."""
+    if not shutil.which("make"):
+        pytest.skip("make not installed")
+    wheels, empty = tmp_path / "wheels", tmp_path / "empty"
+    wheels.mkdir(), empty.mkdir()
+    (wheels / "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").write_bytes(b"")
+    ca = tmp_path / "ca.crt"
+    ca.write_text("")
+
+    def dry(*args: str, **env: str) -> str:
+        base = {k: v for k, v in os.environ.items() if k not in ("PIP_FIND_LINKS", "PIP_CERT", "SSL_CERT_FILE", "MAKEFLAGS", "MAKELEVEL")}
+        proc = subprocess.run(["make", "-n", "--no-print-directory", "images-check", *args], cwd=REPO, capture_output=True,
+                              text=True, env={**base, **env})
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    out = dry(PIP_FIND_LINKS=f"{empty} {wheels}", PIP_CERT=str(ca))
+    (build,) = [line for line in out.splitlines() if "images.py build" in line]
+    assert "build cpu serve --builder buildah --python-image localhost/ser-python:3.11-bookworm" in build
+    assert f"--torch-find-links {wheels} " in build and f"--ca-bundle {ca} " in build
+    assert "images/base-debian.sh" in out  # made from Debian's packages when buildah does not hold it
+    assert "ser pipeline compile --out build/pipelines" in out and "images.py check build/pipelines/ser_study.yaml" in out
+    assert out.index("images.py build") < out.index("pipeline compile") < out.index("images.py check")
+    plain = dry(PIP_FIND_LINKS=str(empty))  # nothing local: torch from its index, no CA mounted
+    assert "--torch-find-links" not in plain and "--ca-bundle" not in plain
+    given = dry("TORCH_FIND_LINKS=/w", "CA_BUNDLE=/c.crt", PIP_FIND_LINKS=str(wheels), PIP_CERT=str(ca))
+    assert "--torch-find-links /w " in given and "--ca-bundle /c.crt " in given
+    off = dry("LOCAL_TORCH_WHEELS=", "HOST_CA_BUNDLE=", PIP_FIND_LINKS=str(wheels), PIP_CERT=str(ca))
+    assert "--torch-find-links" not in off and "--ca-bundle" not in off

@@ -274,6 +274,52 @@ def test_only_outside_world_steps_are_uncached_and_no_tracking_id_reaches_a_cach
         assert "parent_run" not in params and "mlflow-run" not in params, task
 
 
+#: KFP placeholders whose value changes from run to run (dsl.PIPELINE_JOB_*_PLACEHOLDER, PIPELINE_TASK_*,
+#: the create and schedule times) and Argo's: none may reach what keys a cached step.
+RUN_SPECIFIC = ("{{$.pipeline_job", "{{$.pipeline_task", "{{$.pipeline_root", "{{workflow.", "{{pod.")
+
+
+def _input_sources(body: dict) -> list[tuple[str, str, object]]:
+    """(input name, kind, value) of every parameter and artifact input of a task."""
+    inputs = body.get("inputs", {})
+    out = []
+    for group in ("parameters", "artifacts"):
+        for key, source in (inputs.get(group) or {}).items():
+            for kind, value in source.items():
+                out.append((key, kind, value))
+    return out
+
+
+@pytest.mark.parametrize("name", pr.PIPELINE_NAMES)
+def test_what_keys_a_cached_step_holds_no_run_specific_value(compiled, name):
+    """The KFP cache key of a step is its component (image, command, args), its env and its
+    input values: for every cacheable step each input is a pipeline parameter, a loop item,
+    a constant without a run-specific placeholder, or an output of a cached step (or of the
+    content-only data fingerprint); the executor's command, args and env hold no placeholder
+    either, and no pipeline parameter defaults to one."""
+    spec, _platform = compiled[name]
+    tasks = _tasks(spec)
+    cached = {t for t, body in tasks.items() if body.get("cachingOptions", {}).get("enableCache")}
+    content = {"data-fingerprint", "data-fingerprint-2"}
+    executors = spec["deploymentSpec"]["executors"]
+    assert cached, name
+    for task in cached:
+        body = tasks[task]
+        for key, kind, value in _input_sources(body):
+            assert kind in {"componentInputParameter", "componentInputArtifact", "taskOutputParameter",
+                            "taskOutputArtifact", "runtimeValue", "parameterExpressionSelector"}, (task, key, kind)
+            if kind in ("taskOutputParameter", "taskOutputArtifact"):
+                producer = value["producerTask"]
+                assert producer in cached | content or producer not in tasks, (task, key, producer)
+            text = json.dumps(value)
+            assert not any(p in text for p in RUN_SPECIFIC), (task, key, text)
+        executor = spec["components"][body["componentRef"]["name"]]["executorLabel"]
+        container = json.dumps(executors[executor]["container"])
+        assert not any(p in container for p in RUN_SPECIFIC), (task, executor)
+    defaults = json.dumps(spec["root"].get("inputDefinitions", {}))
+    assert not any(p in defaults for p in RUN_SPECIFIC)
+
+
 @pytest.mark.parametrize("name", pr.PIPELINE_NAMES)
 def test_every_step_has_requests_limits_a_time_limit_and_io_steps_retry(compiled, name):
     spec, platform = compiled[name]
@@ -293,3 +339,45 @@ def test_every_step_has_requests_limits_a_time_limit_and_io_steps_retry(compiled
             assert retry["backoffDuration"].endswith("s") and retry["backoffMaxDuration"].endswith("s"), task
         else:
             assert retry is None, task  # pure computation: a retry would only repeat the failure
+
+
+# ------------------------------------------- caching, for real: a kfp.local rerun (kfp >= 2.17 caches locally)
+@pytest.mark.integration
+def test_a_rerun_takes_every_cacheable_step_from_the_cache(s3_server, tmp_path):  # noqa: F811
+    """ser_retrain twice on the same data and parameters with kfp.local's cache on: the
+    second run executes only the steps that look at the outside world (the compiled
+    YAML's uncached set); ingest, augment, features, final training and evaluation are
+    cache hits and leave no folder, and the rerun sees the first run's model."""
+    store = s3_server.store()
+    corpora = pr.upload_demo_corpora(store, tmp_path / "data", bucket="ser-data-cache", english_per_class=4, greek_per_class=2)
+    store.ensure_bucket("ser-models-cache")
+    args = {"data_bucket": corpora["data_bucket"], "english_corpora": corpora["english_corpora"], "select": "all",
+            "augment_corpora": "synthetic-ravdess", "feature_kind": "mel", "feature_size": "30",
+            "config": {"arch": {"cnn": "squirtle", "conv_channels": [4, 4, 4], "fc_features": [8, 8], "pool_kernels": [2, 3, 3]},
+                       "train": {"batch_size": 8, "lr": 1e-3}},
+            "epochs": 1, "eval_every": 1, "device": "cpu", "model_bucket": "ser-models-cache", "model_name": "cache-test",
+            "mlflow_uri": ""}
+    root = tmp_path / "out"
+
+    def run(i: int):
+        return pr.run_local(pr.build("ser_retrain"), args, root, env=s3_server.env(), threads_per_task=2,
+                            log=tmp_path / f"run{i}.log", echo=False, cache=True)
+
+    first = run(1)
+    assert first.cached == ()
+    ran_first = {rel.split("/")[-1] for rel in collect_task_dirs(first.run_dir)}
+    assert {"data-fingerprint", "ingest", "augment", "features", "final-train", "evaluate", "compare-champion",
+            "publish"} <= ran_first  # no champion yet: published
+    second = run(2)
+    ran_second = {rel.split("/")[-1] for rel in collect_task_dirs(second.run_dir)}
+    assert ran_second == {"data-fingerprint", "compare-champion"}, ran_second  # publish: not better than itself
+    assert ran_second <= UNCACHED["ser_retrain"]
+    assert set(second.cached) == {"ingest", "augment", "features", "final-train", "evaluate"}
+    assert second.output("final-train", "model") == first.output("final-train", "model")  # the first run's model
+    verdict = json.loads(Path(second.tasks["compare-champion"]["verdict"]).read_text())
+    assert not verdict["promote"]
+
+
+def collect_task_dirs(run_dir: Path) -> list[str]:
+    """Task folders a local run made (those kfp.local executed)."""
+    return [m.parent.relative_to(run_dir).as_posix() for m in run_dir.rglob("executor_output.json")]

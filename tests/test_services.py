@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import socket
 from pathlib import Path
@@ -236,3 +237,73 @@ def test_the_demo_is_found_by_status_and_stops_everything_on_sigterm(tmp_path):
             demo.kill()
     assert all(_gone(e["pid"]) for e in entries)
     assert recorded_servers() == []
+
+
+# ------------------------------------------------- `ser serve`: recorded, listed, stopped from outside
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    import torch
+
+    from ser import features as F
+    from ser import labels, models
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    arch = models.ArchSpec(conv_channels=(8, 8, 8), fc_features=(32, 32), in_size=60)
+    return models.save_bundle(path, models.build(arch), labels.ENGLISH, F.FeatureSpec(size=60).to_dict(), {"version": "1"})
+
+
+def _ser_serve(model: Path, port: int, cwd: Path):
+    """`ser serve --server kserve` (the KServe predictor: the same recording code as TorchServe, and faster to start)."""
+    return _ser_process("serve", "--server", "kserve", "--model", str(model), "--port", str(port), "--workers", "1",
+                        "--backend", "eager", "--no-auth", "--timeout", "120", cwd=cwd)
+
+
+@pytest.mark.integration
+def test_ser_serve_is_listed_by_status_and_stopped_by_down(tiny_model, tmp_path, capsys):
+    import urllib.request
+
+    from ser.services import recorded_servers
+
+    port = free_ports(1)[0]
+    proc = _ser_serve(tiny_model, port, tmp_path)
+    try:
+        (entry,) = _wait_for_records({"kserve-predictor"}, proc)
+        assert entry["port"] == port and entry["url"] == f"http://127.0.0.1:{port}"
+        assert entry["log"] and Path(entry["log"]).is_file() and entry["data_dir"] == str(tiny_model.parent.resolve())
+        assert "serve" in entry["started_by"]
+        assert urllib.request.urlopen(f"{entry['url']}/v2/health/ready", timeout=10).status == 200
+        assert ser("services", "--dir", str(tmp_path / ".ser"), "status") == 0
+        out = capsys.readouterr().out
+        assert f"kserve-predictor http://127.0.0.1:{port}" in out and f"pid {entry['pid']}" in out
+        assert f"log {entry['log']}" in out
+        assert ser("services", "--dir", str(tmp_path / ".ser"), "down") == 0
+        assert f"stopped kserve-predictor (pid {entry['pid']})" in capsys.readouterr().out
+        assert proc.wait(timeout=60) == 0  # `ser serve` sees it was stopped on purpose and ends cleanly
+        text = proc.stdout.read()
+        assert "stopped from outside" in text, text
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert _gone(entry["pid"]) and port_is_free(port)
+    assert recorded_servers() == []
+
+
+@pytest.mark.integration
+def test_ser_serve_drops_its_record_when_stopped_with_sigterm(tiny_model, tmp_path):
+    import signal
+
+    from ser.services import recorded_servers
+
+    port = free_ports(1)[0]
+    proc = _ser_serve(tiny_model, port, tmp_path)
+    try:
+        (entry,) = _wait_for_records({"kserve-predictor"}, proc)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert _gone(entry["pid"]) and port_is_free(port)
+    assert recorded_servers() == []
+    assert not list(Path(os.environ["SER_STATE_DIR"]).rglob("kserve-predictor-*.json"))  # the file itself is gone

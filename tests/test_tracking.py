@@ -59,7 +59,7 @@ def train_a_little(tracker, epochs: int = 2) -> int:
 # -- without a server ---------------------------------------------------------------
 
 
-def test_unreachable_server_non_strict_warns_once_and_training_finishes(monkeypatch, capsys):
+def test_unreachable_server_non_strict_warns_once_and_training_finishes(monkeypatch, caplog):
     uri = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     tracker = Tracker.from_env()
@@ -68,8 +68,8 @@ def test_unreachable_server_non_strict_warns_once_and_training_finishes(monkeypa
     assert train_a_little(tracker) == 2
     assert tracker.log_model("missing.pt", registered_name="x") is None
     assert tracker.promote_if_better("x", 1, candidate_value=1.0) is False
-    err = capsys.readouterr().err
-    assert err.count("tracking skipped:") == 1 and uri in err
+    warnings = [r.getMessage() for r in caplog.records if r.name == "ser.tracking" and r.levelname == "WARNING"]
+    assert len([w for w in warnings if w.startswith("tracking skipped:")]) == 1 and uri in warnings[0]
 
 
 def test_unreachable_server_strict_fails_fast(monkeypatch):
@@ -82,13 +82,13 @@ def test_unreachable_server_strict_fails_fast(monkeypatch):
     assert 1 <= len(attempts) <= 2, f"{len(attempts)} connection attempts: the tracker retries an unreachable server"
 
 
-def test_unset_uri(monkeypatch, capsys):
+def test_unset_uri(monkeypatch, caplog):
     from ser import tracking
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setattr(tracking, "_warned", set())  # the warning is once per process; start afresh
     assert isinstance(Tracker.from_env(), NullTracker)
-    assert "tracking skipped: MLFLOW_TRACKING_URI is not set" in capsys.readouterr().err
+    assert "tracking skipped: MLFLOW_TRACKING_URI is not set" in caplog.text
     with pytest.raises(TrackingError, match="MLFLOW_TRACKING_URI is not set"):
         Tracker.from_env(strict=True)
 

@@ -172,31 +172,37 @@ def kfp_step_argv(pipeline_yaml: str, executor: str, parameters: dict, output_di
     return [*container["command"], *[executor_input if a == "{{$}}" else a for a in container["args"]]]
 
 
-def _run_in(image: str, argv: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
-    """``argv`` in a fresh working container of ``image`` (buildah), removed afterwards."""
-    ctr = subprocess.run([*BUILDAH, "from", "--quiet", image], capture_output=True, text=True, check=True).stdout.strip()
-    try:
-        return subprocess.run([*BUILDAH, "run", "--isolation", "chroot", ctr, "--", *argv], capture_output=True, text=True,
-                              timeout=timeout, check=False)
-    finally:
-        subprocess.run([*BUILDAH, "rm", ctr], capture_output=True, check=False)
+def _run_in(ctr: str, argv: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
+    """``argv`` in the buildah working container ``ctr``."""
+    return subprocess.run([*BUILDAH, "run", "--isolation", "chroot", ctr, "--", *argv], capture_output=True, text=True,
+                          timeout=timeout, check=False)
 
 
 def check_images(pipeline_yaml: str, port: int) -> list[tuple[str, bool, str]]:
     """Run the built CPU and serving images (buildah): the CLI, a pipeline component as
-    KFP's launcher calls it, and TorchServe answering on ``port``. (check, passed, detail)."""
+    KFP's launcher calls it, and TorchServe answering on ``port``. (check, passed, detail).
+
+    One working container per image: on vfs storage each ``buildah from`` copies the
+    whole image (2.5 GB, minutes on 2 cores), and the CPU checks leave nothing behind
+    that another would see but /tmp/kfp-outputs."""
     import urllib.request
 
     results = []
-    proc = _run_in(CPU_IMAGE, ["ser", "--version"])
-    results.append(("cpu: ser --version", proc.stdout.strip() == f"ser {VERSION}", (proc.stdout + proc.stderr).strip()[-300:]))
-    proc = _run_in(CPU_IMAGE, ["ser", "--help"])
-    results.append(("cpu: ser --help", proc.returncode == 0 and "COMMAND" in proc.stdout, proc.stderr.strip()[-300:]))
-    argv = kfp_step_argv(pipeline_yaml, "exec-mlflow-run", {"name": "images-check", "mlflow_uri": "", "mlflow_experiment": "check"},
-                         "/tmp/kfp-outputs")
-    proc = _run_in(CPU_IMAGE, ["sh", "-c", 'mkdir -p /tmp/kfp-outputs && "$@" && cat /tmp/kfp-outputs/executor_output.json', "sh", *argv])
-    ok = proc.returncode == 0 and "MLflow parent run: (tracking off)" in proc.stdout and '"Output"' in proc.stdout
-    results.append(("cpu: KFP step mlflow-run via kfp.dsl.executor_main", ok, (proc.stdout + proc.stderr).strip()[-400:]))
+    print(f"images-check: a working container of {CPU_IMAGE} (vfs copies the image: minutes) ...", flush=True)
+    ctr = subprocess.run([*BUILDAH, "from", "--quiet", CPU_IMAGE], capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        proc = _run_in(ctr, ["ser", "--version"])
+        results.append(("cpu: ser --version", proc.stdout.strip() == f"ser {VERSION}", (proc.stdout + proc.stderr).strip()[-300:]))
+        proc = _run_in(ctr, ["ser", "--help"])
+        results.append(("cpu: ser --help", proc.returncode == 0 and "COMMAND" in proc.stdout, proc.stderr.strip()[-300:]))
+        argv = kfp_step_argv(pipeline_yaml, "exec-mlflow-run", {"name": "images-check", "mlflow_uri": "", "mlflow_experiment": "check"},
+                             "/tmp/kfp-outputs")
+        proc = _run_in(ctr, ["sh", "-c", 'mkdir -p /tmp/kfp-outputs && "$@" && cat /tmp/kfp-outputs/executor_output.json', "sh", *argv])
+        ok = proc.returncode == 0 and "MLflow parent run: (tracking off)" in proc.stdout and '"Output"' in proc.stdout
+        results.append(("cpu: KFP step mlflow-run via kfp.dsl.executor_main", ok, (proc.stdout + proc.stderr).strip()[-400:]))
+    finally:
+        subprocess.run([*BUILDAH, "rm", ctr], capture_output=True, check=False)
+    print(f"images-check: a working container of {SERVE_IMAGE} ...", flush=True)
     ctr = subprocess.run([*BUILDAH, "from", "--quiet", SERVE_IMAGE], capture_output=True, text=True, check=True).stdout.strip()
     config = (f"inference_address=http://127.0.0.1:{port}\\nmanagement_address=http://127.0.0.1:{port + 1}\\n"
               f"metrics_address=http://127.0.0.1:{port + 2}\\n")

@@ -20,6 +20,7 @@ import builtins
 import contextlib
 import io
 import json
+import logging
 import os
 import re
 import sys
@@ -148,7 +149,10 @@ def compile_pipelines(out_dir: str | Path, names: tuple[str, ...] = PIPELINE_NAM
 class LocalRun:
     """Where a local run left its outputs: ``tasks`` maps a task path (``features``,
     ``for-loop-2-iteration-0/train-folds``) to {output name: path or value};
-    ``metadata`` to {artifact name: its metadata}."""
+    ``metadata`` to {artifact name: its metadata}. ``cached``: the tasks kfp.local
+    answered from its cache (``run_local(cache=...)``) instead of running them; they
+    leave no folder in ``run_dir``, and ``tasks`` lists their outputs where the earlier
+    run that computed them left them."""
 
     pipeline: str
     run_dir: Path
@@ -156,6 +160,7 @@ class LocalRun:
     log: Path | None
     tasks: dict[str, dict[str, str]] = field(default_factory=dict)
     metadata: dict[str, dict[str, dict]] = field(default_factory=dict)
+    cached: tuple[str, ...] = ()
 
     def output(self, task: str, name: str) -> Path:
         try:
@@ -165,7 +170,7 @@ class LocalRun:
 
     def to_dict(self) -> dict[str, Any]:
         return {"pipeline": self.pipeline, "run_dir": str(self.run_dir), "seconds": round(self.seconds, 1),
-                "log": str(self.log) if self.log else None, "tasks": self.tasks}
+                "log": str(self.log) if self.log else None, "tasks": self.tasks, "cached": list(self.cached)}
 
 
 def collect_outputs(run_dir: str | Path) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, dict]]]:
@@ -217,16 +222,76 @@ def _environ(values: Mapping[str, str]):
                 os.environ[k] = v
 
 
+class _CacheHits(logging.Filter):
+    """Collects the task names kfp.local reports as cache hits.
+
+    kfp.local (``kfp/local/orchestrator/task_executor.py``, ``execute_single_task``)
+    says ``logging.info("Task NAME cache hit (key=...); skipping execution.")`` on the
+    root logger and nothing else records a hit. Installed on the root logger with its
+    level lowered to INFO for the run, this filter notes those records and lets through
+    only what the root logger's own level would have passed, so nothing else changes."""
+
+    PATTERN = re.compile(r"^Task (\S+) cache hit")
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level, self.hits = level, []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.INFO:
+            match = self.PATTERN.match(str(record.msg))
+            if match:
+                self.hits.append(match.group(1))
+        return record.levelno >= self.level
+
+
+@contextlib.contextmanager
+def _collect_cache_hits():
+    root = logging.getLogger()
+    hits = _CacheHits(root.level)
+    saved = root.level
+    root.addFilter(hits)
+    root.setLevel(min(saved, logging.INFO) if saved else logging.NOTSET)
+    try:
+        yield hits.hits
+    finally:
+        root.setLevel(saved)
+        root.removeFilter(hits)
+
+
+def _earlier_outputs(root: Path, name: str, before: set[str], wanted: list[str]) -> tuple[dict, dict]:
+    """Outputs of cache-hit tasks: from the newest earlier run of ``name`` under ``root``
+    that ran a task of that name (the run whose outputs kfp.local's cache points to,
+    when the cache lives under ``root``, the default)."""
+    tasks: dict[str, dict[str, str]] = {}
+    metadata: dict[str, dict[str, dict]] = {}
+    earlier = sorted((root / p for p in before if p.startswith(f"{name}-") and (root / p).is_dir()), reverse=True)
+    for run_dir in earlier:
+        if len(tasks) >= len(wanted):
+            break
+        found, meta = collect_outputs(run_dir)
+        for task in wanted:
+            for rel in found:
+                if rel.split("/")[-1] == task and rel not in tasks:
+                    tasks[rel], metadata[rel] = found[rel], meta.get(rel, {})
+    return tasks, metadata
+
+
 def run_local(pipeline_fn: Any, arguments: Mapping[str, Any] | None = None, pipeline_root: str | Path = "local_outputs", *,
               env: Mapping[str, str] | None = None, threads_per_task: int | None = None, log: str | Path | None = None,
-              echo: bool = True) -> LocalRun:
+              echo: bool = True, cache: bool | str | Path = False) -> LocalRun:
     """Run a pipeline locally with ``kfp.local.SubprocessRunner(use_venv=False)``.
 
     ``env``: extra environment for the steps (S3 keys, MLflow URI); ``threads_per_task``:
     torch/BLAS threads of each step (steps of a ParallelFor run side by side);
     ``log``: write the runner's (long) output there instead of this process's stdout,
-    and print one line per finished task when ``echo``. Raises :class:`PipelineError`
-    naming the failed task (and the log) when a step fails."""
+    and print one line per finished task when ``echo``. ``cache``: turn on kfp.local's
+    step cache (``local.init(enable_caching=True)``, kfp >= 2.17): True keeps it in
+    ``PIPELINE_ROOT/.kfp_cache``, a path puts it there; a step whose component, image,
+    command, inputs and env are unchanged, and whose earlier outputs still exist, is
+    not run again, and steps built with ``set_caching_options(False)`` always run
+    (as on Kubeflow). :attr:`LocalRun.cached` names the steps answered from the cache.
+    Raises :class:`PipelineError` naming the failed task (and the log) when a step fails."""
     from kfp import local
 
     arguments = _default_arguments(pipeline_fn, arguments or {})
@@ -243,12 +308,17 @@ def run_local(pipeline_fn: Any, arguments: Mapping[str, Any] | None = None, pipe
     t0 = time.perf_counter()
     failure: BaseException | None = None
     saved_print = builtins.print
-    with _environ(extra), warnings.catch_warnings(), _restore_print(saved_print):
+    hits_context = _collect_cache_hits() if cache else contextlib.nullcontext([])
+    with _environ(extra), warnings.catch_warnings(), _restore_print(saved_print), hits_context as hits:
         # the runner warns that a non-"python" image name may lack Python: our images have it
         warnings.filterwarnings("ignore", message=".*custom or non-Python base image.*", category=RuntimeWarning)
         # cluster-only settings (display names, CPU/memory requests, GPUs) are ignored locally, as intended
         warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*", category=UserWarning)
-        local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+        caching = {}
+        if cache:
+            cache_root = root / ".kfp_cache" if cache is True else Path(cache).resolve()
+            caching = {"enable_caching": True, "cache_root": str(cache_root)}
+        local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True, **caching)
         if log_path is None:
             try:
                 pipeline_fn(**arguments)
@@ -267,7 +337,13 @@ def run_local(pipeline_fn: Any, arguments: Mapping[str, Any] | None = None, pipe
                  key=lambda p: p.name)  # <pipeline name>-<timestamp>
     run_dir = new[-1] if new else root
     tasks, metadata = collect_outputs(run_dir) if new else ({}, {})
-    result = LocalRun(name, run_dir, seconds, log_path, tasks, metadata)
+    cached = tuple(dict.fromkeys(hits))
+    if cached:
+        old_tasks, old_meta = _earlier_outputs(root, name, before, list(cached))
+        for rel, outputs in old_tasks.items():
+            tasks.setdefault(rel, outputs)
+            metadata.setdefault(rel, old_meta.get(rel, {}))
+    result = LocalRun(name, run_dir, seconds, log_path, tasks, metadata, cached)
     if failure is not None:
         where = f"; the runner's output is in {log_path}" if log_path else ""
         tail = _tail(log_path) if log_path else ""

@@ -860,6 +860,22 @@ def kfp_scalars(metrics: Mapping[str, Any], keys: Sequence[str] = ("accuracy", "
     return out
 
 
+def write_metadata_files(*artifacts: Any) -> None:
+    """Write each artifact's metadata as JSON at its path (call last, after log_metric /
+    log_confusion_matrix).
+
+    KFP keeps a Metrics or ClassificationMetrics artifact in its metadata and writes no
+    file at its path. kfp.local's step cache takes an entry whose local output file is
+    missing for stale (kfp/local/cache.py, ``LocalCache._deserialize_artifact`` raises
+    ``_MissingArtifactError``, ``LocalCache.get`` answers a miss), so a step with such an
+    output would run again on every local rerun. With the file it is cached like any
+    other; on Kubeflow the file is one more small output."""
+    from ser import files
+
+    for artifact in artifacts:
+        files.write_text(artifact.path, json.dumps(dict(artifact.metadata), indent=1, sort_keys=True, default=str))
+
+
 # --------------------------------------------------------------------------- publish: S3 model bucket, champion
 
 

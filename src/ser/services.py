@@ -135,10 +135,20 @@ def registry_dir() -> Path:
 
 def record_server(service: str, pid: int, started_at: float | None, url: str, data_dir: str | Path,
                   log: str | Path | None = None) -> Path:
-    """Record a started server process (a process-group leader) in the registry; returns the entry's path."""
+    """Record a started server process (a process-group leader) in the registry; returns the entry's path.
+
+    An entry holds the service name, pid (and its start time, so a reused pid is not
+    taken for the server), URL and port, data folder, log file and the command that
+    started it."""
+    from urllib.parse import urlsplit
+
     folder = registry_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    entry = {"service": service, "pid": pid, "started_at": started_at, "url": url,
+    try:
+        port = urlsplit(url).port
+    except ValueError:
+        port = None
+    entry = {"service": service, "pid": pid, "started_at": started_at, "url": url, "port": port,
              "data_dir": str(Path(data_dir).expanduser().resolve()), "log": str(log) if log else None,
              "started_by": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "cwd": os.getcwd()}
     path = folder / f"{service}-{pid}.json"
@@ -155,6 +165,12 @@ def forget_server(service: str, pid: int | None) -> None:
             (registry_dir() / f"{service}-{pid}.json").unlink()
         except FileNotFoundError:
             pass
+
+
+def is_recorded(service: str, pid: int | None) -> bool:
+    """Whether the registry still holds this server's entry (`ser services down` removes it
+    when it stops the server)."""
+    return pid is not None and (registry_dir() / f"{service}-{pid}.json").is_file()
 
 
 def recorded_servers() -> list[dict[str, Any]]:
@@ -176,8 +192,10 @@ def recorded_servers() -> list[dict[str, Any]]:
 
 
 def track_process(service: str, pid: int, url: str, data_dir: str | Path, log: str | Path | None = None) -> "_Server":
-    """Record a server that another module started (TorchServe) and return it as a
-    stoppable process group, so that `ser services status|down` see it too."""
+    """Record a server that another module started (TorchServe, the KServe predictor of
+    `ser serve`, `ser demo`'s TorchServe) and return it as a stoppable process group, so
+    that `ser services status|down` see it too. ``pid`` must lead its own process group
+    (started with ``start_new_session=True``): `ser services down` signals the group."""
     path = record_server(service, pid, _create_time(pid), url, data_dir, log)
     return server_from_record(json.loads(path.read_text()))
 
@@ -196,6 +214,9 @@ def server_from_record(entry: Mapping[str, Any]) -> "_Server":
     server.name = str(entry.get("service", "server"))
     server.pid, server.started_at = int(entry["pid"]), entry.get("started_at")
     server._url = entry.get("url")
+    server._log = entry.get("log")
+    if entry.get("port"):
+        server.port = int(entry["port"])
     return server
 
 
@@ -259,7 +280,8 @@ class _Server:
 
     @property
     def log_path(self) -> Path:
-        return self.data_dir / f"{self.name}.log"
+        recorded = getattr(self, "_log", None)  # a server another module started (server_from_record)
+        return Path(recorded) if recorded else self.data_dir / f"{self.name}.log"
 
     # -- life cycle ----------------------------------------------------------------
 
@@ -359,10 +381,9 @@ class _Server:
                 pass
         forget_server(self.name, self.pid)
         self.proc, self.pid, self.started_at = None, None, None
-        try:
-            self.state_path.unlink()
-        except FileNotFoundError:
-            pass
+        state = self.read_state(self.data_dir)
+        if state is not None and state.get("service") == self.name:  # only our own state file (a bare
+            self.state_path.unlink(missing_ok=True)  # record's data_dir may be any folder)
 
     def __enter__(self: S) -> S:
         return self.start()

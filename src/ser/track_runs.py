@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -42,6 +43,8 @@ from typing import Any
 
 from ser.labels import GREEK
 from ser.tracking import KINDS, NullTracker, Tracker, TrackingError, unreachable_reason
+
+log = logging.getLogger(__name__)
 
 MODES = ("auto", "off", "strict")
 ENGLISH_MODEL, GREEK_MODEL = "ser-english", "ser-greek"
@@ -89,7 +92,7 @@ def open_session(mode: str = "auto", experiment: str | None = None) -> Session:
     tracker = Tracker.from_env(strict=mode == "strict", experiment=experiment)
     if tracker.enabled:
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # bars per model upload are noise here
-        print(f"tracking: MLflow at {tracker.uri}, experiment {tracker.experiment!r}", file=sys.stderr)
+        log.info("tracking: MLflow at %s, experiment %r", tracker.uri, tracker.experiment)
     return Session(tracker, strict=mode == "strict")
 
 
@@ -138,8 +141,8 @@ class Session:
             raise TrackingError(f"tracking failed (strict) while trying to {what}: {_first_line(exc)}; "
                                 f"stopped here, {where} ends as failed") from exc
         self.broken = f"{what}: {_first_line(exc)}"
-        print(f"tracking failed while trying to {what}: {_first_line(exc)}; {where} is incomplete and nothing more "
-              "is logged by this command (the files on disk are complete)", file=sys.stderr)
+        log.warning("tracking failed while trying to %s: %s; %s is incomplete and nothing more is logged by this "
+                    "command (the files on disk are complete)", what, _first_line(exc), where)
         uri = getattr(self.tracker, "uri", "")
         if run_id and uri and unreachable_reason(uri, timeout=2) is None:  # the server answers: mark the run
             try:

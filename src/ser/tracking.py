@@ -17,10 +17,10 @@ this module only; a NullTracker with the same methods stands in when tracking is
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import shutil
-import sys
 import tempfile
 import time
 import urllib.error
@@ -29,6 +29,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
+
+log = logging.getLogger(__name__)
 
 KINDS = ("stage", "vector", "fold", "final", "transfer", "evaluate")
 SYSTEM_METRIC_KINDS = frozenset({"final", "transfer"})
@@ -136,7 +138,7 @@ class Tracker:
 
         If tracking is not configured or the server does not answer: ``strict`` raises
         :class:`TrackingError` at once (before any training); otherwise one warning
-        "tracking skipped: ..." goes to stderr and a :class:`NullTracker` is returned.
+        "tracking skipped: ..." is logged (WARNING; stderr under the CLI) and a :class:`NullTracker` is returned.
         """
         uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
         reason = "MLFLOW_TRACKING_URI is not set" if not uri else unreachable_reason(uri)
@@ -150,7 +152,7 @@ class Tracker:
                                 "or set MLFLOW_TRACKING_URI, or run without strict tracking")
         if reason not in _warned:
             _warned.add(reason)
-            print(f"tracking skipped: {reason}; training goes on without MLflow", file=sys.stderr)
+            log.warning("tracking skipped: %s; training goes on without MLflow", reason)
         return NullTracker(reason)
 
     # -- runs -----------------------------------------------------------------------

@@ -34,6 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("folder", type=Path, help="local folder, e.g. a corpus as distributed")
     p.add_argument("dest", help="destination s3://BUCKET/PREFIX, e.g. s3://ser-data/corpora/tess")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI; automatic when not on a terminal)")
     p.set_defaults(func=cmd_upload)
 
     p = sub.add_parser(
@@ -52,6 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the CREMA-D neutral draw (--select study)")
     p.add_argument("--out", type=Path, required=True, help="utterance table to write (CSV)")
     p.add_argument("--problems", type=Path, default=None, help="problems CSV (default: OUT with .problems.csv)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI; automatic when not on a terminal)")
     p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser(
@@ -70,6 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the perturbation draws")
     p.add_argument("--audio-dir", type=Path, required=True, help="folder for the perturbed WAV files")
     p.add_argument("--out", type=Path, required=True, help="table to write: originals + copies (CSV)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI; automatic when not on a terminal)")
     p.set_defaults(func=cmd_augment)
 
     p = sub.add_parser(
@@ -112,7 +115,7 @@ def cmd_upload(args: argparse.Namespace) -> int:
         bucket, prefix = parse_uri(args.dest)
         store = S3Store.from_env()
         store.ensure_bucket(bucket)
-        keys = store.upload_dir(args.folder, bucket, prefix)
+        keys = store.upload_dir(args.folder, bucket, prefix, progress=not args.no_progress)
     except StoreError as exc:
         raise UserError(str(exc)) from None
     print(f"uploaded {len(keys)} files from {args.folder} to {args.dest}")
@@ -142,7 +145,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             raise UserError(f"corpus folder not found: {root}")
         if name not in corpora.CORPORA and name != "synthetic":
             raise UserError(f"unknown corpus {name!r}; expected one of {', '.join([*corpora.CORPORA, 'synthetic'])}")
-        result = corpora.scan(name, root, progress=True)
+        result = corpora.scan(name, root, progress=not args.no_progress)
         for row in result.rows:
             groups.setdefault(row.corpus, []).append(row)
         problems += result.problems
@@ -182,7 +185,7 @@ def cmd_augment(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
     wanted = tuple(c.strip() for c in args.corpora.split(",") if c.strip())
     new_rows, problems = augment.augment_rows(rows, args.audio_dir, mode=args.mode, copies=args.copies,
-                                              seed=args.seed, corpora=wanted)
+                                              seed=args.seed, corpora=wanted, progress=not args.no_progress)
     columns = (*corpora.COLUMNS, *augment.AUGMENT_COLUMNS)
     tables.write_rows([*rows, *new_rows], args.out, columns)
     print(f"{len(new_rows)} {args.mode} copies of {', '.join(wanted)} files in {args.audio_dir}")

@@ -63,6 +63,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "demo budgets; --param still overrides")
     r.add_argument("--threads-per-task", type=int, default=None, help="torch/BLAS threads per step (default: cores / parallelism)")
     r.add_argument("--json", action="store_true", help="print the outputs as JSON at the end")
+    r.add_argument("--cache", action="store_true",
+                   help="kfp.local's step cache (in ROOT/.kfp_cache): a rerun with the same data and parameters under the same "
+                   "ROOT reuses every cacheable step's outputs, as Kubeflow does; the steps that look at S3 or MLflow still run")
     _add_build_options(r)
     r.set_defaults(func=cmd_run_local)
 
@@ -131,9 +134,11 @@ def cmd_run_local(args: argparse.Namespace) -> int:
     print(f"running {args.pipeline} locally (kfp SubprocessRunner, {options['parallelism']} vectors at once, "
           f"{threads} thread(s) per step) -> {args.root}" + (f"; details in {log}" if log else ""), flush=True)
     try:
-        run = pr.run_local(fn, params, args.root, threads_per_task=threads, log=log)
+        run = pr.run_local(fn, params, args.root, threads_per_task=threads, log=log, cache=args.cache)
     except pr.PipelineError as exc:
         raise UserError(str(exc)) from None
+    if run.cached:
+        print(f"taken from the cache (not run again): {', '.join(run.cached)}")
     summary = pr.summarize_study(run) if args.pipeline == "ser_study" else run.to_dict()
     if args.json:
         print(json.dumps(summary, indent=1, default=str))

@@ -74,11 +74,12 @@ def _register_package(sub) -> None:
 def _register_serve(sub) -> None:
     p = sub.add_parser(
         "serve",
-        help="serve a .mar or a trained model with TorchServe or the KServe predictor on 127.0.0.1 until Ctrl-C",
+        help="serve a .mar or a trained model with TorchServe or the KServe predictor on 127.0.0.1 until Ctrl-C or `ser services down`",
         description=(
             "Start TorchServe on 127.0.0.1 with a private model store, log folder and key file, "
             "wait until the workers are ready, print the URL and a curl example, and run until "
-            "Ctrl-C (which stops TorchServe and all its workers). Token authorization is on: "
+            "Ctrl-C or SIGTERM (which stop TorchServe and all its workers). The server is recorded "
+            "where `ser services status` lists it and `ser services down` stops it. Token authorization is on: "
             "the printed curl carries the inference token. Send audio as the request body with "
             "Content-Type application/octet-stream (wav, flac, ogg, aiff); add the header "
             "`X-Ser-Mode: timeline` (and X-Ser-Window-S / X-Ser-Hop-S) for one emotion per window. "
@@ -189,19 +190,30 @@ def run_serve(args) -> int:
         timeline = '-H "X-Ser-Mode: timeline" -H "X-Ser-Window-S: 2" -H "X-Ser-Hop-S: 1"'
         print("  " + server.curl("long.wav").replace("curl -s", f"curl -s {timeline}", 1))
 
-    return _serve_until_stopped(server, "TorchServe", banner)
+    record = ("torchserve", server.run_dir, server.log_dir / "ts_log.log")
+    return _serve_until_stopped(server, "TorchServe", banner, record)
 
 
-def _serve_until_stopped(server, what: str, banner) -> int:
-    """Print the banner, then wait until Ctrl-C or SIGTERM (a supervisor's stop), and stop
-    ``server`` either way; 1 if the server died on its own, with its last log lines."""
+def _serve_until_stopped(server, what: str, banner, record: tuple[str, Path, Path]) -> int:
+    """Record the server where `ser services status|down` find it, print the banner, then
+    wait until Ctrl-C, SIGTERM (a supervisor's stop) or `ser services down`, and stop
+    ``server`` and drop its record either way; 1 if the server died on its own, with its
+    last log lines. ``record``: (service name, data folder, log file)."""
+    from ser import services
+
+    service, data_dir, log = record
+    pid = server.process.pid
     stop = {"now": False}
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
     try:
+        services.track_process(service, pid, server.url, data_dir, log)
         banner()
-        print("Ctrl-C stops the server.", flush=True)
+        print("Ctrl-C stops the server (so does `ser services down`).", flush=True)
         while not stop["now"]:
             if not server.alive():
+                if not services.is_recorded(service, pid):  # `ser services down` stopped it and dropped the record
+                    print(f"{what} was stopped from outside (`ser services down`).", flush=True)
+                    return 0
                 print(f"{what} exited unexpectedly (status {server.process.returncode}); last log lines:\n{server.log_tail()}", file=sys.stderr)
                 return 1
             time.sleep(0.5)
@@ -211,6 +223,7 @@ def _serve_until_stopped(server, what: str, banner) -> int:
         signal.signal(signal.SIGTERM, previous)
         print(f"stopping {what} ...", flush=True)
         server.stop()
+        services.forget_server(service, pid)
         print("stopped.")
     return 0
 
@@ -234,4 +247,4 @@ def _serve_kserve(args, model: Path, runtime) -> int:
         print(f"  curl -s{auth} -H 'Content-Type: application/octet-stream' --data-binary @clip.wav {server.url}/predict")
         print(f"  v1: POST {server.predict_url}  v2: POST {server.url}/v2/models/{name}/infer   logs {server.log}")
 
-    return _serve_until_stopped(server, "the KServe predictor", banner)
+    return _serve_until_stopped(server, "the KServe predictor", banner, ("kserve-predictor", model if model.is_dir() else model.parent, server.log))

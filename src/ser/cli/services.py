@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "tracking server (SQLite store, artifacts proxied to S3) as background processes, with data, "
         "logs and state under DIR (default .ser/). `up` prints the URLs and the env lines to export; "
         "`eval \"$(ser services env)\"` sets them in a shell. Every server a ser command starts (this one, "
-        "`ser demo`, ...) is recorded per user (in $SER_STATE_DIR, else $XDG_STATE_HOME/ser, else "
+        "`ser demo`, `ser serve`, ...) is recorded per user (in $SER_STATE_DIR, else $XDG_STATE_HOME/ser, else "
         "~/.local/state/ser), so `status` and `down` find them wherever their data lives.",
     )
     p.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="where data, logs and state live (default .ser)")
@@ -169,7 +169,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     root = args.dir.expanduser().resolve()
     servers = _all_running(root)
     for server in servers:
-        print(f"{server.name:<10} {server.url:<24} pid {server.pid:<8} data {server.data_dir}")
+        print(f"{server.name:<16} {server.url:<24} pid {server.pid:<8} data {server.data_dir}  log {server.log_path}")
     if not servers:
         print(f"no local servers are running (none under {root}, none recorded in the registry)")
         return 3

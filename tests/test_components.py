@@ -1,6 +1,6 @@
 """The Kubeflow components, each run locally on tiny data, and the library glue they call.
 
-Unit tests (no server) check ``ser.pipeline_steps`` and the component factories.
+Unit tests (no server) check ``ser.kubeflow.tasks`` and the component factories.
 Integration tests run every component through kfp's SubprocessRunner in small
 pipelines whose inputs are imported (``dsl.importer``) from artifacts prepared
 in-process, against a real local S3 server (SeaweedFS) for the S3 steps.
@@ -16,9 +16,9 @@ import pytest
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Model
 
-from components import augment, evaluate, features, final_train, ingest, plan, publish, rank, track, train_folds, transfer
-from ser import pipeline_runner as pr
-from ser import pipeline_steps as steps
+from ser.kubeflow.components import augment, evaluate, features, final_train, ingest, plan, publish, rank, track, train_folds, transfer
+from ser.kubeflow import runner as pr
+from ser.kubeflow import tasks as steps
 from ser.dataset import FeatureSet
 from ser.features import FeatureSpec
 from ser.images import CPU_IMAGE, GPU_IMAGE
@@ -117,7 +117,7 @@ def test_factories_take_the_base_image_and_skip_pip():
                  publish.compare_op(), augment.op(), track.op()):
         command = " ".join(comp.component_spec.implementation.container.command)
         assert "pip install" not in command, comp.name
-        assert "from ser import" in command or "from ser import pipeline_steps" in command
+        assert "from ser import" in command or "from ser.kubeflow import tasks" in command
 
 
 # --------------------------------------------------------------------------- integration: each component through kfp.local
@@ -169,7 +169,7 @@ def test_make_demo_corpus_fetches_then_runs_the_demo_on_it():
 
 @pytest.fixture(scope="module")
 def prepared(corpora, s3_server, tmp_path_factory):  # noqa: F811
-    """Every step's output made in-process with ser.pipeline_steps (the components' inputs)."""
+    """Every step's output made in-process with ser.kubeflow.tasks (the components' inputs)."""
     root = tmp_path_factory.mktemp("prepared")
     with pytest.MonkeyPatch.context() as env:
         for key, value in s3_server.env().items():

@@ -211,7 +211,7 @@ def test_torchserve_serves_the_archive_with_its_own_encoder(tmp_path, head_mar, 
 def test_the_pipeline_steps_carry_the_whisper_family(tmp_path):
     """features -> final training (the head) -> evaluate -> Greek transfer, through the
     same step functions the Kubeflow components call, on small synthetic corpora."""
-    from ser import pipeline_steps as steps
+    from ser.kubeflow import tasks as steps
     from ser import tables
     from ser.cli import main as ser_main
     from ser.corpora import synthetic

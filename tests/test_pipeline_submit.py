@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ser import pipeline_runner as pr
+from ser.kubeflow import runner as pr
 from ser.cli import main
 
 

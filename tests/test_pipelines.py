@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from ser import gpu, images
-from ser import pipeline_runner as pr
+from ser.kubeflow import runner as pr
 from ser.cli import main
 from tests.servers import mlflow_server, s3_server  # noqa: F401
 

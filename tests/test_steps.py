@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from ser import models, pipeline_steps, settings, steps, track_runs
+from ser import models, settings, steps, track_runs
+from ser.kubeflow import tasks as pipeline_steps
 from ser.labels import ENGLISH, GREEK
 from tests.helpers import banded_feature_set
 

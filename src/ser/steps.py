@@ -3,7 +3,7 @@
 Each step is one function, ``request -> result``, with the tracking session passed in
 (``ser.track_runs.Session``; ``track_runs.open_session("off")`` records nothing). The
 command line (``ser train|evaluate|transfer``), the Kubeflow components
-(``ser.pipeline_steps``) and the demo call these functions; none of them calls
+(``ser.kubeflow.tasks``) and the demo call these functions; none of them calls
 another shell. A request is declared once: its fields carry their help text and
 become the command's flags (:func:`ser.settings.add_arguments`) and its JSON form
 (``to_dict``). A problem the caller can fix is a :class:`StepError`.

@@ -49,7 +49,8 @@ def _banner(text: str) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ser import pipeline_runner, services
+    from ser import services
+    from ser.kubeflow import runner as pipeline_runner
 
     english = None
     if args.english:

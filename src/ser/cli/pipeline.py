@@ -93,7 +93,7 @@ def _options(args: argparse.Namespace) -> dict:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    from ser import pipeline_runner as pr
+    from ser.kubeflow import runner as pr
 
     try:
         paths = pr.compile_pipelines(args.out, tuple(args.pipeline or PIPELINES), **_options(args))
@@ -107,7 +107,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
 def cmd_run_local(args: argparse.Namespace) -> int:
     import time
 
-    from ser import pipeline_runner as pr
+    from ser.kubeflow import runner as pr
 
     options = _options(args)
     if options["parallelism"] is None:
@@ -152,7 +152,7 @@ def cmd_run_local(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from ser import pipeline_runner as pr
+    from ser.kubeflow import runner as pr
 
     host = args.host or os.environ.get("KFP_HOST")
     if not host:

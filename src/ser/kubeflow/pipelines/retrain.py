@@ -7,9 +7,9 @@ evaluate -> compare with the champion in the model bucket -> dsl.If(better): pub
 
 from kfp import dsl
 
-from components import augment, evaluate, features, final_train, ingest, publish
-from components._common import CPU_IMAGE, GPU_IMAGE, cpu_resources, on_v100, retry_io, time_limit, with_s3_keys
-from pipelines.study import DEFAULT_ENGLISH
+from ser.kubeflow.components import augment, evaluate, features, final_train, ingest, publish
+from ser.kubeflow.components._common import CPU_IMAGE, GPU_IMAGE, cpu_resources, on_v100, retry_io, time_limit, with_s3_keys
+from ser.kubeflow.pipelines.study import DEFAULT_ENGLISH
 
 
 def build_retrain(cpu_image: str = CPU_IMAGE, gpu_image: str = GPU_IMAGE, **_ignored):

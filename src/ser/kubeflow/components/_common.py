@@ -2,7 +2,7 @@
 secret, and the V100 node-pool scheduling of GPU steps (kfp-kubernetes).
 
 Only the pipeline definitions import this module (at compile time); component
-bodies never do, since ``components/`` is not in the image.
+bodies never do: KFP serialises a body alone into the pipeline YAML.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The library side of the Kubeflow components: one function per pipeline step.
 
 A component body (``components/*.py``) is serialised into the pipeline YAML and runs
-in the ``ser`` image, where ``components/`` does not exist; so each body is a few
+in the ``ser`` image on its own (not as part of its module); so each body is a few
 lines that call one function here with plain paths and values, then hand the
 returned numbers to KFP (Metrics, ClassificationMetrics, HTML, Markdown).  These
 functions know nothing of KFP: they read and write folders, so they are tested,

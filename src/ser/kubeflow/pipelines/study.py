@@ -21,8 +21,8 @@ early-stopped stages), ``stage4_epochs``, ``final_epochs``, ``transfer_epochs``.
 
 from kfp import dsl
 
-from components import augment, evaluate, features, final_train, ingest, plan, publish, rank, track, train_folds, transfer
-from components._common import CPU_IMAGE, GPU_IMAGE, cpu_resources, on_v100, retry_io, time_limit, with_s3_keys
+from ser.kubeflow.components import augment, evaluate, features, final_train, ingest, plan, publish, rank, track, train_folds, transfer
+from ser.kubeflow.components._common import CPU_IMAGE, GPU_IMAGE, cpu_resources, on_v100, retry_io, time_limit, with_s3_keys
 
 #: Stages of the study's search (the recipe must have stages 1..STAGES).
 STAGES = 4

@@ -5,7 +5,7 @@ from typing import Dict, List
 
 from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Output
 
-from components._common import CPU_IMAGE, component
+from ser.kubeflow.components._common import CPU_IMAGE, component
 
 
 def op(base_image: str = CPU_IMAGE):
@@ -25,7 +25,7 @@ def op(base_image: str = CPU_IMAGE):
         last ranking (merged for stages that merge). Returns the vectors of
         ``next_stage`` planned from this ranking (none when ``next_stage`` is 0)."""
         from ser import files
-        from ser import pipeline_steps as steps
+        from ser.kubeflow import tasks as steps
 
         info = steps.rank_stage(recipe.path, stage, [r.path for r in results], ranking.path,
                                 previous.path if previous is not None else None)

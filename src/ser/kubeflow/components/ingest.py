@@ -2,7 +2,7 @@
 
 from kfp.dsl import Dataset, Markdown, Output
 
-from components._common import CPU_IMAGE, component
+from ser.kubeflow.components._common import CPU_IMAGE, component
 
 
 def op(base_image: str = CPU_IMAGE):
@@ -22,7 +22,7 @@ def op(base_image: str = CPU_IMAGE):
         import os
 
         from ser import files
-        from ser import pipeline_steps as steps
+        from ser.kubeflow import tasks as steps
 
         if s3_endpoint:
             os.environ["S3_ENDPOINT_URL"] = s3_endpoint
@@ -42,7 +42,7 @@ def fingerprint_op(base_image: str = CPU_IMAGE):
         ingest step reruns exactly when the data changed."""
         import os
 
-        from ser import pipeline_steps as steps
+        from ser.kubeflow import tasks as steps
 
         if s3_endpoint:
             os.environ["S3_ENDPOINT_URL"] = s3_endpoint

@@ -4,7 +4,7 @@ from typing import Dict, List
 
 from kfp.dsl import Artifact, Dataset, Input, Markdown, Output
 
-from components._common import CPU_IMAGE, component
+from ser.kubeflow.components._common import CPU_IMAGE, component
 
 
 def recipe_op(base_image: str = CPU_IMAGE):
@@ -27,7 +27,7 @@ def recipe_op(base_image: str = CPU_IMAGE):
         ParallelFor). No MLflow run id comes in: it would change the cache key of this
         and every later step on each pipeline run (the link step nests the runs)."""
         from ser import files
-        from ser import pipeline_steps as steps
+        from ser.kubeflow import tasks as steps
 
         info = steps.resolve_recipe(recipe, resolved.path, seed=seed, folds=folds, trials=(trials_stage1, trials_stage2, trials_stage3),
                                     search_epochs=search_epochs, final_stage_epochs=stage4_epochs)

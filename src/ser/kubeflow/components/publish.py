@@ -3,7 +3,7 @@ S3 model bucket and register (MLflow, optional)."""
 
 from kfp.dsl import Artifact, Dataset, Input, Markdown, Model, Output
 
-from components._common import CPU_IMAGE, component
+from ser.kubeflow.components._common import CPU_IMAGE, component
 
 
 def compare_op(base_image: str = CPU_IMAGE):
@@ -22,7 +22,7 @@ def compare_op(base_image: str = CPU_IMAGE):
         Returns whether to promote: the candidate's macro F1 is higher, or there is no
         champion. ``verdict`` (JSON) holds both scores and the reason."""
         from ser import files
-        from ser import pipeline_steps as steps
+        from ser.kubeflow import tasks as steps
 
         steps.configure(s3_endpoint=s3_endpoint)
         metrics = files.read_json(report.path + "/metrics.json")
@@ -55,7 +55,7 @@ def op(base_image: str = CPU_IMAGE):
         compare_champion says promote, to name/champion/ (the InferenceService's
         storageUri). Returns the version URI."""
         from ser import files
-        from ser import pipeline_steps as steps
+        from ser.kubeflow import tasks as steps
 
         steps.configure(s3_endpoint=s3_endpoint, mlflow_uri=mlflow_uri, experiment=mlflow_experiment)
         decision = files.read_json(verdict.path)

@@ -4,7 +4,7 @@ from typing import Dict
 
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Output
 
-from components._common import GPU_IMAGE, component
+from ser.kubeflow.components._common import GPU_IMAGE, component
 
 
 def op(base_image: str = GPU_IMAGE):
@@ -26,7 +26,7 @@ def op(base_image: str = GPU_IMAGE):
         enters this step's cache key."""
         from ser import gpu
         from ser import files
-        from ser import pipeline_steps as steps
+        from ser.kubeflow import tasks as steps
 
         gpu.check_gpu_arch()
         steps.configure(mlflow_uri=mlflow_uri, experiment=mlflow_experiment)

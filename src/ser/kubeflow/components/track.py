@@ -2,7 +2,7 @@
 
 from kfp.dsl import Artifact, Input, Model
 
-from components._common import CPU_IMAGE, component
+from ser.kubeflow.components._common import CPU_IMAGE, component
 
 
 def op(base_image: str = CPU_IMAGE):
@@ -10,7 +10,7 @@ def op(base_image: str = CPU_IMAGE):
     def mlflow_run(name: str, mlflow_uri: str, mlflow_experiment: str) -> str:
         """Opens (and closes) a parent run in ``mlflow_experiment``; returns its id, or ""
         when MLflow is not configured or does not answer (the pipeline runs on untracked)."""
-        from ser import pipeline_steps as steps
+        from ser.kubeflow import tasks as steps
 
         steps.configure(mlflow_uri=mlflow_uri, experiment=mlflow_experiment)
         run_id = steps.open_pipeline_run(name, {"experiment": mlflow_experiment})
@@ -28,7 +28,7 @@ def link_op(base_image: str = CPU_IMAGE):
         """Nests the MLflow runs that the (cacheable) search, final, transfer and
         evaluate steps recorded in their outputs under this pipeline run's parent run;
         uncached, so that tracking ids never enter a cache key. Returns how many were linked."""
-        from ser import pipeline_steps as steps
+        from ser.kubeflow import tasks as steps
 
         steps.configure(mlflow_uri=mlflow_uri, experiment=mlflow_experiment)
         return steps.link_runs(parent_run, [a.path if a is not None else None for a in (ranking, model, tuned, evaluated, evaluated_tuned)])

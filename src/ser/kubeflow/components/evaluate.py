@@ -2,7 +2,7 @@
 
 from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
 
-from components._common import CPU_IMAGE, component
+from ser.kubeflow.components._common import CPU_IMAGE, component
 
 
 def op(base_image: str = CPU_IMAGE):
@@ -23,7 +23,7 @@ def op(base_image: str = CPU_IMAGE):
         ``mlflow_experiment`` (the pipeline's) and is nested by the link step. Returns
         macro F1."""
         from ser import files
-        from ser import pipeline_steps as steps
+        from ser.kubeflow import tasks as steps
 
         steps.configure(mlflow_uri=mlflow_uri, experiment=mlflow_experiment)
         data = steps.evaluate(model.path, features.path, report.path, rows=rows)

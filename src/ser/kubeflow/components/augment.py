@@ -2,7 +2,7 @@
 
 from kfp.dsl import Dataset, Input, Markdown, Output
 
-from components._common import CPU_IMAGE, component
+from ser.kubeflow.components._common import CPU_IMAGE, component
 
 
 def op(base_image: str = CPU_IMAGE):
@@ -17,7 +17,7 @@ def op(base_image: str = CPU_IMAGE):
     ) -> int:
         """Copies of the rows of ``corpora`` (comma-separated); returns how many were made."""
         from ser import files
-        from ser import pipeline_steps as steps
+        from ser.kubeflow import tasks as steps
 
         info = steps.augment(table.path, augmented.path, corpora=corpora, mode=mode, seed=seed)
         files.write_text(summary.path, info.pop("markdown"))

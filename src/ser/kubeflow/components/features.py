@@ -2,7 +2,7 @@
 
 from kfp.dsl import Dataset, Input, Markdown, Output
 
-from components._common import CPU_IMAGE, component
+from ser.kubeflow.components._common import CPU_IMAGE, component
 
 
 def op(base_image: str = CPU_IMAGE):
@@ -19,7 +19,7 @@ def op(base_image: str = CPU_IMAGE):
         """kinds "mel,chroma", sizes "30,60", labels english|greek; ``corpus`` is the
         ingest output the table's original rows live in. Returns the image count."""
         from ser import files
-        from ser import pipeline_steps as steps
+        from ser.kubeflow import tasks as steps
 
         info = steps.features(table.path, features.path, kinds=kinds, sizes=sizes, labels=labels, roots=[corpus.path])
         files.write_text(summary.path, info.pop("markdown"))

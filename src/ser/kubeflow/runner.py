@@ -1,4 +1,4 @@
-"""Compile, run locally, and submit the Kubeflow pipelines of ``pipelines/``.
+"""Compile, run locally, and submit the Kubeflow pipelines of :mod:`ser.kubeflow.pipelines`.
 
 - :func:`compile_pipelines`: both pipelines to YAML (``make compile``).
 - :func:`run_local`: one pipeline, unchanged, through kfp's SubprocessRunner
@@ -10,8 +10,8 @@
 - :func:`run_demo`: the local demo run of ``ser_study`` with small budgets against
   servers the caller started (``ser demo``).
 
-``pipelines/`` and ``components/`` live in the source checkout beside ``src/``;
-this module puts the checkout on ``sys.path`` to import them.
+The pipelines and components ship in the ``ser`` package beside this module, so an
+installed wheel runs them as a checkout does.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-REPO = Path(__file__).resolve().parents[2]
 PIPELINE_NAMES = ("ser_study", "ser_retrain")
 
 #: Environment a step uses for S3 and MLflow; parameters named below are filled from it
@@ -46,20 +45,10 @@ class PipelineError(RuntimeError):
 # --------------------------------------------------------------------------- loading
 
 
-def _checkout() -> Path:
-    root = Path(os.environ.get("SER_REPO", REPO))
-    if not (root / "pipelines" / "study.py").is_file() or not (root / "components" / "_common.py").is_file():
-        raise PipelineError(f"pipelines/ and components/ not found under {root}: run from a source checkout (or set SER_REPO)")
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    return root
-
-
 def build(name: str, **options: Any) -> Callable:
     """The pipeline ``name`` (ser_study, ser_retrain); ``options`` go to its builder
     (cpu_image, gpu_image, parallelism). No options: the module-level pipeline."""
-    _checkout()
-    import pipelines
+    from ser.kubeflow import pipelines
 
     if name not in pipelines.PIPELINES:
         raise PipelineError(f"unknown pipeline {name!r}; expected one of {', '.join(pipelines.PIPELINES)}")
@@ -302,7 +291,6 @@ def run_local(pipeline_fn: Any, arguments: Mapping[str, Any] | None = None, pipe
     if threads_per_task:
         n = str(int(threads_per_task))
         extra.update({"SER_TORCH_THREADS": n, "OMP_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n, "MKL_NUM_THREADS": n})
-    extra.setdefault("PYTHONPATH", os.pathsep.join(p for p in (str(_checkout()), os.environ.get("PYTHONPATH", "")) if p))
     log_path = Path(log).resolve() if log else None
     name = pipeline_fn.name
     t0 = time.perf_counter()

@@ -7,8 +7,8 @@ writes their YAML; ``ser pipeline run-local`` runs them through kfp's
 SubprocessRunner, unchanged.
 """
 
-from pipelines.retrain import build_retrain, ser_retrain
-from pipelines.study import build_study, ser_study
+from ser.kubeflow.pipelines.retrain import build_retrain, ser_retrain
+from ser.kubeflow.pipelines.study import build_study, ser_study
 
 PIPELINES = {"ser_study": ser_study, "ser_retrain": ser_retrain}
 BUILDERS = {"ser_study": build_study, "ser_retrain": build_retrain}

@@ -2,7 +2,7 @@
 
 from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
 
-from components._common import GPU_IMAGE, component
+from ser.kubeflow.components._common import GPU_IMAGE, component
 
 
 def op(base_image: str = GPU_IMAGE):
@@ -30,7 +30,7 @@ def op(base_image: str = GPU_IMAGE):
         scored by k-fold CV on the training side, then one final model of final_epochs. Returns test macro F1."""
         from ser import gpu
         from ser import files
-        from ser import pipeline_steps as steps
+        from ser.kubeflow import tasks as steps
 
         gpu.check_gpu_arch()
         steps.configure(mlflow_uri=mlflow_uri, experiment=mlflow_experiment)

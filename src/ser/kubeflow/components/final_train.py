@@ -4,7 +4,7 @@ from typing import Dict
 
 from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
 
-from components._common import GPU_IMAGE, component
+from ser.kubeflow.components._common import GPU_IMAGE, component
 
 
 def op(base_image: str = GPU_IMAGE):
@@ -32,7 +32,7 @@ def op(base_image: str = GPU_IMAGE):
         Returns the test macro F1 at the best epoch."""
         from ser import gpu
         from ser import files
-        from ser import pipeline_steps as steps
+        from ser.kubeflow import tasks as steps
 
         gpu.check_gpu_arch()
         steps.configure(mlflow_uri=mlflow_uri, experiment=mlflow_experiment)

@@ -5,6 +5,7 @@ serving copy following the registry."""
 from __future__ import annotations
 
 import io
+import json
 import threading
 import uuid
 import zipfile
@@ -183,7 +184,7 @@ def test_the_s3_serving_copy_follows_the_registry(tracking_env, s3_server, tmp_p
     store, bucket = s3_server.store(), f"ser-models-{uuid.uuid4().hex[:6]}"
     store.ensure_bucket(bucket)
     name = f"serve-{uuid.uuid4().hex[:8]}"
-    tracker, client = Tracker.from_env(strict=True), _client()
+    tracker = Tracker.from_env(strict=True)
     example = np.random.default_rng(0).random((2, 60, 60), dtype=np.float32)
     bundles, versions = [], []
     for seed in (1, 2):
@@ -216,8 +217,6 @@ def test_the_s3_serving_copy_follows_the_registry(tracking_env, s3_server, tmp_p
     info = steps.publish(tmp_path / "m2", None, bucket, name, tmp_path / "pub3", promote=True, registry_version=versions[1])
     assert info["champion_version"] == versions[1] and info["champion_uri"] == f"s3://{bucket}/{name}/champion"
     assert _mar_model(store, bucket, mar_key) == bundles[1].read_bytes()
-    import json
-
     pointer = json.loads(store.client.get_object(bucket, f"{name}/{champion.POINTER}").read())
     assert pointer["version"] == versions[1] and pointer["model_uri"] == f"models:/{name}/{versions[1]}"
     assert pointer["promotion"]["decision"] == "promoted"

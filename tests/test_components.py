@@ -292,30 +292,47 @@ def test_training_components_final_evaluate_transfer(prepared, s3_server, tmp_pa
 
 
 @pytest.mark.integration
-def test_compare_and_publish_components(prepared, s3_server, tmp_path):  # noqa: F811
+def test_compare_and_publish_components(prepared, s3_server, mlflow_server, tmp_path):  # noqa: F811
+    """compare_champion registers the candidate and runs the gate in MLflow's registry;
+    publish archives it and, only when promoted, makes name/champion/ follow the registry."""
+    import mlflow
+
     compare_op, publish_op = publish.compare_op(), publish.op()
     name = "ser-english-components"
 
     @dsl.pipeline(name="t-publish")
     def p():
         model, feats, report = _imp(prepared / "model", Model), _imp(prepared / "features"), _imp(prepared / "eval", Artifact)
-        c = compare_op(model=model, features=feats, report=report, model_bucket=MODELS, name=name, s3_endpoint="")
+        c = compare_op(model=model, features=feats, report=report, model_bucket=MODELS, name=name, s3_endpoint="",
+                       mlflow_uri=mlflow_server.url, mlflow_experiment="t-publish", parent_run="")
         publish_op(model=model, report=report, verdict=c.outputs["verdict"], model_bucket=MODELS, name=name, s3_endpoint="",
-                   mlflow_uri="", mlflow_experiment="t", parent_run="")
+                   mlflow_uri=mlflow_server.url)
 
+    client = mlflow.MlflowClient(mlflow_server.url)
     first = _run(p, tmp_path / "1", s3_server)
     assert first.tasks["compare-champion"]["Output"] == "true"
+    verdict = json.loads(Path(first.tasks["compare-champion"]["verdict"]).read_text())
     published = json.loads((Path(first.tasks["publish"]["published"]) / "published.json").read_text())
+    assert verdict["registered"] and published["champion_version"] == verdict["registry_version"]
+    assert client.get_model_version_by_alias(name, "champion").version == verdict["registry_version"]
     store = s3_server.store()
     keys = {k for k, _ in store.list(MODELS, name)}
     assert f"{name}/champion/config/config.properties" in keys and f"{name}/champion/model-store/{name}.mar" in keys
     assert f"{name}/registry/champion.json" in keys
     assert f"{name}/versions/{published['version']}/model.pt" in keys
+    serving = dict(store.list(MODELS, f"{name}/champion"))
     second = _run(p, tmp_path / "2", s3_server)  # the same model again: not better than itself
     assert second.tasks["compare-champion"]["Output"] == "false"
-    verdict = json.loads(Path(second.tasks["compare-champion"]["verdict"]).read_text())
-    assert verdict["champion"] == pytest.approx(verdict["candidate"]) and "does not beat" in verdict["reason"]
-    assert "scored on the candidate's" in verdict["reason"]
+    verdict2 = json.loads(Path(second.tasks["compare-champion"]["verdict"]).read_text())
+    assert verdict2["champion"] == pytest.approx(verdict2["candidate"]) and "does not beat" in verdict2["reason"]
+    assert "scored on the candidate's" in verdict2["reason"] and verdict2["champion_version"] == verdict["registry_version"]
+    assert client.get_model_version_by_alias(name, "champion").version == verdict["registry_version"]
+    tags = client.get_model_version(name, verdict2["registry_version"]).tags
+    assert tags["promotion.decision"] == "kept champion"
+    # published as a version; the serving copy is left as it is
+    published2 = json.loads((Path(second.tasks["publish"]["published"]) / "published.json").read_text())
+    assert not published2["promoted"] and f"{name}/versions/{published2['version']}/model.pt" in {k for k, _ in store.list(MODELS, name)}
+    assert dict(store.list(MODELS, f"{name}/champion")) == serving
 
 
 @pytest.mark.integration

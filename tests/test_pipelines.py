@@ -1,8 +1,8 @@
 """The pipelines: both compile, GPU steps (and only they) carry the V100 node-pool
 settings, S3 steps the artifact-store secret; and ser_study runs end to end locally
 (kfp SubprocessRunner) against a real S3 server and MLflow with the smallest budgets
-(publishing and registering both models), then ser_retrain publishes only a model
-that beats the champion.
+(registering, gating and publishing both models), then ser_retrain promotes and
+publishes only a model that beats the registry's champion.
 (No `from __future__ import annotations` here: KFP reads the pipelines' annotations.)
 """
 
@@ -185,9 +185,13 @@ def test_study_runs_end_to_end_locally(study_run, mlflow_server):  # noqa: F811
 
 
 @pytest.mark.integration
-def test_retrain_publishes_only_a_better_model(study_run, s3_server, tmp_path):  # noqa: F811
-    """The champion the study published vs a retrained model of a fixed (tiny) config:
-    scored on the same test rows; the publish step runs only if the candidate wins."""
+def test_retrain_publishes_only_a_better_model(study_run, s3_server, mlflow_server, tmp_path):  # noqa: F811
+    """The champion the study registered vs a retrained model of a fixed (tiny) config:
+    scored on the same test rows; the registry's champion moves, and the publish step
+    runs, only if the candidate wins."""
+    import mlflow
+
+    client = mlflow.MlflowClient(mlflow_server.url)
     store, corpora = study_run["store"], study_run["corpora"]
     before = {k for k, _ in store.list(MODELS, EN)}
     champion = json.loads(Path(study_run["summary"]["artifacts"]["published"], "champion.json").read_text())
@@ -195,12 +199,15 @@ def test_retrain_publishes_only_a_better_model(study_run, s3_server, tmp_path): 
             "augment_corpora": "synthetic-ravdess", "feature_kind": "mel", "feature_size": "30",
             "config": {"arch": {"cnn": "squirtle", "conv_channels": [4, 4, 4], "fc_features": [8, 8], "pool_kernels": [2, 3, 3]},
                        "train": {"batch_size": 8, "lr": 1e-3}},
-            "epochs": 1, "eval_every": 1, "device": "cpu", "model_bucket": MODELS, "model_name": EN, "mlflow_uri": ""}
+            "epochs": 1, "eval_every": 1, "device": "cpu", "model_bucket": MODELS, "model_name": EN,
+            "mlflow_uri": mlflow_server.url, "mlflow_experiment": "pipelines-test"}
     run = pr.run_local(pr.build("ser_retrain"), args, tmp_path / "out", env=s3_server.env(), threads_per_task=2,
                        log=tmp_path / "retrain.log", echo=False)
     verdict = json.loads(Path(run.tasks["compare-champion"]["verdict"]).read_text())
     assert verdict["champion_version"] == champion["version"] and verdict["champion"] >= 0
     assert verdict["promote"] == (verdict["candidate"] > verdict["champion"])  # the gate's rule, whichever way it went
+    now = client.get_model_version_by_alias(EN, "champion").version
+    assert now == (verdict["registry_version"] if verdict["promote"] else champion["version"])
     after = {k for k, _ in store.list(MODELS, EN)}
     assert ("publish" in run.tasks) == verdict["promote"] and (after > before) == verdict["promote"]
     # The same retrain again (same seed, data and config: the same candidate) now meets
@@ -212,6 +219,10 @@ def test_retrain_publishes_only_a_better_model(study_run, s3_server, tmp_path): 
     assert second["candidate"] == pytest.approx(verdict["candidate"])
     assert not second["promote"] and "publish" not in again.tasks
     assert {k for k, _ in store.list(MODELS, EN)} == after
+    assert client.get_model_version_by_alias(EN, "champion").version == now
+    # the S3 pointer names the registry's champion
+    pointer = json.loads(store.client.get_object(MODELS, f"{EN}/registry/champion.json").read())
+    assert pointer["version"] == now
 
 
 # ------------------------------------------- caching, resources, retries, time limits (compiled YAML)

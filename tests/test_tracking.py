@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from ser import models, models_uri
+from ser import champion, models, models_uri
 from ser.services import free_port
 from ser.tracking import NullTracker, Tracker, TrackingError
 from tests.helpers import count_connections
@@ -67,7 +67,7 @@ def test_unreachable_server_non_strict_warns_once_and_training_finishes(monkeypa
     assert isinstance(Tracker.from_env(), NullTracker)  # asked again: still one warning
     assert train_a_little(tracker) == 2
     assert tracker.log_model("missing.pt", registered_name="x") is None
-    assert tracker.promote_if_better("x", 1, candidate_value=1.0) is False
+    assert tracker.champion_info("x") is None
     warnings = [r.getMessage() for r in caplog.records if r.name == "ser.tracking" and r.levelname == "WARNING"]
     assert len([w for w in warnings if w.startswith("tracking skipped:")]) == 1 and uri in warnings[0]
 
@@ -178,15 +178,16 @@ def test_registry_challenger_champion_gate_and_loading_the_champion(tracking_env
         assert client.get_model_version_by_alias(name, "challenger").version == logged[-1].version
     assert [m.version for m in logged] == ["1", "2", "3"]
 
-    assert tracker.promote_if_better(name, "1", candidate_value=0.50) is True  # first: no champion yet
-    with pytest.raises(ValueError, match="champion_value"):
-        tracker.promote_if_better(name, "2", candidate_value=0.90)
-    assert tracker.promote_if_better(name, "2", candidate_value=0.45, champion_value=0.50) is False
-    assert tracker.promote_if_better(name, "3", candidate_value=0.50, champion_value=0.50) is False  # a tie keeps it
+    def champion_scores(value):  # the champion's macro F1 on the candidate's rows
+        return lambda version: champion.Score(value)
+
+    assert champion.gate(name, "1", 0.50, champion_scores(None)).promoted  # first: no champion yet (not scored)
+    assert not champion.gate(name, "2", 0.45, champion_scores(0.50)).promoted
+    assert not champion.gate(name, "3", 0.50, champion_scores(0.50)).promoted  # a tie keeps it
     assert tracker.champion_info(name)["version"] == "1"
     rejected = client.get_model_version(name, "2").tags
     assert rejected["promotion.decision"] == "kept champion" and rejected["promotion.champion_version"] == "1"
-    assert tracker.promote_if_better(name, "3", candidate_value=0.62, champion_value=0.50) is True
+    assert champion.gate(name, "3", 0.62, champion_scores(0.50)).promoted
     info = tracker.champion_info(name)
     assert info["version"] == "3" and info["tags"]["promotion.decision"] == "promoted"
     assert info["tags"]["macro_f1"] == "0.62" and info["run_id"] == logged[2].run_id

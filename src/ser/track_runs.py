@@ -12,10 +12,12 @@ runs through :mod:`ser.tracking`:
 :meth:`Session.log_final` logs the summary metrics, the files of OUT (metrics.json,
 curves, confusion matrix, improvements, config.json ...), the feature spec, the
 model (mlflow.pytorch with signature and input example), registers it (alias
-``challenger``) and runs the promotion gate: the current ``champion`` is fetched
-from the registry and scored on THIS run's test rows, and ``champion`` moves only
-if the new model's macro F1 is higher. A champion that cannot be scored on these
-rows (other labels, image size or feature spec) keeps its alias.
+``challenger``) and runs the promotion gate (:func:`ser.champion.gate`, the one the
+pipelines use too): the current ``champion`` is fetched from the registry and
+scored on THIS run's test rows, and ``champion`` moves only if the new model's macro
+F1 is higher (a compare-and-set: a concurrent promotion is re-scored, never
+overwritten). A champion that cannot be scored on these rows (other labels, image
+size or feature spec) keeps its alias.
 
 Modes: ``auto`` tracks when MLFLOW_TRACKING_URI is set and answers, else says
 "tracking skipped: ..." once and the command goes on; ``strict`` fails before any
@@ -299,60 +301,44 @@ class Session:
     # -- the promotion gate --------------------------------------------------------
 
     def _gate(self, name: str, version: str, test: Any, candidate: float, test_set: Mapping[str, Any]) -> dict[str, Any]:
-        """Score the champion on ``test`` (this run's held-out rows) and let promote_if_better decide."""
-        from mlflow import MlflowClient
-
-        from ser import models, models_uri
+        """The promotion gate (:func:`ser.champion.gate`) with the champion scored on ``test``
+        (this run's held-out rows); a champion that cannot be scored there keeps its place."""
+        from ser import champion, models, models_uri
         from ser.training import evaluate
 
         described = ", ".join(f"{k}={v}" for k, v in test_set.items())
         rows = len(test)
-        client = MlflowClient()
-        info = self.tracker.champion_info(name)
-        result: dict[str, Any] = {"name": name, "version": str(version), "candidate_macro_f1": candidate, "test_rows": rows}
-        if info is None or info["version"] == str(version):
-            promoted = self.tracker.promote_if_better(name, version, candidate_value=candidate)
-            result.update(decision="promoted" if promoted else "kept champion", champion_version=None, champion_macro_f1=None,
-                          reason="no champion yet")
-        else:
-            champion_version = info["version"]
-            champ = models.load_bundle(models_uri.resolve(f"models:/{name}/{champion_version}"))
-            why = None
-            if tuple(champ.labels) != tuple(test.label_names):
-                why = f"it predicts {list(champ.labels)}, the test set is labelled {list(test.label_names)}"
-            elif champ.arch.in_size != int(test.images.shape[-1]):
-                why = f"it takes {champ.arch.in_size}x{champ.arch.in_size} images, the test set has {test.images.shape[-1]}"
-            elif champ.feature_spec and dict(champ.feature_spec) != test.spec.to_dict():
-                why = f"its feature spec {champ.feature_spec} differs from the test set's {test.spec.to_dict()}"
-            if why:
-                reason = f"champion v{champion_version} cannot be scored on this test set ({why}); not compared"
-                for key, value in {"promotion.decision": "kept champion", "promotion.reason": reason,
-                                   "promotion.champion_version": champion_version, "macro_f1": f"{candidate:.6g}"}.items():
-                    client.set_model_version_tag(name, str(version), key, value)
-                result.update(decision="kept champion", champion_version=champion_version, champion_macro_f1=None, reason=reason)
-            else:
-                champion_f1 = evaluate(champ.model, test, device="cpu").macro_f1
-                promoted = self.tracker.promote_if_better(name, version, candidate_value=candidate, champion_value=champion_f1)
-                verdict = "beats" if promoted else "does not beat"
-                result.update(decision="promoted" if promoted else "kept champion", champion_version=champion_version,
-                              champion_macro_f1=champion_f1,
-                              reason=f"macro F1 {candidate:.4f} {verdict} champion v{champion_version}'s {champion_f1:.4f} "
-                                     f"on the same {rows} test rows")
-                meta = champ.meta or {}
-                theirs = {k: meta.get(k) for k in ("split", "seed", "test_size")}
-                ours = {k: test_set.get(k) for k in theirs}
-                if all(v is not None for v in theirs.values()) and theirs != ours:
-                    result["note"] = (f"the champion was trained with {theirs}, this test set comes from {ours}: some rows may "
-                                      "be in its training data, so its score may be optimistic")
-        client.set_model_version_tag(name, str(version), "promotion.test_set", f"{described}, rows={rows}"[:5000])
-        if result.get("note"):
-            client.set_model_version_tag(name, str(version), "promotion.note", result["note"])
-        if result["decision"] == "promoted":
-            print(f"promotion: {name} v{version} is now champion ({result['reason']})")
-        else:
-            print(f"promotion: {name} v{version} stays challenger; champion remains v{result['champion_version']} "
-                  f"({result['reason']})")
-        if result.get("note"):
-            print(f"promotion note: {result['note']}")
-        return result
 
+        def score(champion_version: str) -> champion.Score:
+            champ = models.load_bundle(models_uri.resolve(f"models:/{name}/{champion_version}"))
+            if tuple(champ.labels) != tuple(test.label_names):
+                return champion.Score(None, f"it predicts {list(champ.labels)}, the test set is labelled {list(test.label_names)}")
+            if champ.arch.in_size != int(test.images.shape[-1]):
+                return champion.Score(None, f"it takes {champ.arch.in_size}x{champ.arch.in_size} images, the test set has "
+                                            f"{test.images.shape[-1]}")
+            if champ.feature_spec and dict(champ.feature_spec) != test.spec.to_dict():
+                return champion.Score(None, f"its feature spec {champ.feature_spec} differs from the test set's {test.spec.to_dict()}")
+            meta = champ.meta or {}
+            theirs = {k: meta.get(k) for k in ("split", "seed", "test_size")}
+            ours = {k: test_set.get(k) for k in theirs}
+            note = ""
+            if all(v is not None for v in theirs.values()) and theirs != ours:
+                note = (f"the champion was trained with {theirs}, this test set comes from {ours}: some rows may be in its "
+                        "training data, so its score may be optimistic")
+            return champion.Score(evaluate(champ.model, test, device="cpu").macro_f1, how=f"on the same {rows} test rows",
+                                  note=note)
+
+        verdict = champion.gate(name, version, candidate, score, tags={"promotion.test_set": f"{described}, rows={rows}"})
+        result: dict[str, Any] = {"name": name, "version": str(version), "candidate_macro_f1": candidate, "test_rows": rows,
+                                  "decision": verdict.decision, "champion_version": verdict.champion_version,
+                                  "champion_macro_f1": verdict.champion, "reason": verdict.reason}
+        if verdict.note:
+            result["note"] = verdict.note
+        if verdict.promoted:
+            print(f"promotion: {name} v{version} is now champion ({verdict.reason})")
+        else:
+            print(f"promotion: {name} v{version} stays challenger; champion remains v{verdict.champion_version} "
+                  f"({verdict.reason})")
+        if verdict.note:
+            print(f"promotion note: {verdict.note}")
+        return result

@@ -7,11 +7,11 @@
                 fit(..., on_epoch=tracker.epoch_callback())
     with tracker.run("final", kind="final"):          # system metrics are on for final/transfer
         logged = tracker.log_model("out/model.pt", registered_name="ser-english")
-    tracker.promote_if_better("ser-english", logged.version, candidate_value=f1, champion_value=f1_champ)
+    champion.gate("ser-english", logged.version, f1, score_the_champion_on_the_same_rows)   # ser.champion
 
 Runs nest inside whatever run is open. The registry uses aliases, never stages:
 ``challenger`` marks the newest registered candidate, ``champion`` the one serving,
-moved only by :meth:`Tracker.promote_if_better`. Training and search code talks to
+moved only by the promotion gate :func:`ser.champion.gate` (a compare-and-set). Training and search code talks to
 this module only; a NullTracker with the same methods stands in when tracking is off.
 """
 
@@ -22,7 +22,6 @@ import math
 import os
 import shutil
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
@@ -295,69 +294,11 @@ class Tracker:
         MlflowClient().set_registered_model_alias(name, CHALLENGER, version)
         return version
 
-    @staticmethod
-    def _alias_version(name: str, alias: str) -> Any:
-        from mlflow import MlflowClient
-        from mlflow.exceptions import MlflowException
-
-        try:
-            return MlflowClient().get_model_version_by_alias(name, alias)
-        except MlflowException as exc:
-            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
-                return None
-            raise
-
-    def promote_if_better(self, name: str, version: str | int, *, candidate_value: float,
-                          champion_value: float | None = None, metric: str = "macro_f1",
-                          higher_is_better: bool = True) -> bool:
-        """Move ``champion`` to ``version`` only if it beats the champion on the same test set.
-
-        ``champion_value`` is the current champion's ``metric`` measured on the same
-        data as ``candidate_value`` (required when a champion exists). A tie keeps the
-        champion. The decision and both values are recorded as tags on the candidate
-        version (``promotion.*``). Returns whether the candidate became champion.
-        """
-        from mlflow import MlflowClient
-
-        client = MlflowClient()
-        version = str(version)
-        champion = self._alias_version(name, CHAMPION)
-        if champion is not None and str(champion.version) == version:
-            return True
-        if champion is None:
-            promote, reason = True, "no champion yet"
-        elif champion_value is None:
-            raise ValueError(f"{name}: a champion (version {champion.version}) exists: pass champion_value, its "
-                             f"{metric} measured on the same set as the candidate's")
-        else:
-            better = candidate_value > champion_value if higher_is_better else candidate_value < champion_value
-            promote = bool(better)
-            reason = (f"{metric} {candidate_value:.4f} {'beats' if promote else 'does not beat'} "
-                      f"champion v{champion.version} {champion_value:.4f}")
-        tags = {
-            "promotion.decision": "promoted" if promote else "kept champion",
-            "promotion.reason": reason,
-            "promotion.metric": metric,
-            "promotion.candidate_value": f"{candidate_value:.6g}",
-            "promotion.champion_value": "" if champion_value is None else f"{champion_value:.6g}",
-            "promotion.champion_version": "" if champion is None else str(champion.version),
-            "promotion.time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            metric: f"{candidate_value:.6g}",
-        }
-        for key, value in tags.items():
-            client.set_model_version_tag(name, version, key, value)
-        if promote:
-            client.set_registered_model_alias(name, CHAMPION, version)
-        return promote
-
     def champion_info(self, name: str) -> dict[str, Any] | None:
         """The champion version of ``name``: version, run, source, tags; None without one."""
-        champion = self._alias_version(name, CHAMPION)
-        if champion is None:
-            return None
-        return {"name": name, "version": str(champion.version), "model_uri": f"models:/{name}@{CHAMPION}",
-                "version_uri": f"models:/{name}/{champion.version}", "run_id": champion.run_id,
-                "source": champion.source, "aliases": list(champion.aliases), "tags": dict(champion.tags)}
+        from ser import champion
+
+        return champion.info(name)
 
 
 class NullTracker:
@@ -402,11 +343,6 @@ class NullTracker:
 
     def register_challenger(self, model_uri: str, name: str) -> None:
         return None
-
-    def promote_if_better(self, name: str, version: str | int | None, *, candidate_value: float,
-                          champion_value: float | None = None, metric: str = "macro_f1",
-                          higher_is_better: bool = True) -> bool:
-        return False
 
     def champion_info(self, name: str) -> None:
         return None

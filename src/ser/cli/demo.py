@@ -37,7 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--english", metavar="NAME=DIR", default=None,
                    help="a real English corpus as distributed instead of the synthetic one, e.g. ravdess=.ser/corpora/ravdess "
                    "(get it with `ser fetch ravdess DIR`; `make demo CORPUS=ravdess` does both); the Greek side stays synthetic")
-    p.add_argument("--no-mlflow", action="store_true", help="run without the MLflow server (tracking skipped)")
+    p.add_argument("--no-mlflow", action="store_true", help="run without the MLflow server (tracking skipped; without the registry nothing is "
+                   "promoted: the models are archived as versions and the English one is served from there)")
     p.add_argument("--no-serve", action="store_true", help="stop after the pipeline; do not start TorchServe")
     p.add_argument("--keep-running", action="store_true",
                    help="at the end, keep S3, MLflow and TorchServe running until Ctrl-C, SIGTERM or `ser services down`")

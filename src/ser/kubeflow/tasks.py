@@ -17,6 +17,8 @@ S3 (raw corpora in, published models out) goes through :mod:`ser.store` with the
 endpoint and keys of the environment only (KFP: the secret
 ``mlpipeline-minio-artifact``; locally: the parent process).  MLflow tracking is
 optional: with ``MLFLOW_TRACKING_URI`` unset, or the server down, steps still run.
+The champion, though, is recorded only in MLflow's registry (:mod:`ser.champion`):
+without MLflow, nothing is promoted and models are archived as versions only.
 """
 
 from __future__ import annotations
@@ -876,78 +878,93 @@ def write_metadata_files(*artifacts: Any) -> None:
         files.write_text(artifact.path, json.dumps(dict(artifact.metadata), indent=1, sort_keys=True, default=str))
 
 
-# --------------------------------------------------------------------------- publish: S3 model bucket, champion
+# --------------------------------------------------------------------------- champion gate, publish (S3 model bucket)
 
 
-REGISTRY = "registry/champion.json"  # outside "<name>/champion/": KServe copies that whole prefix
+def _champion_score(name: str, model_dir: str | Path, features_dir: str | Path, metric: str):
+    """``score(champion_version)`` for :func:`ser.champion.gate`: the registry's champion
+    scored on the candidate's own test rows (the sources of its split), on the feature
+    set of the champion's own kind and size. Other labels, or that feature set missing
+    here: it cannot be scored on these rows (it keeps its place)."""
+    import numpy as np
 
+    from ser import champion, models_uri, splits
+    from ser.models import load_bundle
+    from ser.training import evaluate as score
 
-def _champion_record(store: Any, bucket: str, name: str) -> dict[str, Any] | None:
-    import tempfile
+    def scorer(version: str):
+        champ = load_bundle(models_uri.resolve(f"models:/{name}/{version}"))
+        cand = load_bundle(Path(model_dir) / "model.pt")
+        kind, size = _model_feature(model_dir)
+        spec = champ.feature_spec or {}
+        c_kind, c_size = str(spec.get("kind", "mel")), as_int(spec.get("size", champ.arch.in_size))
+        if tuple(champ.labels) != tuple(cand.labels):
+            return champion.Score(None, f"it predicts {list(champ.labels)}, the candidate {list(cand.labels)}")
+        if not (Path(features_dir) / feature_file(c_kind, c_size)).is_file():
+            return champion.Score(None, f"it reads {c_kind}-{c_size} features, which this run did not make")
+        meta = cand.meta or {}
+        fs = load_features(features_dir, kind, size)
+        _, test = splits.recorded_split(fs, meta)  # the rows the candidate was tested on
+        sources = set(fs.source_id[test].tolist())
+        cfs = load_features(features_dir, c_kind, c_size)
+        rows = np.flatnonzero(np.isin(cfs.source_id, list(sources)) & cfs.is_original)
+        return champion.Score(float(getattr(score(champ.model, cfs.subset(rows)), metric)),
+                              how=f"(scored on the candidate's {len(rows)} test rows)")
 
-    key = f"{name}/{REGISTRY}"
-    if not store.exists(bucket, key):
-        return None
-    with tempfile.TemporaryDirectory(prefix="ser-champion-") as tmp:
-        return read_json(store.get_file(bucket, key, Path(tmp) / "champion.json"))
+    return scorer
 
 
 def compare_with_champion(model_dir: str | Path, features_dir: str | Path, metrics: Mapping[str, Any], model_bucket: str,
-                          name: str, metric: str = "macro_f1") -> dict[str, Any]:
-    """Is the candidate better than the published champion of ``name``?
+                          name: str, metric: str = "macro_f1", parent_run: str = "") -> dict[str, Any]:
+    """Register the candidate in MLflow as a version of ``name`` (alias challenger) and run
+    the promotion gate (:func:`ser.champion.gate`): the registry's champion is scored on
+    the candidate's own test rows (same sources, the champion's feature kind and size)
+    and ``champion`` moves to the candidate only if its ``metric`` is higher (no champion
+    yet: it wins; a champion that cannot be scored on these rows keeps its place). The
+    decision is final (a compare-and-set in the registry); :func:`publish` then archives
+    the model and copies the registry's champion to S3.
 
-    The champion (``s3://model_bucket/name/registry/champion.json`` -> its model.pt)
-    is scored on the candidate's own test rows (same sources, the champion's feature
-    kind and size); only when its feature set is missing is its recorded score used.
-    No champion yet: the candidate wins. A missing model bucket is an error."""
-    import tempfile
+    Without MLflow (MLFLOW_TRACKING_URI unset or not answering) there is no record of a
+    champion: nothing is promoted (``promote`` False, ``registered`` False, the reason
+    says why); :func:`publish` still archives the model as a version and leaves
+    ``name/champion/`` as it is. The returned verdict: promote, candidate, champion
+    (-1 when none was scored), champion_version, reason, registry_version, decision."""
+    from ser import champion, tracking
 
-    import numpy as np
-
-    from ser import splits
-    from ser.models import load_bundle
-    from ser.store import S3Store
-    from ser.training import evaluate as score
-
-    store = S3Store.from_env()
     candidate = float(metrics[metric])
-    record = _champion_record(store, model_bucket, name)
-    if record is None:
-        return {"promote": True, "candidate": candidate, "champion": -1.0, "reason": f"no champion of {name} in s3://{model_bucket}/{name}/"}
-    with tempfile.TemporaryDirectory(prefix="ser-champion-") as tmp:
-        champ_path = store.get_file(model_bucket, record["model_key"], Path(tmp) / "model.pt")
-        champ = load_bundle(champ_path)
-        cand = load_bundle(Path(model_dir) / "model.pt")
-        kind, size = _model_feature(model_dir)
-        c_kind, c_size = str(champ.feature_spec.get("kind")), as_int(champ.feature_spec.get("size", champ.arch.in_size))
-        c_path = Path(features_dir) / feature_file(c_kind, c_size)
-        if tuple(champ.labels) != tuple(cand.labels) or not c_path.is_file():
-            value = float(record.get("metrics", {}).get(metric, -1.0))
-            how = f"its recorded {metric} (its {c_kind}-{c_size} features or labels differ from this run's)"
-        else:
-            meta = cand.meta or {}
-            fs = load_features(features_dir, kind, size)
-            _, test = splits.train_test(fs, float(meta.get("test_size", 0.2)), seed=int(meta.get("seed", 0)), protocol=meta.get("split", "random"))
-            sources = set(fs.source_id[test].tolist())
-            cfs = load_features(features_dir, c_kind, c_size)
-            rows = np.flatnonzero(np.isin(cfs.source_id, list(sources)) & cfs.is_original)
-            value = float(getattr(score(champ.model, cfs.subset(rows)), metric))
-            how = f"scored on the candidate's {len(rows)} test rows"
-    better = candidate > value
-    return {"promote": better, "candidate": candidate, "champion": value, "champion_version": record.get("version"),
-            "reason": f"{metric} {candidate:.4f} {'beats' if better else 'does not beat'} champion {record.get('version')} {value:.4f} ({how})"}
+    base = {"candidate": candidate, "champion": -1.0, "champion_version": None, "registry_version": None}
+    tracker = tracking.Tracker.from_env()
+    if not tracker.enabled:
+        return {**base, "promote": False, "registered": False, "decision": "not registered",
+                "reason": f"no model registry ({tracker.reason}): the champion is recorded only in MLflow's registry, so "
+                          f"none is decided; the model is archived as a version and s3://{model_bucket}/{name}/champion/ "
+                          "is left as it is"}
+    with tracking_run(parent_run, f"register {name}", "final", {"ser.registered_model": name}) as run:
+        if not run.enabled:  # the server went away between the check and the run
+            raise champion.ChampionError(f"cannot register {name} in MLflow at {tracker.uri}: {run.reason}")
+        logged = run.log_model(Path(model_dir) / "model.pt", registered_name=name)
+        verdict = champion.gate(name, logged.version, candidate, _champion_score(name, model_dir, features_dir, metric),
+                                metric=metric)
+        run.set_tags({"ser.registered_version": logged.version, "promotion.decision": verdict.decision})
+    return {**base, "promote": verdict.promoted, "registered": True, "decision": verdict.decision,
+            "champion": -1.0 if verdict.champion is None else verdict.champion, "champion_version": verdict.champion_version,
+            "registry_version": logged.version, "model_uri": logged.registry_uri, "reason": verdict.reason}
 
 
 def publish(model_dir: str | Path, eval_dir: str | Path | None, model_bucket: str, name: str, out_dir: str | Path, *,
-            promote: bool = True, champion_value: float | None = None, version: str = "", parent_run: str = "") -> dict[str, Any]:
-    """Archive and register a model: TorchServe .mar + KServe layout under
-    ``s3://model_bucket/name/versions/<version>/`` (with model.pt and metrics.json);
-    with ``promote``, also ``name/champion/`` (the InferenceService's storageUri) and
-    ``name/registry/champion.json``. MLflow (optional): the model is registered as
-    ``name`` (alias challenger) and, when promoted, becomes ``champion``."""
+            promote: bool = True, version: str = "", registry_version: str = "") -> dict[str, Any]:
+    """Archive a model: TorchServe .mar + KServe layout under
+    ``s3://model_bucket/name/versions/<version>/`` (with model.pt and metrics.json).
+
+    ``promote`` (the gate promoted it, :func:`compare_with_champion`): then the S3
+    serving copy ``name/champion/`` (the InferenceService's storageUri) and its pointer
+    ``name/registry/champion.json`` are made to follow the registry's ``champion``
+    alias (:func:`ser.champion.sync_serving_copy`: whoever the registry names, which is
+    this model unless a later promotion already overtook it). Not promoted: the
+    serving copy is left as it is."""
     import hashlib
 
-    from ser import package
+    from ser import champion, package
     from ser.store import S3Store
 
     store = S3Store.from_env()
@@ -961,32 +978,20 @@ def publish(model_dir: str | Path, eval_dir: str | Path | None, model_bucket: st
     mar = package.build_mar(model_dir, stage / f"{name}.mar", name=name, version="1.0")
     package.kserve_layout(mar, stage)
     shutil.copyfile(model_pt, stage / "model.pt")
-    write_json(stage / "metrics.json", metrics)
+    write_json(stage / "metrics.json", {**metrics, **({"registry_version": registry_version} if registry_version else {})})
     prefix = f"{name}/versions/{version}"
     keys = store.upload_dir(stage, model_bucket, prefix, progress=False)
     info: dict[str, Any] = {"name": name, "version": version, "uri": f"s3://{model_bucket}/{prefix}", "files": len(keys),
                             "promoted": bool(promote), "metrics": kfp_scalars(metrics)}
+    if registry_version:
+        info["registry_version"] = str(registry_version)
     if promote:
-        champ = out / "champion"
-        champ.mkdir(parents=True, exist_ok=True)
-        package.kserve_layout(mar, champ)
-        store.upload_dir(champ, model_bucket, f"{name}/champion", progress=False)
-        record = {"name": name, "version": version, "model_key": f"{prefix}/model.pt", "mar_key": f"{prefix}/{name}.mar",
-                  "storage_uri": f"s3://{model_bucket}/{name}/champion", "metrics": kfp_scalars(metrics),
-                  "published": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        write_json(out / "champion.json", record)
-        store.put_file(model_bucket, f"{name}/{REGISTRY}", out / "champion.json")
-        info["champion_uri"] = record["storage_uri"]
-    with tracking_run(parent_run, f"publish {name}", "final", {"version": version}) as tracker:
-        if tracker.enabled:
-            try:
-                logged = tracker.log_model(model_pt, registered_name=name)
-                info["mlflow_model"] = logged.registry_uri or logged.model_uri
-                if promote and logged.version:
-                    info["mlflow_champion"] = tracker.promote_if_better(
-                        name, logged.version, candidate_value=float(metrics.get("macro_f1", 0.0)),
-                        champion_value=-1.0 if champion_value is None else float(champion_value))
-            except Exception as exc:  # the registry is a convenience here; S3 is the source of truth
-                log.warning("tracking: registering %s failed (%s); the S3 publication stands", name, exc)
+        pointer = champion.sync_serving_copy(name, store, model_bucket)
+        if pointer is None:
+            raise champion.ChampionError(f"{name} was promoted but the MLflow registry names no champion: "
+                                         "is MLFLOW_TRACKING_URI the server the gate used?")
+        write_json(out / "champion.json", pointer)
+        info["champion_uri"] = pointer["storage_uri"]
+        info["champion_version"] = pointer["version"]
     write_json(out / "published.json", info)
     return info

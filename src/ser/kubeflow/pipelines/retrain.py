@@ -2,7 +2,9 @@
 beats the registered champion on the same test rows.
 
 ingest (S3) -> augment -> features (the config's kind and size) -> final training ->
-evaluate -> compare with the champion in the model bucket -> dsl.If(better): publish.
+evaluate -> register in MLflow and gate against the registry's champion (ser.champion)
+-> dsl.If(promoted): publish (archive, and the S3 serving copy follows the registry).
+Without MLflow nothing is promoted, so nothing is published.
 """
 
 from kfp import dsl
@@ -70,7 +72,8 @@ def build_retrain(cpu_image: str = CPU_IMAGE, gpu_image: str = GPU_IMAGE, **_ign
         cpu_resources(ev, cpu="2", memory="4G")
         time_limit(ev, minutes=60)
         cmp = compare_op(model=final.outputs["model"], features=feats.outputs["features"], report=ev.outputs["report"],
-                         model_bucket=model_bucket, name=model_name, s3_endpoint=s3_endpoint)
+                         model_bucket=model_bucket, name=model_name, s3_endpoint=s3_endpoint, mlflow_uri=mlflow_uri,
+                         mlflow_experiment=mlflow_experiment, parent_run="")
         cmp.set_display_name("compare with champion").set_caching_options(False)
         with_s3_keys(cmp)
         retry_io(cmp)
@@ -78,8 +81,7 @@ def build_retrain(cpu_image: str = CPU_IMAGE, gpu_image: str = GPU_IMAGE, **_ign
         time_limit(cmp, minutes=30)
         with dsl.If(cmp.outputs["Output"] == True, name="beats-champion"):  # noqa: E712 (a KFP condition, not a Python test)
             pub = publish_op(model=final.outputs["model"], report=ev.outputs["report"], verdict=cmp.outputs["verdict"],
-                             model_bucket=model_bucket, name=model_name, s3_endpoint=s3_endpoint, mlflow_uri=mlflow_uri,
-                             mlflow_experiment=mlflow_experiment, parent_run="")
+                             model_bucket=model_bucket, name=model_name, s3_endpoint=s3_endpoint, mlflow_uri=mlflow_uri)
             pub.set_display_name("publish").set_caching_options(False)
             with_s3_keys(pub)
             retry_io(pub)

@@ -4,8 +4,9 @@ ingest English + Greek corpora (S3) -> augment TESS -> features (English, Greek)
 -> search recipe (and stage 1's vectors) -> for stages 1..4: train each vector's
 folds in a ParallelFor (at most ``parallelism`` at once, GPU node pool), rank the
 collected results (and plan the next stage's vectors) -> final training of the
-winner -> evaluate -> Greek transfer -> evaluate -> for each language: compare with
-its published champion -> publish (ser-english, ser-greek).
+winner -> evaluate -> Greek transfer -> evaluate -> for each language: register in
+MLflow and gate against the registry's champion (ser.champion) -> publish: archive to
+S3, whose serving copy follows the registry (ser-english, ser-greek).
 
 Caching: every step that depends only on data and parameters is cacheable; the
 uncached ones are those that look at the outside world (data fingerprint, MLflow
@@ -172,16 +173,16 @@ def build_study(cpu_image: str = CPU_IMAGE, gpu_image: str = GPU_IMAGE, parallel
         retry_io(link)
         cpu_resources(link, cpu="250m", memory="1G")
         time_limit(link, minutes=10)
-        # each language's model against its own champion, then archived and registered
+        # each language's model registered and gated against its own champion, then archived
         published = []
         for lang, model, feats, report, name in (("English", final.outputs["model"], en_feat, ev_en, model_name),
                                                  ("Greek", tr.outputs["tuned"], gr_feat, ev_gr, greek_model_name)):
             cmp = compare_op(model=model, features=feats.outputs["features"], report=report.outputs["report"],
-                             model_bucket=model_bucket, name=name, s3_endpoint=s3_endpoint)
+                             model_bucket=model_bucket, name=name, s3_endpoint=s3_endpoint, mlflow_uri=mlflow_uri,
+                             mlflow_experiment=mlflow_experiment, parent_run=parent)
             cmp.set_display_name(f"compare {lang} with champion").set_caching_options(False)
             pub = publish_op(model=model, report=report.outputs["report"], verdict=cmp.outputs["verdict"],
-                             model_bucket=model_bucket, name=name, s3_endpoint=s3_endpoint,
-                             mlflow_uri=mlflow_uri, mlflow_experiment=mlflow_experiment, parent_run=parent)
+                             model_bucket=model_bucket, name=name, s3_endpoint=s3_endpoint, mlflow_uri=mlflow_uri)
             pub.set_display_name(f"publish {lang}").set_caching_options(False)
             pub.after(*published)  # one publication at a time: the registry sees them in order
             published.append(pub)

@@ -177,7 +177,7 @@ def _mar_model(store, bucket: str, key: str) -> bytes:
 
 @pytest.mark.integration
 def test_the_s3_serving_copy_follows_the_registry(tracking_env, s3_server, tmp_path, monkeypatch):  # noqa: F811
-    from ser import pipeline_steps as steps
+    from ser.kubeflow import tasks as steps
 
     for key, value in s3_server.env().items():
         monkeypatch.setenv(key, value)
@@ -223,7 +223,7 @@ def test_the_s3_serving_copy_follows_the_registry(tracking_env, s3_server, tmp_p
 
 
 def test_without_mlflow_a_pipeline_gate_promotes_nothing_and_says_why(tmp_path, monkeypatch):
-    from ser import pipeline_steps as steps
+    from ser.kubeflow import tasks as steps
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     verdict = steps.compare_with_champion(tmp_path, tmp_path, {"macro_f1": 0.9}, "ser-models", "ser-english")

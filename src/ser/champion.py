@@ -60,7 +60,7 @@ The lock
 
 Without MLflow there is no record, hence no champion: pipeline steps then archive a
 model as a version only and leave the S3 serving copy as it is (see
-:func:`ser.pipeline_steps.compare_with_champion`).
+:func:`ser.kubeflow.tasks.compare_with_champion`).
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ setup: $(STAMP)  ## create .venv with the pinned stack (idempotent)
 # `make demo CORPUS=ravdess`: fetch a real English corpus (ser fetch; online, once) and run
 # the demo on it instead of the synthetic one.
 CORPUS     ?=
-CORPUS_DIR ?= .ser/corpora/$(CORPUS)
+CORPUS_DIR ?= .ser/data/corpora/$(CORPUS)
 
 demo: setup  ## run the whole study locally on the synthetic corpus (S3, MLflow, kfp local, TorchServe); CORPUS=ravdess: on real speech
 ifneq ($(CORPUS),)

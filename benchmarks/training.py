@@ -4,7 +4,7 @@ CPU, same run, same model, same batches of 32, Adam LR 6e-5:
   (a) naive: the images kept as PNG bytes (the study saved its spectrograms as
       pictures) and fed through a per-sample torch Dataset + DataLoader that decodes
       each with PIL and converts it to a tensor;
-  (b) ours: ``ser.training.fit``: the whole set is one in-memory tensor, batches are
+  (b) ours: ``ser.study.training.fit``: the whole set is one in-memory tensor, batches are
       index lookups.
   Both rows are also measured for the input pipeline alone (no model), which is
   the part the two paths differ in.
@@ -111,7 +111,7 @@ def ours_pipeline(fs, device, epochs: int, batch: int = 32, seed: int = 0) -> tu
     Returns (seconds for the one-off conversion, seconds per epoch)."""
     import torch
 
-    from ser.training import as_tensors
+    from ser.study.training import as_tensors
 
     t0 = time.perf_counter()
     images, labels = as_tensors(fs, device)
@@ -151,8 +151,8 @@ def cpu_section(args) -> dict:
     import torch
     from torch.utils.data import DataLoader
 
-    from ser import models
-    from ser.training import TrainConfig, fit
+    from ser.study import models
+    from ser.study.training import TrainConfig, fit
 
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
@@ -219,8 +219,8 @@ def cpu_section(args) -> dict:
 def cuda_epoch_times(fs, val, precision: str, channels_last: bool, tf32_matmul: bool, epochs: int, seed: int = 0, batch_size: int = 32) -> dict:
     import torch
 
-    from ser import models
-    from ser.training import TrainConfig, fit
+    from ser.study import models
+    from ser.study.training import TrainConfig, fit
 
     torch.backends.cuda.matmul.allow_tf32 = tf32_matmul
     torch.manual_seed(seed)
@@ -251,7 +251,7 @@ def cuda_section(args) -> dict:
     import torch
     from torch.utils.data import DataLoader
 
-    from ser import models
+    from ser.study import models
 
     fs = synthetic(5120, seed=1)
     val = synthetic(1280, seed=2)
@@ -320,7 +320,7 @@ def main() -> int:
 
     import torch
 
-    result: dict = {"benchmark": "training", "model": "SquirtleNET optimal English (ser.models.OPTIMAL_ENGLISH), 60x60", "torch": torch.__version__}
+    result: dict = {"benchmark": "training", "model": "SquirtleNET optimal English (ser.study.models.OPTIMAL_ENGLISH), 60x60", "torch": torch.__version__}
     if not args.skip_cpu:
         cpu = cpu_section(args)
         result["cpu"] = cpu

@@ -30,7 +30,7 @@ MANAGEMENT_PORT="${SER_MANAGEMENT_PORT:-8081}"
 RUN_DIR="${SER_RUN_DIR:-${TMPDIR:-/tmp}/ser-serve}"
 
 # Same guard as the other images: SER_REQUIRED_CUDA_ARCH=sm_70 in the V100 variant.
-python -m ser.gpu --quiet
+python -m ser.ops.gpu --quiet
 
 if ! ls "$MODEL_STORE"/*.mar > /dev/null 2>&1; then
     echo "ser-serve: no model archive (*.mar) in $MODEL_STORE: the storageUri must hold model-store/NAME.mar (and config/config.properties)" >&2

@@ -1,5 +1,5 @@
 # Container images and Kubernetes manifests (included by the Makefile: -include mk/*.mk).
-#   make images        build the images of src/ser/images.py with Docker when its daemon
+#   make images        build the images of src/ser/ops/images.py with Docker when its daemon
 #                      answers, else with buildah (no daemon: vfs storage, chroot isolation)
 #   make images-check  build the CPU and serving images with buildah on a base made from
 #                      Debian's packages, then run them: `ser --version/--help`, a pipeline
@@ -18,8 +18,8 @@
 
 DOCKER        ?= docker
 KUBECTL       ?= kubectl
-# Runs src/ser/images.py as a plain script: the build path needs only python3, not the venv.
-IMAGES_PY     ?= python3 src/ser/images.py
+# Runs src/ser/ops/images.py as a plain script: the build path needs only python3, not the venv.
+IMAGES_PY     ?= python3 src/ser/ops/images.py
 OVERLAYS      ?= $(notdir $(wildcard manifests/overlays/*))
 MANIFESTS_DIR ?= build/manifests
 IMAGE_BUILDER ?=
@@ -61,9 +61,9 @@ images-check: setup  ## build the CPU + serving images with buildah and run them
 	@[ "$(PYTHON_IMAGE)" != "$(DEBIAN_BASE)" ] || $(MAKE) --no-print-directory images-base
 	$(IMAGES_PY) build cpu serve $(BUILD_OPTS)
 	$(VENV)/bin/ser pipeline compile --out build/pipelines
-	$(PY) src/ser/images.py check build/pipelines/ser_study.yaml $(IMAGES_CHECK_PORT)
+	$(PY) src/ser/ops/images.py check build/pipelines/ser_study.yaml $(IMAGES_CHECK_PORT)
 
-push-images:  ## docker push the image tags of src/ser/images.py
+push-images:  ## docker push the image tags of src/ser/ops/images.py
 	@for name in cpu gpu-v100 serve serve-gpu-v100; do \
 	  tag=$$($(IMAGES_PY) $$name) && echo "$(DOCKER) push $$tag" && $(DOCKER) push $$tag || exit 1; \
 	done

@@ -52,6 +52,6 @@ def one_torch_thread() -> None:
 @pytest.fixture(autouse=True, scope="session")
 def private_server_registry(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Servers the tests start are recorded in a registry of this session
-    (ser.services.registry_dir), never in the user's: `ser services down` in a test
+    (ser.ops.services.registry_dir), never in the user's: `ser services down` in a test
     must not stop a developer's own servers, nor theirs the tests'."""
     os.environ["SER_STATE_DIR"] = str(tmp_path_factory.mktemp("ser-state"))

@@ -26,8 +26,8 @@ def wav_bytes(wave: np.ndarray, rate: int = 16000, fmt: str = "WAV", subtype: st
 
 def banded_feature_set(labels: tuple[str, ...], n: int, seed: int = 0):
     """A 30x30 feature set with one bright band per class: learnable in a few epochs."""
-    from ser.dataset import FeatureSet
-    from ser.features import FeatureSpec
+    from ser.data.dataset import FeatureSet
+    from ser.data.features import FeatureSpec
 
     rng = np.random.default_rng(seed)
     k = len(labels)

@@ -15,7 +15,7 @@ from typing import Iterator
 
 import pytest
 
-from ser.services import LocalMLflow, LocalS3
+from ser.ops.services import LocalMLflow, LocalS3
 
 _servers: dict[str, object] = {}
 

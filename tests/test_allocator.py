@@ -9,8 +9,8 @@ import pytest
 _PROBE = """
 import resource
 import numpy as np
-from ser import allocator
-from ser.features import FeatureSpec, extract
+from ser.data import allocator
+from ser.data.features import FeatureSpec, extract
 
 rng = np.random.default_rng(0)
 waves = [rng.uniform(-0.5, 0.5, n).astype(np.float32) for n in rng.integers(30000, 120000, 60)]

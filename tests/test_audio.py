@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from ser import audio
+from ser.data import audio
 from tests.helpers import tone, wav_bytes
 
 

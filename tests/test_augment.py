@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from ser import augment as A
+from ser.data import augment as A
 from tests.helpers import tone
 
 
@@ -43,7 +43,7 @@ def test_stretch_changes_length():
 def test_augment_rows_writes_copies_that_point_to_their_source(tmp_path):
     import soundfile as sf
 
-    from ser.audio import sha256_file
+    from ser.data.audio import sha256_file
 
     rows = []
     for i, corpus in enumerate(["tess", "tess", "ravdess"]):

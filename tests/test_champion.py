@@ -1,4 +1,4 @@
-"""ser.champion against a real MLflow server (and a real S3 for the serving copy):
+"""ser.adapters.champion against a real MLflow server (and a real S3 for the serving copy):
 the promotion lock, the gate's compare-and-set under a forced race, and the S3
 serving copy following the registry."""
 
@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from ser import champion, models
-from ser.tracking import Tracker
+from ser.adapters import champion
+from ser.study import models
+from ser.adapters.tracking import Tracker
 from tests.servers import mlflow_server, s3_server, tracking_env  # noqa: F401  (fixtures)
 
 TINY = models.ArchSpec(cnn="squirtle", in_size=60, n_classes=7, conv_channels=(4, 4, 4), fc_features=(16, 16))
@@ -168,7 +169,7 @@ def _bundle(path: Path, seed: int) -> Path:
 
 def _mar_model(store, bucket: str, key: str) -> bytes:
     """The model.pt inside the .mar at ``key``."""
-    from ser.package import SERIALIZED
+    from ser.serve.package import SERIALIZED
 
     data = store.client.get_object(bucket, key).read()
     with zipfile.ZipFile(io.BytesIO(data)) as mar:

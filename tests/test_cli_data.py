@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ser.cli import main
-from ser.dataset import FeatureSet
+from ser.data.dataset import FeatureSet
 from tests.servers import s3_env, s3_server  # noqa: F401  (real SeaweedFS fixtures)
 
 

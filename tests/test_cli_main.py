@@ -57,7 +57,7 @@ def test_every_long_command_has_no_progress():
 
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    # every command that draws a progress bar (tqdm, or a transfer bar of ser.store)
+    # every command that draws a progress bar (tqdm, or a transfer bar of ser.adapters.store)
     for name in ("features", "search", "train", "transfer", "evaluate", "cv", "fetch", "upload", "ingest", "augment"):
         options = {o for a in sub.choices[name]._actions for o in a.option_strings}
         assert "--no-progress" in options, name

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from ser import cli, ranking, recipes, search, training
+from ser import cli
+from ser.study import ranking, recipes, search, training
 from tests.test_search import make_features
 
 

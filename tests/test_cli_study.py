@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from ser import models
+from ser.study import models
 from ser.cli import run
 from ser.cli import build_parser as full_parser
 from ser.cli import study
-from ser.features import FeatureSpec
-from ser.labels import ENGLISH, GREEK
+from ser.data.features import FeatureSpec
+from ser.data.labels import ENGLISH, GREEK
 from tests.helpers import banded_feature_set
 
 SPEC = FeatureSpec(kind="mel", size=30, sample_rate=16000)
@@ -176,7 +176,7 @@ def test_evaluate_user_errors(work, tmp_path, capsys, monkeypatch):
 def test_mlflow_uris_go_through_models_uri(work, tmp_path, monkeypatch, capsys):
     from ser.cli import study
 
-    from ser import models_uri
+    from ser.adapters import models_uri
 
     calls = []
     monkeypatch.setattr(models_uri, "resolve", lambda uri: calls.append(uri) or work.model_dir / "model.pt")
@@ -253,8 +253,8 @@ def test_train_on_the_rows_a_search_held_out(work, tmp_path, capsys):
     """`ser train --held-out search.json`: the test rows are the search's held-out
     sources, whatever split the flags would have drawn; a search.json without them
     is a clear error."""
-    from ser import search
-    from ser.dataset import FeatureSet
+    from ser.study import search
+    from ser.data.dataset import FeatureSet
 
     fs = FeatureSet.load(work.english)
     _, desc = search.search_split({("mel", 30): fs}, "random", 7, 0.25)
@@ -300,8 +300,8 @@ def test_train_chooses_its_checkpoint_on_validation_speakers_unless_told_the_stu
     """Default: the kept epoch is chosen on validation rows carved (whole speakers) from
     the training side, and the test rows are only scored; --checkpoint test is the
     study's rule, and says its score is optimistic."""
-    from ser import splits
-    from ser.dataset import FeatureSet
+    from ser.study import splits
+    from ser.data.dataset import FeatureSet
 
     english = work.english
     fs = FeatureSet.load(english)

@@ -17,9 +17,9 @@ import pytest
 import soundfile as sf
 
 from ser.cli import run, study
-from ser.features import FeatureSpec
-from ser.labels import ENGLISH, GREEK
-from ser.services import free_port
+from ser.data.features import FeatureSpec
+from ser.data.labels import ENGLISH, GREEK
+from ser.ops.services import free_port
 from tests.helpers import count_connections
 from tests.helpers import banded_feature_set
 from tests.servers import mlflow_server, s3_server, tracking_env  # noqa: F401  (fixtures)
@@ -229,7 +229,7 @@ def test_transfer_and_evaluate_runs(data, tracking_env, tmp_path, capsys):  # no
 def test_a_failing_tracking_step_is_reported_never_silent(data, tracking_env, tmp_path, monkeypatch, capsys, caplog):  # noqa: F811
     from mlflow import MlflowClient
 
-    from ser.tracking import Tracker
+    from ser.adapters.tracking import Tracker
 
     def broken(self, *args, **kwargs):
         raise RuntimeError("artifact store is down")
@@ -239,12 +239,12 @@ def test_a_failing_tracking_step_is_reported_never_silent(data, tracking_env, tm
     auto = tmp_path / "auto"
     assert main(train_args(data, auto, "--epochs", "1")) == 0  # training finishes, results on disk
     experiment = client.get_experiment_by_name(tracking_env["MLFLOW_EXPERIMENT_NAME"])
-    failed = [r for r in caplog.records if r.name == "ser.track_runs" and r.getMessage().startswith("tracking failed")]
+    failed = [r for r in caplog.records if r.name == "ser.adapters.track_runs" and r.getMessage().startswith("tracking failed")]
     assert len(failed) == 1 and failed[0].levelname == "WARNING"
     assert "tracking failed while trying to log the model: RuntimeError: artifact store is down" in failed[0].getMessage()
     assert "is incomplete" in failed[0].getMessage()
     assert (auto / "model.pt").is_file() and not (auto / "tracking.json").exists()
-    run = client.search_runs([experiment.experiment_id], "tags.`ser.tracking` = 'incomplete'")[0]
+    run = client.search_runs([experiment.experiment_id], "tags.`ser.adapters.tracking` = 'incomplete'")[0]
     assert run.data.tags["ser.kind"] == "final" and "artifact store is down" in run.data.tags["ser.tracking_error"]
 
     assert main(train_args(data, tmp_path / "strict", "--epochs", "1", "--tracking", "strict")) == 2

@@ -19,9 +19,9 @@ from kfp.dsl import Artifact, Dataset, Model
 from ser.kubeflow.components import augment, evaluate, features, final_train, ingest, plan, publish, rank, track, train_folds, transfer
 from ser.kubeflow import runner as pr
 from ser.kubeflow import tasks as steps
-from ser.dataset import FeatureSet
-from ser.features import FeatureSpec
-from ser.images import CPU_IMAGE, GPU_IMAGE
+from ser.data.dataset import FeatureSet
+from ser.data.features import FeatureSpec
+from ser.ops.images import CPU_IMAGE, GPU_IMAGE
 from tests.servers import mlflow_server, s3_server, tracking_env  # noqa: F401
 
 DATA, MODELS = "ser-data-components", "ser-models-components"
@@ -97,7 +97,7 @@ def test_recipe_budgets_plan_score_and_rank_without_kfp(tmp_path):
 
 
 def test_resolve_recipe_takes_yaml_text(tmp_path):
-    from ser import recipes, search_space
+    from ser.study import recipes, search_space
 
     text = recipes.recipe_text("demo").replace("name: demo", "name: mine")
     info = steps.resolve_recipe(text, tmp_path / "r")
@@ -137,7 +137,7 @@ def corpora(s3_server, tmp_path_factory):  # noqa: F811
 def test_the_demo_takes_a_real_english_corpus(s3_server, tmp_path):  # noqa: F811
     """`ser demo --english ravdess=DIR` (`make demo CORPUS=ravdess`): the folder as
     distributed goes to S3 under its own name and the ingest step parses it as that corpus."""
-    from ser.corpora import synthetic
+    from ser.data.corpora import synthetic
 
     folder = tmp_path / "ravdess"
     synthetic.generate(folder, "ravdess", per_class=2, speakers=2)
@@ -163,7 +163,7 @@ def test_make_demo_corpus_fetches_then_runs_the_demo_on_it():
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}  # also when run by `make test`
     out = subprocess.run(["make", "-n", "--no-print-directory", "demo", "CORPUS=ravdess", "PY=true", "STAMP=/dev/null"], capture_output=True,
                          text=True, cwd=Path(__file__).resolve().parents[1], env=env, check=True).stdout.splitlines()
-    fetch, demo = ".venv/bin/ser fetch ravdess .ser/corpora/ravdess", ".venv/bin/ser demo --english ravdess=.ser/corpora/ravdess"
+    fetch, demo = ".venv/bin/ser fetch ravdess .ser/data/corpora/ravdess", ".venv/bin/ser demo --english ravdess=.ser/data/corpora/ravdess"
     assert fetch in out and demo in out and out.index(fetch) < out.index(demo)
 
 
@@ -411,8 +411,8 @@ def test_the_evaluate_steps_run_lands_in_the_pipelines_experiment_and_is_nested(
     from mlflow.tracking import MlflowClient
 
     from ser import steps as typed
-    from ser import track_runs
-    from ser.labels import ENGLISH
+    from ser.adapters import track_runs
+    from ser.data.labels import ENGLISH
     from tests.helpers import banded_feature_set
 
     features = tmp_path / "features"

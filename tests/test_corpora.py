@@ -1,4 +1,4 @@
-"""ser.corpora: file-name parsing, scanning, tables and the study's Table 1 selection."""
+"""ser.data.corpora: file-name parsing, scanning, tables and the study's Table 1 selection."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.corpora_trees import MANIFESTS, TABLE1, TESS_AIFF, TESS_DIR, audio_bytes, build_tree, manifest
-from ser.corpora import (
+from ser.data.corpora import (
     CORPORA, Problem, Utterance, aesdd, cremad, ravdess, read_problems, read_table, savee, scan,
     select_study, tess, write_problems, write_table,
 )
@@ -142,7 +142,7 @@ def test_aesdd_names(rel: str, emotion: str, speaker: str, text: str, take: str)
     p = aesdd.parse_name(rel)
     assert p is not None
     assert (p.emotion, p.speaker, p.text, p.extra["take"]) == (emotion, speaker, text, take)
-    assert p.gender == "unknown"  # see ser.corpora.aesdd: the mapping is not published
+    assert p.gender == "unknown"  # see ser.data.corpora.aesdd: the mapping is not published
 
 
 def test_aesdd_folder_and_letter_disagree() -> None:

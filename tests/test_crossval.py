@@ -1,4 +1,4 @@
-"""Speaker-independent cross-validation (ser.crossval, `ser cv`) on a synthetic corpus."""
+"""Speaker-independent cross-validation (ser.study.crossval, `ser cv`) on a synthetic corpus."""
 
 import json
 
@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import yaml
 
-from ser import crossval, dataset, splits
-from ser.corpora import scan, synthetic
-from ser.features import FeatureSpec
+from ser.data import dataset
+from ser.study import crossval, splits
+from ser.data.corpora import scan, synthetic
+from ser.data.features import FeatureSpec
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +52,7 @@ def test_the_last_rule_trains_every_training_speaker_and_scores_only_the_test(sy
 
 
 def test_patience_stops_after_evaluations_without_a_lower_loss():
-    from ser.training import EpochRecord
+    from ser.study.training import EpochRecord
 
     stop = crossval.patience_stopper(2)
     history = [EpochRecord(1, 1.0, 1.0), EpochRecord(2, 1.0, 0.8), EpochRecord(3, 1.0, 0.9)]
@@ -83,8 +84,8 @@ def test_plus_learns_a_held_out_synthetic_speaker_and_resumes(synth_logmel, tmp_
     again = crossval.run(synth_logmel, recipe, out, seeds=(0,), progress=False, log=logs2.append)
     assert all("done before" in line for line in logs2) and again.summary == result.summary
     # The ensemble of fold models serves as one model, over the whole utterance.
-    from ser import models
-    from ser.training import evaluate
+    from ser.study import models
+    from ser.study.training import evaluate
 
     ens = models.load_bundle(out / "ensemble.pt")
     assert isinstance(ens.arch, models.EnsembleSpec) and len(ens.arch.members) == 3

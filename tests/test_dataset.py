@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from ser import dataset
-from ser.audio import sha256_file
-from ser.features import FeatureSpec
+from ser.data import dataset
+from ser.data.audio import sha256_file
+from ser.data.features import FeatureSpec
 from tests.helpers import tone
 
 

@@ -1,9 +1,9 @@
-"""The EmoDB parser (ser.corpora.emodb) and the label sets that choose a run's classes."""
+"""The EmoDB parser (ser.data.corpora.emodb) and the label sets that choose a run's classes."""
 
 import pytest
 
-from ser import labels
-from ser.corpora import CORPORA, emodb, scan
+from ser.data import labels
+from ser.data.corpora import CORPORA, emodb, scan
 
 
 @pytest.mark.parametrize("name, emotion, speaker, gender, text", [
@@ -38,8 +38,8 @@ def test_label_sets_choose_the_classes_a_run_keeps():
 
 
 def test_feature_build_keeps_only_the_label_set_and_reports_the_rest(tmp_path):
-    from ser import dataset
-    from ser.features import FeatureSpec
+    from ser.data import dataset
+    from ser.data.features import FeatureSpec
     from tests.helpers import tone, wav_bytes
 
     rows = []

@@ -1,4 +1,4 @@
-"""ser.encoder and the whisper feature kind: the shipped whisper-base files, their
+"""ser.data.encoder and the whisper feature kind: the shipped whisper-base files, their
 identity in every cache key and bundle, embeddings, and one answer from every shell.
 
 Runs on the real converted whisper-base files the ``encoder`` extra installs; skipped,
@@ -16,9 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from ser import dataset, encoder, labels, models, serving
-from ser import features as F
-from ser.headnet import HeadNet, HeadSpec
+from ser.data import dataset, encoder, labels
+from ser.serve import serving
+from ser.study import models
+from ser.data import features as F
+from ser.study.headnet import HeadNet, HeadSpec
 from tests.helpers import wav_bytes
 
 pytestmark = pytest.mark.skipif(
@@ -165,7 +167,7 @@ def test_served_request_predict_and_evaluation_agree(tmp_path, head_bundle, reso
 
 @pytest.fixture(scope="module")
 def head_mar(tmp_path_factory, head_bundle):
-    from ser.package import build_mar
+    from ser.serve.package import build_mar
 
     return build_mar(head_bundle, tmp_path_factory.mktemp("mar") / "emotion.mar")
 
@@ -190,7 +192,7 @@ def test_torchserve_serves_the_archive_with_its_own_encoder(tmp_path, head_mar, 
     its workers never join the shipped files, and the answer is the in-process one."""
     import requests
 
-    from ser.torchserve import start
+    from ser.serve.torchserve import start
 
     empty = tmp_path / "cache"
     empty.mkdir()
@@ -212,9 +214,9 @@ def test_the_pipeline_steps_carry_the_whisper_family(tmp_path):
     """features -> final training (the head) -> evaluate -> Greek transfer, through the
     same step functions the Kubeflow components call, on small synthetic corpora."""
     from ser.kubeflow import tasks as steps
-    from ser import tables
+    from ser.data import tables
     from ser.cli import main as ser_main
-    from ser.corpora import synthetic
+    from ser.data.corpora import synthetic
 
     feats = {}
     for layout, labels_name in (("ravdess", "english"), ("aesdd", "greek")):
@@ -241,7 +243,7 @@ def test_ser_cv_runs_the_whisper_recipe(tmp_path, capsys):
     """`ser cv --recipe whisper`: leave-one-speaker-out, the fold heads kept as one
     servable ensemble on the encoder's features."""
     from ser.cli import main as ser_main
-    from ser.corpora import synthetic
+    from ser.data.corpora import synthetic
 
     synthetic.generate(tmp_path / "corpus", "ravdess", per_class=3, speakers=3)
     assert ser_main(["ingest", "--corpus", f"ravdess={tmp_path / 'corpus'}", "--out", str(tmp_path / "t.csv")]) == 0

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from ser import features as F
-from ser.audio import AudioError
+from ser.data import features as F
+from ser.data.audio import AudioError
 from tests.helpers import tone, wav_bytes
 
 
@@ -69,7 +69,7 @@ def test_power_spectrum_matches_librosa_stft(length):
 # The reference is the study's recipe written with librosa's own functions end to end
 # (preemphasis, effects.trim, feature.melspectrogram / chroma_stft / mfcc), then the
 # study's resize (PIL bilinear on the time axis) and the per-image [0, 1] scale. It
-# shares no code with ser.features, so a wrong filter bank, a missing dB step, a fixed
+# shares no code with ser.data.features, so a wrong filter bank, a missing dB step, a fixed
 # chroma tuning or a constant image all fail. Tolerance: float32 rounding through the
 # STFT and dB steps; 0.02 on the 0-1 scale is a tenth of the chroma-tuning error this
 # comparison exists to catch (up to 0.2 on real TESS clips).

@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from ser import corpora
+from ser.data import corpora
 from ser.cli import main
-from ser.fetch import CATALOGUE, STATE_DIR, FetchError, extract, fetch, read_record
+from ser.data.fetch import CATALOGUE, STATE_DIR, FetchError, extract, fetch, read_record
 
 
 class CorpusServer:
@@ -288,7 +288,7 @@ def test_ravdess_zip_layout_is_read_by_the_parser(tmp_path):
 
 def test_emodb_zip_layout_is_read_by_the_parser(server, emodb_zip, tmp_path):
     if "emodb" not in corpora.CORPORA:
-        pytest.skip("no EmoDB parser in ser.corpora yet (added in parallel by the lead)")
+        pytest.skip("no EmoDB parser in ser.data.corpora yet (added in parallel by the lead)")
     out = tmp_path / "emodb"
     fetch("emodb", out, url=server.url("/download/download.zip"))
     scan = corpora.scan("emodb", out)
@@ -352,7 +352,7 @@ def test_cli_error_is_one_line_with_status_2(server, tmp_path, capsys):
 def test_progress_bar_only_when_asked(server, emodb_zip, tmp_path, capsys):
     import requests
 
-    from ser.fetch import download
+    from ser.data.fetch import download
 
     with requests.Session() as s:
         download(server.url("/download/download.zip"), tmp_path / "a.zip", session=s, progress=False)

@@ -1,4 +1,4 @@
-"""ser.gpu: the start-up guard of the CUDA images, with stand-ins for torch builds.
+"""ser.ops.gpu: the start-up guard of the CUDA images, with stand-ins for torch builds.
 
 Arch lists as the wheels report them (torch.cuda.get_arch_list()):
 cu126 lists sm_50..sm_90 incl. sm_70; cu128 from 2.11 and cu130 start at sm_75.
@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from ser import gpu
+from ser.ops import gpu
 
 CU126 = ["sm_50", "sm_60", "sm_70", "sm_75", "sm_80", "sm_86", "sm_90"]
 CU130 = ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120", "compute_120"]
@@ -124,7 +124,7 @@ def test_cli(monkeypatch, capsys):
     assert gpu.main(["--quiet"]) == 0 and capsys.readouterr().out == ""
     monkeypatch.setattr(gpu, "_import_torch", lambda: fake_torch("2.13.0+cu130", "13.0", CU130))
     assert gpu.main(["--require", "sm_70"]) == 1
-    assert "ser.gpu: ERROR:" in capsys.readouterr().err
+    assert "ser.ops.gpu: ERROR:" in capsys.readouterr().err
 
 
 def test_real_torch_of_this_venv():

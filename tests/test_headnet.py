@@ -1,4 +1,4 @@
-"""ser.headnet: the head over encoder embeddings pools only real frames, takes any
+"""ser.study.headnet: the head over encoder embeddings pools only real frames, takes any
 length, transfers to a new label set, and learns."""
 
 from __future__ import annotations
@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from ser import models
-from ser.dataset import FeatureSet
-from ser.features import FeatureSpec
-from ser.headnet import HeadNet, HeadSpec
-from ser.training import TrainConfig, evaluate, fit
+from ser.study import models
+from ser.data.dataset import FeatureSet
+from ser.data.features import FeatureSpec
+from ser.study.headnet import HeadNet, HeadSpec
+from ser.study.training import TrainConfig, evaluate, fit
 
 SPEC = HeadSpec(in_size=24, n_classes=3, hidden=16)
 

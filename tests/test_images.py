@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from ser import gpu, images
+from ser.ops import gpu, images
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGES_DIR = REPO / "images"
@@ -151,7 +151,7 @@ def test_torch_and_pip_pins(kind):
 
 
 def test_only_the_encoder_images_carry_the_encoder_extra():
-    from ser import images
+    from ser.ops import images
 
     for name, (_, dockerfile, build_args) in images.IMAGES.items():
         extras = [a for a in build_args if a.startswith("SER_EXTRAS=")]
@@ -169,17 +169,17 @@ def test_gpu_image_ships_sm70():
     path = DOCKERFILES["gpu-v100"]
     d = arg_defaults(path)
     flavour = d["TORCH_CUDA"]
-    # The wheel index is the one ser.gpu names as still shipping sm_70 (its docstring
+    # The wheel index is the one ser.ops.gpu names as still shipping sm_70 (its docstring
     # gives the torch release history); a flavour without Volta kernels fails here.
     assert resolve(d["TORCH_INDEX_URL"], d) == gpu.VOLTA_WHEEL_INDEX == f"https://download.pytorch.org/whl/{flavour}", (
-        f"torch {d['TORCH_VERSION']}+{flavour} is not the wheel ser.gpu names for sm_70: V100 pods would fail"
+        f"torch {d['TORCH_VERSION']}+{flavour} is not the wheel ser.ops.gpu names for sm_70: V100 pods would fail"
     )
     text = path.read_text()
     # the exact local version, so no other build can satisfy the pin
     assert 'pip install "torch==${TORCH_VERSION}+${TORCH_CUDA}"' in text
     assert d["REQUIRED_CUDA_ARCH"] == "sm_70"
     # fails the build without sm_70 ...
-    assert any(w == "RUN" and 'python -m ser.gpu --require "${REQUIRED_CUDA_ARCH}"' in r for w, r in instructions(path))
+    assert any(w == "RUN" and 'python -m ser.ops.gpu --require "${REQUIRED_CUDA_ARCH}"' in r for w, r in instructions(path))
     # ... and checks again at start-up through the entrypoint and the env it sets
     runtime = last_stage(path)
     envs = " ".join(r for w, r in runtime if w == "ENV")
@@ -203,7 +203,7 @@ def test_serving_image():
     assert dockerfile == "images/Dockerfile.serve"
     assert "TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126" in args
     assert "REQUIRED_CUDA_ARCH=sm_70" in args
-    assert args[0] == f"TORCH_INDEX_URL={gpu.VOLTA_WHEEL_INDEX}"  # the wheel ser.gpu names for sm_70
+    assert args[0] == f"TORCH_INDEX_URL={gpu.VOLTA_WHEEL_INDEX}"  # the wheel ser.ops.gpu names for sm_70
 
 
 @pytest.mark.parametrize("kind", DOCKERFILES)
@@ -220,7 +220,7 @@ def test_make_fragment():
     for target in ("images:", "manifests:", "push-images:"):
         assert re.search(rf"^{target}", text, re.M), target
     assert "Docker" in text  # documented as needing Docker
-    proc = subprocess.run([sys.executable, str(REPO / "src" / "ser" / "images.py")], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, str(REPO / "src" / "ser" / "ops" / "images.py")], capture_output=True, text=True)
     lines = proc.stdout.splitlines()
     assert proc.returncode == 0 and len(lines) == len(images.IMAGES)
     for line, (image, dockerfile, args) in zip(lines, images.IMAGES.values()):
@@ -323,7 +323,7 @@ def test_hadolint(kind):
 
 def test_pipeline_code_uses_the_image_constants():
     """A project image tag written out in pipelines/ or components/ must be a current
-    constant of src/ser/images.py (better: import it), so that a version bump cannot
+    constant of src/ser/ops/images.py (better: import it), so that a version bump cannot
     leave a stale default behind."""
     known = {image for image, _dockerfile, _args in images.IMAGES.values()}
     stale = []
@@ -332,7 +332,7 @@ def test_pipeline_code_uses_the_image_constants():
             for ref in re.findall(r"ghcr\.io/ser-project/[\w./-]+(?::[\w.-]+)?", path.read_text()):
                 if ref not in known:
                     stale.append(f"{path.relative_to(REPO)}: {ref}")
-    assert not stale, "image tags that are not in src/ser/images.py:\n" + "\n".join(stale)
+    assert not stale, "image tags that are not in src/ser/ops/images.py:\n" + "\n".join(stale)
 
 
 # ------------------------------------------------ the build driver (make images / images-check), without building
@@ -366,7 +366,7 @@ def test_docker_cannot_mount_and_unknown_names_are_refused():
 
 
 def test_build_without_docker_or_buildah_says_what_it_needs(tmp_path):
-    proc = subprocess.run([sys.executable, str(REPO / "src/ser/images.py"), "build", "cpu"], cwd=REPO, capture_output=True,
+    proc = subprocess.run([sys.executable, str(REPO / "src/ser/ops/images.py"), "build", "cpu"], cwd=REPO, capture_output=True,
                           text=True, env={**os.environ, "PATH": str(tmp_path)}, check=False)
     assert proc.returncode == 3
     assert "needs Docker with a running daemon, or buildah" in proc.stderr and "apt-get install -y buildah" in proc.stderr

@@ -1,4 +1,4 @@
-"""ser.inference: backends agree with the eager fp32 reference; names and devices are checked."""
+"""ser.serve.inference: backends agree with the eager fp32 reference; names and devices are checked."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from ser import inference, models, serving
+from ser.serve import inference, serving
+from ser.study import models
 
 #: A narrower SquirtleNET (the optimal one's shape, fewer channels) so the test stays fast;
 #: the FC layers still hold most of the weights, as in the study's network.
@@ -44,8 +45,8 @@ def test_int8_quantises_the_linear_layers_and_agrees(net, batch):
 
 
 def test_predictor_runs_the_chosen_backend(net, tmp_path):
-    from ser import labels
-    from ser.features import FeatureSpec
+    from ser.data import labels
+    from ser.data.features import FeatureSpec
 
     path = models.save_bundle(tmp_path / "model.pt", net, labels.ENGLISH, FeatureSpec(size=60).to_dict())
     bundle = models.load_bundle(path)

@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
-from ser import gpu, images
+from ser.ops import gpu, images
 
 REPO = Path(__file__).resolve().parents[1]
 MANIFESTS = REPO / "manifests"
@@ -351,7 +351,7 @@ def test_images_are_the_project_tags(overlay):
     refs = set(re.findall(r"image: (\S+)", text))
     assert refs, "no image references"
     for ref in refs:
-        assert ref in known, f"{overlay} uses {ref}, not one of src/ser/images.py"
+        assert ref in known, f"{overlay} uses {ref}, not one of src/ser/ops/images.py"
 
 
 @needs_kubectl
@@ -376,7 +376,7 @@ def test_gpu_overlay_schedules_on_v100_pool():
     job = next(o for o in objs if o["kind"] == "Job" and o["metadata"]["name"] == "ser-gpu-check")
     container = job["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == images.GPU_IMAGE
-    assert container["command"][:3] == ["python", "-m", "ser.gpu"] and gpu.V100_ARCH in container["command"]
+    assert container["command"][:3] == ["python", "-m", "ser.ops.gpu"] and gpu.V100_ARCH in container["command"]
 
 
 @needs_kubectl

@@ -1,11 +1,11 @@
-"""UA, WA and macro F1 (ser.metrics) on hand-made cases and against scikit-learn's definitions."""
+"""UA, WA and macro F1 (ser.study.metrics) on hand-made cases and against scikit-learn's definitions."""
 
 import math
 
 import numpy as np
 import pytest
 
-from ser import metrics
+from ser.study import metrics
 
 
 def test_ua_is_the_mean_recall_and_differs_from_wa_on_unbalanced_data():

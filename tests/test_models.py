@@ -1,4 +1,4 @@
-"""The three CNNs of METHOD.md section 4 (src/ser/models.py)."""
+"""The three CNNs of METHOD.md section 4 (src/ser/study/models.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from ser import models
-from ser.models import ArchSpec, SpecError
+from ser.study import models
+from ser.study.models import ArchSpec, SpecError
 
 SMALL = dict(in_size=30, n_classes=7, conv_channels=(8, 8, 8), fc_features=(32, 16))
 

@@ -60,12 +60,12 @@ def test_every_imported_package_is_declared():
 
 
 def test_an_undeclared_import_is_reported():
-    """psutil (imported by ser.services) used to be missing from the list: the check names it."""
+    """psutil (imported by ser.ops.services) used to be missing from the list: the check names it."""
     assert set(_undeclared(_declared() - {"psutil"})) == {"psutil"}
 
 
 def test_the_encoder_extra_stays_optional():
-    """Only ser/encoder.py imports the encoder extra's packages, and only inside its
+    """Only ser/data/encoder.py imports the encoder extra's packages, and only inside its
     functions: the core, the CNN images and `make demo` run without them."""
     extra = {"faster_whisper", "ctranslate2"}
     where = {}

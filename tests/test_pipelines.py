@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ser import gpu, images
+from ser.ops import gpu, images
 from ser.kubeflow import runner as pr
 from ser.cli import main
 from tests.servers import mlflow_server, s3_server  # noqa: F401
@@ -106,6 +106,16 @@ def test_the_study_preset_carries_the_studys_transfer_budgets_to_the_transfer_st
         pr.preset_params("fast")
 
 
+def test_the_demo_budgets_are_recipe_files_the_pipeline_takes():
+    """`ser demo` and `--preset demo|smoke` read src/ser/recipes/pipeline/{demo,smoke}.yaml;
+    every key is a parameter of ser_study (an unknown one is refused by name)."""
+    study = pr.build("ser_study")
+    demo, smoke = pr.preset_params("demo", study), pr.preset_params("smoke", study)
+    assert set(smoke) == set(demo) and demo["recipe"] == smoke["recipe"] == "demo"
+    assert smoke["final_epochs"] < demo["final_epochs"] and smoke["search_epochs"] <= demo["search_epochs"]
+    assert pr.demo_arguments({}, None)["final_epochs"] == demo["final_epochs"]
+
+
 def test_retrain_publishes_only_under_a_condition(compiled):
     spec, _ = compiled["ser_retrain"]
     tasks = spec["root"]["dag"]["tasks"]
@@ -142,7 +152,7 @@ def study_run(s3_server, mlflow_server, tmp_path_factory):  # noqa: F811
     corpora = pr.upload_demo_corpora(store, work, bucket=DATA, english_per_class=6, greek_per_class=5)
     store.ensure_bucket(MODELS)
     env = {**s3_server.env(), **mlflow_server.env(), "MLFLOW_EXPERIMENT_NAME": "pipelines-test"}
-    args = pr.demo_arguments(corpora, pr.SMOKE_BUDGETS, model_bucket=MODELS, model_name=EN, greek_model_name=GR,
+    args = pr.demo_arguments(corpora, pr.preset_params("smoke"), model_bucket=MODELS, model_name=EN, greek_model_name=GR,
                              mlflow_uri=mlflow_server.url, mlflow_experiment="pipelines-test")
     run = pr.run_local(pr.build("ser_study", parallelism=2), args, work / "local_outputs", env=env, threads_per_task=1,
                        log=work / "study.log", echo=False)

@@ -1,10 +1,10 @@
-"""The plus network (ser.plusnet) and its augmentation (ser.plus)."""
+"""The plus network (ser.study.plusnet) and its augmentation (ser.study.plus)."""
 
 import pytest
 import torch
 
-from ser import models, plus
-from ser.plusnet import PlusNet, PlusSpec, window_starts
+from ser.study import models, plus
+from ser.study.plusnet import PlusNet, PlusSpec, window_starts
 
 
 def net(seed: int = 0, **changes) -> PlusNet:

@@ -1,4 +1,4 @@
-"""ser.predictor_server: the KServe predictor as a real process on 127.0.0.1 (v1, v2, health,
+"""ser.serve.predictor_server: the KServe predictor as a real process on 127.0.0.1 (v1, v2, health,
 token auth, the same 4xx as TorchServe for bad input) and its try-it page in headless chromium."""
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ import pytest
 import requests
 import torch
 
-from ser import features as F
-from ser import labels, models, predictor_server, serving
+from ser.data import features as F
+from ser.data import labels
+from ser.serve import predictor_server, serving
+from ser.study import models
 from tests.helpers import tone, wav_bytes
 
 pytestmark = pytest.mark.integration
@@ -121,7 +123,7 @@ def test_token_is_required(server, clip):
 def test_server_refuses_to_start_without_a_token(model_pt):
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "ser.predictor_server", "--model", str(model_pt)], capture_output=True, text=True, timeout=120,
+    out = subprocess.run([sys.executable, "-m", "ser.serve.predictor_server", "--model", str(model_pt)], capture_output=True, text=True, timeout=120,
                          env={k: v for k, v in __import__("os").environ.items() if k != "SER_TOKEN"})
     assert out.returncode == 2 and "SER_TOKEN" in out.stderr
 
@@ -134,7 +136,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 @pytest.mark.skipif(not (CHROMEDRIVER and CHROMIUM), reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
 def test_page_uploads_a_file_and_shows_bars_and_timeline(model_pt, tmp_path, request):
-    from ser.services import free_ports
+    from ser.ops.services import free_ports
 
     long = tmp_path / "long.wav"
     long.write_bytes(wav_bytes(tone(7.0, 16000)))
@@ -189,7 +191,7 @@ def test_ser_serve_kserve_serves_a_mar_until_sigterm(model_pt, tmp_path, clip):
     import signal
     import sys
 
-    from ser.package import Runtime, build_mar
+    from ser.serve.package import Runtime, build_mar
 
     mar = build_mar(model_pt, tmp_path / "ser-tiny.mar", runtime=Runtime(backend="eager"))
     proc = subprocess.Popen([sys.executable, "-m", "ser", "serve", "--model", str(mar), "--server", "kserve", "--port", "0", "--threads", "1", "--workers", "1"],
@@ -216,7 +218,7 @@ def test_ser_serve_kserve_serves_a_mar_until_sigterm(model_pt, tmp_path, clip):
 def test_a_mar_is_served_and_its_temporary_model_copy_removed(model_pt, tmp_path, clip):
     from pathlib import Path
 
-    from ser.package import Runtime, build_mar
+    from ser.serve.package import Runtime, build_mar
 
     mar = build_mar(model_pt, tmp_path / "ser-tiny.mar", runtime=Runtime(backend="eager"))
     with predictor_server.start(mar, name="ser-tiny", backend="eager", workers=1, auth=False) as srv:

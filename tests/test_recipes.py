@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ser import recipes, search_space, stopping
+from ser.study import recipes, search_space, stopping
 
 
 def test_recipe_errors_are_explained(tmp_path):

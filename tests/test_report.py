@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from ser import report
-from ser.training import EpochRecord, Evaluation
+from ser.study import report
+from ser.study.training import EpochRecord, Evaluation
 
 
 def fake_evaluation() -> Evaluation:

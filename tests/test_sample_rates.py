@@ -4,8 +4,8 @@
 import numpy as np
 import pytest
 
-from ser import audio, features
-from ser.corpora import synthetic
+from ser.data import audio, features
+from ser.data.corpora import synthetic
 from tests.helpers import wav_bytes
 
 RATES = (16000, 22050, 44100, 48000)

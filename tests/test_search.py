@@ -13,11 +13,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from ser import ranking, recipes, search, search_space, splits, stopping, training
-from ser.dataset import FeatureSet
-from ser.features import FeatureSpec
-from ser.labels import label_set
-from ser.models import ArchSpec
+from ser.study import ranking, recipes, search, search_space, splits, stopping, training
+from ser.data.dataset import FeatureSet
+from ser.data.features import FeatureSpec
+from ser.data.labels import label_set
+from ser.study.models import ArchSpec
 
 def make_features(per_class: int = 10, size: int = 30, kind: str = "mel", seed: int = 0) -> FeatureSet:
     """Images whose class is a bright horizontal band at a class-dependent height."""
@@ -54,7 +54,7 @@ def tiny_recipe() -> recipes.Recipe:
 
 
 class CountingFit:
-    """Wraps ser.training.fit and counts its calls."""
+    """Wraps ser.study.training.fit and counts its calls."""
 
     def __init__(self, monkeypatch, hook=None):
         self.calls: list[training.TrainConfig] = []
@@ -179,7 +179,7 @@ def test_a_b_stop_caps_the_later_folds(monkeypatch, tmp_path):
 
 
 class FakeTracker:
-    """The tracker protocol (ser.tracking.Tracker's shape), recording what it is told."""
+    """The tracker protocol (ser.adapters.tracking.Tracker's shape), recording what it is told."""
 
     def __init__(self):
         self.events = []
@@ -306,7 +306,6 @@ def test_final_model_is_tested_on_the_rows_the_search_held_out(tmp_path):
     """The search splits on its first feature set and holds those sources out of every
     set; the winner's test rows must be exactly them, never a fresh split of its own
     set (which here puts utterances the search trained on into the test side)."""
-    from ser import splits
     from tests.helpers import banded_feature_set
 
     mel = banded_feature_set(label_set("english"), 140)

@@ -9,9 +9,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from ser import recipes, search_space, stopping
-from ser.features import IMAGE_KINDS as KINDS, SIZES
-from ser.models import ArchSpec, SpecError
+from ser.study import recipes, search_space, stopping
+from ser.data.features import IMAGE_KINDS as KINDS, SIZES
+from ser.study.models import ArchSpec, SpecError
 
 
 def test_grids_are_methods_and_the_study_recipe_keeps_them():

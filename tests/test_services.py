@@ -13,7 +13,7 @@ import pytest
 
 from ser.cli import UserError
 from ser.cli import services as services_cli
-from ser.services import LocalMLflow, LocalS3, ServiceError, free_ports, port_is_free
+from ser.ops.services import LocalMLflow, LocalS3, ServiceError, free_ports, port_is_free
 from tests.servers import mlflow_server, s3_server  # noqa: F401  (fixtures)
 
 
@@ -157,7 +157,7 @@ def _ser_process(*argv: str, cwd: Path) -> "subprocess.Popen[str]":
 def _wait_for_records(services: set[str], proc, timeout: float = 180.0) -> list[dict]:
     import time
 
-    from ser.services import recorded_servers
+    from ser.ops.services import recorded_servers
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -176,7 +176,7 @@ def _gone(pid: int) -> bool:
 @pytest.mark.integration
 def test_status_and_down_find_servers_started_with_data_elsewhere(tmp_path, capsys):
     """A server whose data is not under --dir (as with `ser demo`) is still listed and stopped."""
-    from ser.services import recorded_servers
+    from ser.ops.services import recorded_servers
 
     s3 = LocalS3(tmp_path / "demo" / "s3").start(record=True)
     try:
@@ -198,7 +198,7 @@ def test_status_and_down_find_servers_started_with_data_elsewhere(tmp_path, caps
 def test_a_foreground_up_stops_its_servers_on_sigterm_and_sigint(tmp_path, sig, status):
     import signal
 
-    from ser.services import recorded_servers
+    from ser.ops.services import recorded_servers
 
     proc = _ser_process("services", "--dir", str(tmp_path / ".ser"), "up", "--no-mlflow", "--foreground", cwd=tmp_path)
     try:
@@ -220,7 +220,7 @@ def test_the_demo_is_found_by_status_and_stops_everything_on_sigterm(tmp_path):
     import subprocess
     import sys
 
-    from ser.services import recorded_servers
+    from ser.ops.services import recorded_servers
 
     demo = _ser_process("demo", "--budget", "smoke", "--no-serve", "--workdir", str(tmp_path / "work"), cwd=tmp_path)
     try:
@@ -244,8 +244,9 @@ def test_the_demo_is_found_by_status_and_stops_everything_on_sigterm(tmp_path):
 def tiny_model(tmp_path_factory):
     import torch
 
-    from ser import features as F
-    from ser import labels, models
+    from ser.data import features as F
+    from ser.data import labels
+    from ser.study import models
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("model") / "model.pt"
@@ -263,7 +264,7 @@ def _ser_serve(model: Path, port: int, cwd: Path):
 def test_ser_serve_is_listed_by_status_and_stopped_by_down(tiny_model, tmp_path, capsys):
     import urllib.request
 
-    from ser.services import recorded_servers
+    from ser.ops.services import recorded_servers
 
     port = free_ports(1)[0]
     proc = _ser_serve(tiny_model, port, tmp_path)
@@ -293,7 +294,7 @@ def test_ser_serve_is_listed_by_status_and_stopped_by_down(tiny_model, tmp_path,
 def test_ser_serve_drops_its_record_when_stopped_with_sigterm(tiny_model, tmp_path):
     import signal
 
-    from ser.services import recorded_servers
+    from ser.ops.services import recorded_servers
 
     port = free_ports(1)[0]
     proc = _ser_serve(tiny_model, port, tmp_path)

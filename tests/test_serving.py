@@ -1,4 +1,4 @@
-"""ser.serving: the server-independent request path (bytes -> dict), its typed errors,
+"""ser.serve.serving: the server-independent request path (bytes -> dict), its typed errors,
 batches, timeline mode, and that serving computes the very features training does."""
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ import pytest
 import soundfile as sf
 import torch
 
-from ser import features as F
-from ser import labels, models, serving
-from ser.audio import decode
+from ser.data import features as F
+from ser.data import labels
+from ser.serve import serving
+from ser.study import models
+from ser.data.audio import decode
 from tests.helpers import tone, wav_bytes
 
 TINY = models.ArchSpec(conv_channels=(8, 8, 8), fc_features=(32, 32), in_size=60)
@@ -62,7 +64,7 @@ def test_plain_function_matches_predictor(bundle, predictor, clip):
     # the network's forward pass and a softmax.
     import torch
 
-    from ser import features as F
+    from ser.data import features as F
 
     image = F.extract_bytes(clip, F.FeatureSpec.from_dict(bundle.feature_spec))
     with torch.no_grad():
@@ -366,7 +368,7 @@ def test_a_plus_ensemble_serves_whole_utterances_like_evaluation(tmp_path, backe
     """The plus recipe's model (logmel frames, windows averaged inside the network) and an
     ensemble of two: the served probabilities of a file equal what evaluation computes
     from the same features (exactly for eager, to 1e-2 for int8), at any length."""
-    from ser.plusnet import PlusNet, PlusSpec
+    from ser.study.plusnet import PlusNet, PlusSpec
 
     spec = F.FeatureSpec(kind="logmel", size=32, n_fft=512, hop=160)
     members = []

@@ -99,7 +99,7 @@ def test_every_inferenceservice_matches_its_runtime():
 
 def test_the_predictor_runtime_runs_the_predictor_cli():
     """Its args parse with the real CLI parser, and its probes are routes the app has."""
-    from ser import predictor_server
+    from ser.serve import predictor_server
 
     runtimes, _ = _base()
     container = runtimes["ser-predictor"]["spec"]["containers"][0]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from ser.headnet import HeadSpec
-from ser.plus import PlusConfig
-from ser.plusnet import PlusSpec
-from ser.training import TrainConfig
+from ser.study.headnet import HeadSpec
+from ser.study.plus import PlusConfig
+from ser.study.plusnet import PlusSpec
+from ser.study.training import TrainConfig
 
 
 CHANGED = {

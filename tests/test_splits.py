@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ser import splits
-from ser.dataset import FeatureSet
-from ser.features import FeatureSpec
+from ser.study import splits
+from ser.data.dataset import FeatureSet
+from ser.data.features import FeatureSpec
 
 CLASSES = ("happy", "angry", "disgust", "fearful", "sad", "neutral", "surprised")
 
@@ -185,8 +185,8 @@ def test_describe_reports_shared_speakers():
 def _random_corpus(rng: np.random.Generator):
     """A feature set of random size with 2..9 speakers, unbalanced classes and some
     augmented copies (add and replace) of random sources."""
-    from ser.dataset import FeatureSet
-    from ser.features import FeatureSpec
+    from ser.data.dataset import FeatureSet
+    from ser.data.features import FeatureSpec
 
     n_orig = int(rng.integers(30, 120))
     n_spk = int(rng.integers(2, 10))

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from ser import models, settings, steps, track_runs
+from ser import settings, steps
+from ser.adapters import track_runs
+from ser.study import models
 from ser.kubeflow import tasks as pipeline_steps
-from ser.labels import ENGLISH, GREEK
+from ser.data.labels import ENGLISH, GREEK
 from tests.helpers import banded_feature_set
 
 TINY = {"arch": {"cnn": "squirtle", "conv_channels": [8, 8, 8], "fc_features": [32, 32], "dropout": 0.25},

@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from ser import stopping
-from ser.stopping import STAGE1, STAGE2, FoldStopper, Rules, StopDecision, VectorStopping
-from ser.training import EpochRecord
+from ser.study import stopping
+from ser.study.stopping import STAGE1, STAGE2, FoldStopper, Rules, StopDecision, VectorStopping
+from ser.study.training import EpochRecord
 
 NAN = math.nan
 
@@ -222,3 +222,14 @@ def test_after_fold_reports_stops_the_stopper_never_saw():
     for stop, epoch in (("B1", 60), (None, 60), ("B3", 120)):
         replay.after_fold(0.7, 0.7, stopped_by=stop, epoch=epoch)
     assert replay.cap == 60
+
+
+def test_rules_have_one_name_everywhere():
+    """Rankings, logs and the pipeline's recipe table name a stage's rules with the same function."""
+    from dataclasses import replace
+
+    assert stopping.rules_name(replace(stopping.STAGE1, max_epochs=7)) == "stage1"  # a preset, whatever its cap
+    assert stopping.rules_name(stopping.NONE) == "none"
+    mixed = replace(stopping.STAGE2, b=False)
+    assert stopping.rules_name(mixed) == "A:stage2, no B, C3"
+    assert stopping.rules_name(replace(mixed, a=((3, 0.5),), c=None)) == "A:custom, no B, no C"

@@ -1,12 +1,12 @@
-"""ser.store against a real S3 server (SeaweedFS on 127.0.0.1), plus its offline checks."""
+"""ser.adapters.store against a real S3 server (SeaweedFS on 127.0.0.1), plus its offline checks."""
 
 from __future__ import annotations
 
 
 import pytest
 
-from ser.services import free_port
-from ser.store import S3Store, StoreError, parse_uri
+from ser.ops.services import free_port
+from ser.adapters.store import S3Store, StoreError, parse_uri
 from tests.helpers import count_connections
 from tests.servers import TEST_BUCKET, s3_env, s3_server  # noqa: F401  (fixtures)
 

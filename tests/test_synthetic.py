@@ -1,4 +1,4 @@
-"""ser.corpora.synthetic: deterministic, labelled synthetic, real layouts, emotions that differ."""
+"""ser.data.corpora.synthetic: deterministic, labelled synthetic, real layouts, emotions that differ."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from ser import audio
-from ser.corpora import read_marker, scan, select_study
-from ser.corpora import synthetic
+from ser.data import audio
+from ser.data.corpora import read_marker, scan, select_study
+from ser.data.corpora import synthetic
 
 
 def _digests(paths: list[Path], root: Path) -> dict[str, str]:

@@ -22,9 +22,11 @@ import pytest
 import requests
 import torch
 
-from ser import labels, models, serving
+from ser.data import labels
+from ser.serve import serving
+from ser.study import models
 from ser.cli import main as ser_main
-from ser.features import FeatureSpec
+from ser.data.features import FeatureSpec
 from tests.helpers import tone, wav_bytes
 
 pytestmark = pytest.mark.integration
@@ -52,7 +54,7 @@ def built(tmp_path_factory):
 def server(built):
     import psutil
 
-    from ser.torchserve import start
+    from ser.serve.torchserve import start
 
     srv = start(built["mar"], timeout=240)
     pids = [srv.process.pid] + [c.pid for c in psutil.Process(srv.process.pid).children(recursive=True)]
@@ -100,7 +102,7 @@ def test_package_outputs(built):
     assert "model_store=/mnt/models/model-store" in props
     snapshot = json.loads(props.split("model_snapshot=", 1)[1].splitlines()[0])
     assert snapshot["models"]["ser-tiny"]["1.0"]["batchSize"] == BATCH
-    from ser.package import read_runtime
+    from ser.serve.package import read_runtime
 
     assert read_runtime(built["mar"]).backend == "int8"  # the measured default travels in the .mar
 
@@ -268,8 +270,8 @@ def test_rejected_requests_metric(server):
 def test_kserve_envelope(built):
     """The KServe layout's settings (service_envelope=kserve): v1 protocol, base64
     instances, per-instance errors inline, on a second short-lived server."""
-    from ser.package import Runtime
-    from ser.torchserve import start
+    from ser.serve.package import Runtime
+    from ser.serve.torchserve import start
 
     clip = serving.test_clip()
     body = {"instances": [{"data": base64.b64encode(clip).decode()}, {"data": base64.b64encode(clip[:500]).decode()}, {"data": "no audio"}]}
@@ -287,8 +289,8 @@ def test_hard_killed_ser_serve_takes_torchserve_down(built):
     """kill -9 of `ser serve` cannot run its cleanup: TorchServe must still go, ports freed."""
     import psutil
 
-    from ser.services import free_port, port_is_free
-    from ser.torchserve import _die_with_parent
+    from ser.ops.services import free_port, port_is_free
+    from ser.serve.torchserve import _die_with_parent
 
     if not _die_with_parent():
         pytest.skip("setpriv (util-linux) not installed: no parent-death signal on this machine")

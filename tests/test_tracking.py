@@ -1,4 +1,4 @@
-"""ser.tracking and ser.models_uri against a real MLflow server (artifacts proxied to local S3)."""
+"""ser.adapters.tracking and ser.adapters.models_uri against a real MLflow server (artifacts proxied to local S3)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from ser import champion, models, models_uri
-from ser.services import free_port
-from ser.tracking import NullTracker, Tracker, TrackingError
+from ser.adapters import champion, models_uri
+from ser.study import models
+from ser.ops.services import free_port
+from ser.adapters.tracking import NullTracker, Tracker, TrackingError
 from tests.helpers import count_connections
 from tests.servers import mlflow_server, s3_server, tracking_env  # noqa: F401  (fixtures)
 
@@ -22,7 +23,7 @@ LABELS = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
 
 
 @dataclass
-class Epoch:  # shaped like ser.training.EpochRecord
+class Epoch:  # shaped like ser.study.training.EpochRecord
     epoch: int
     train_loss: float
     val_loss: float = math.nan
@@ -68,7 +69,7 @@ def test_unreachable_server_non_strict_warns_once_and_training_finishes(monkeypa
     assert train_a_little(tracker) == 2
     assert tracker.log_model("missing.pt", registered_name="x") is None
     assert tracker.champion_info("x") is None
-    warnings = [r.getMessage() for r in caplog.records if r.name == "ser.tracking" and r.levelname == "WARNING"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "ser.adapters.tracking" and r.levelname == "WARNING"]
     assert len([w for w in warnings if w.startswith("tracking skipped:")]) == 1 and uri in warnings[0]
 
 
@@ -83,7 +84,7 @@ def test_unreachable_server_strict_fails_fast(monkeypatch):
 
 
 def test_unset_uri(monkeypatch, caplog):
-    from ser import tracking
+    from ser.adapters import tracking
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setattr(tracking, "_warned", set())  # the warning is once per process; start afresh

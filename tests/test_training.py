@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from ser import models, stopping
-from ser.dataset import FeatureSet
-from ser.features import FeatureSpec
-from ser.training import EpochRecord, TrainConfig, evaluate, final_train, fit, improvements, resolve_device
+from ser.study import models, stopping
+from ser.data.dataset import FeatureSet
+from ser.data.features import FeatureSpec
+from ser.study.training import EpochRecord, TrainConfig, evaluate, final_train, fit, improvements, resolve_device
 
 TINY = models.ArchSpec(cnn="squirtle", in_size=30, n_classes=4, conv_channels=(8, 8, 8), fc_features=(32, 32), dropout=0.25)
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from ser import models, transfer
-from ser.dataset import FeatureSet
-from ser.features import FeatureSpec
-from ser.training import TrainConfig, fit
+from ser.study import models, transfer
+from ser.data.dataset import FeatureSet
+from ser.data.features import FeatureSpec
+from ser.study.training import TrainConfig, fit
 
 SPEC = models.ArchSpec(cnn="squirtle", in_size=30, n_classes=7, conv_channels=(8, 8, 8), fc_features=(32, 32), dropout=0.4)
 
@@ -132,7 +132,7 @@ def test_cross_validated_cell_uses_the_training_side_only(english):
     run = transfer.cross_validate(english, train, "g", 1e-3, 16, 2, folds=3, seed=0, device="cpu", eval_every=1, progress=False)
     assert run.scored_on == "3-fold CV" and run.subset == "g" and run.lr == 1e-3 and run.batch_size == 16 and run.epochs == 2
     assert 0.0 <= run.accuracy <= 1.0 and run.test_loss > 0
-    from ser import splits
+    from ser.study import splits
 
     per_fold = []
     for k, (tr, va) in enumerate(splits.kfold(train, np.arange(len(train)), 3, seed=0)):

@@ -1,7 +1,7 @@
 """The study's arrows as typed steps: train, evaluate, transfer.
 
 Each step is one function, ``request -> result``, with the tracking session passed in
-(``ser.track_runs.Session``; ``track_runs.open_session("off")`` records nothing). The
+(``ser.adapters.track_runs.Session``; ``track_runs.open_session("off")`` records nothing). The
 command line (``ser train|evaluate|transfer``), the Kubeflow components
 (``ser.kubeflow.tasks``) and the demo call these functions; none of them calls
 another shell. A request is declared once: its fields carry their help text and
@@ -136,8 +136,8 @@ def resolve_config(config: dict[str, Any] | None, preset: str | None, image_size
     """(ArchSpec or another model spec, TrainConfig) from a config dict and/or preset name, sized for the data."""
     from dataclasses import fields
 
-    from ser import models
-    from ser.training import TrainConfig
+    from ser.study import models
+    from ser.study.training import TrainConfig
 
     arch_fields = {f.name for f in fields(models.ArchSpec)}
     train_fields = {f.name for f in fields(TrainConfig)}
@@ -175,7 +175,7 @@ def resolve_config(config: dict[str, Any] | None, preset: str | None, image_size
 
 def load_features(path: str | Path):
     """A feature set for a step, or a StepError that says what to do."""
-    from ser.dataset import FeatureSet
+    from ser.data.dataset import FeatureSet
 
     if not Path(path).is_file():
         raise StepError(f"feature set {path} does not exist (make one with `ser features`)")
@@ -211,8 +211,10 @@ def _run_hash(req: TrainRequest, fs, arch, cfg) -> str:
 def _train_seed(req: TrainRequest, fs, arch, cfg, seed: int, out: Path, session, register: str | None) -> TrainRun:
     import torch
 
-    from ser import files, models, report, splits, track_runs
-    from ser.training import final_train, resolve_device, seed_everything
+    from ser import files
+    from ser.adapters import track_runs
+    from ser.study import models, report, splits
+    from ser.study.training import final_train, resolve_device, seed_everything
 
     cfg = cfg.with_(seed=seed)
     chash = _run_hash(req, fs, arch, cfg)
@@ -312,7 +314,8 @@ def train(req: TrainRequest, session) -> TrainResult:
     found on disk (same configuration) is not trained again; a killed one resumes from
     its checkpoint. Tracking: one "final" run per seed (under a parent with several),
     the first seed's model registered as ``req.register`` with the promotion gate."""
-    from ser import files, report
+    from ser import files
+    from ser.study import report
 
     fs, arch, cfg = _train_setup(req)
     seeds = [req.seed + i for i in range(req.seeds)]
@@ -380,7 +383,7 @@ class EvaluateResult:
 
 def load_model(path: str | Path, device: Any = "cpu"):
     """A model bundle, or a StepError naming the file and what is wrong with it."""
-    from ser import models
+    from ser.study import models
 
     try:
         return models.load_bundle(path, device=device)
@@ -407,9 +410,9 @@ def evaluate(req: EvaluateRequest, session) -> EvaluateResult:
     was tested on when it was trained (the held-out sources of a search, else its split)."""
     import numpy as np
 
-    from ser import report, splits
-    from ser.training import evaluate as score
-    from ser.training import resolve_device
+    from ser.study import report, splits
+    from ser.study.training import evaluate as score
+    from ser.study.training import resolve_device
 
     device = resolve_device(req.device)
     bundle = load_model(req.model, device=device)
@@ -510,7 +513,7 @@ def _transfer_by_cv(req: TransferRequest, bundle, train, test, cells, session, d
     """The study's transfer protocol: every cell scored by k-fold CV on the training
     side (runs.csv), then the best cell trained on the whole training side for
     ``final_epochs`` and tested on the test split (the only use of those rows)."""
-    from ser import report, transfer
+    from ser.study import report, transfer
 
     done = []
     for i, (subset, lr, batch) in enumerate(cells, 1):
@@ -541,7 +544,7 @@ def _transfer_by_cv(req: TransferRequest, bundle, train, test, cells, session, d
 
 def _transfer_on_test(req: TransferRequest, bundle, train, test, cells, session, device) -> tuple[dict[str, Any] | None, list]:
     """Every cell trained on the training side and scored on the test split; the lowest test loss wins."""
-    from ser import report, transfer
+    from ser.study import report, transfer
 
     done: list = []
     best = None
@@ -569,10 +572,10 @@ def transfer(req: TransferRequest, session) -> TransferResult:
     runs.md/.csv (every cell), summary.md/.csv (per subset) and the best run's model.pt,
     metrics.json, learning_curve.png, confusion_matrix.png; tracked as a "transfer" run
     with a child per cell, the model registered as ``req.register`` with the promotion gate."""
-    from ser import models, report, splits
-    from ser import transfer as tl
-    from ser.training import evaluate as score
-    from ser.training import resolve_device
+    from ser.study import models, report, splits
+    from ser.study import transfer as tl
+    from ser.study.training import evaluate as score
+    from ser.study.training import resolve_device
 
     device = resolve_device(req.device)
     bundle = load_model(req.model, device="cpu")

@@ -42,7 +42,7 @@ def _version() -> str:
     try:
         return version("ser")
     except PackageNotFoundError:  # run from a source tree without installing
-        from ser.images import VERSION
+        from ser.ops.images import VERSION
 
         return VERSION
 
@@ -51,7 +51,7 @@ def load_feature_set(path):
     """A feature set file for a command, or a UserError that says what to do."""
     from pathlib import Path
 
-    from ser.dataset import FeatureSet
+    from ser.data.dataset import FeatureSet
 
     if not Path(path).is_file():
         raise UserError(f"feature set {path} does not exist (make one with `ser features`)")

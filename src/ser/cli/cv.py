@@ -1,4 +1,4 @@
-"""`ser cv`: speaker-independent cross-validation of a recipe (ser.crossval)."""
+"""`ser cv`: speaker-independent cross-validation of a recipe (ser.study.crossval)."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def apply_overrides(recipe, pairs: list[str]):
     """``section.field=value`` overrides (values parsed as YAML) on a recipe."""
     import yaml
 
-    from ser.crossval import CVError, override
+    from ser.study.crossval import CVError, override
 
     changes = {}
     for pair in pairs:
@@ -68,7 +68,8 @@ def apply_overrides(recipe, pairs: list[str]):
 def cmd_cv(args: argparse.Namespace) -> int:
     import torch
 
-    from ser import crossval, dataset, metrics, tables
+    from ser.data import dataset, tables
+    from ser.study import crossval, metrics
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -107,7 +107,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_upload(args: argparse.Namespace) -> int:
-    from ser.store import S3Store, StoreError, parse_uri
+    from ser.adapters.store import S3Store, StoreError, parse_uri
 
     if not args.folder.is_dir():
         raise UserError(f"folder not found: {args.folder}")
@@ -123,7 +123,7 @@ def cmd_upload(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from ser.corpora import synthetic
+    from ser.data.corpora import synthetic
 
     files = synthetic.generate(args.out, layout=args.layout, per_class=args.per_class,
                                speakers=args.speakers, seed=args.seed, sample_rate=args.rate)
@@ -132,7 +132,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from ser import corpora
+    from ser.data import corpora
 
     groups: dict[str, list] = {}
     problems = []
@@ -177,7 +177,7 @@ def _print_counts(rows: list) -> None:
 
 
 def cmd_augment(args: argparse.Namespace) -> int:
-    from ser import augment, corpora, tables
+    from ser.data import augment, corpora, tables
 
     try:
         rows = tables.read_rows(args.table)
@@ -211,8 +211,8 @@ def _rate(text: str) -> int | None:
 
 
 def cmd_features(args: argparse.Namespace) -> int:
-    from ser import dataset, encoder, tables
-    from ser.features import FeatureSpec
+    from ser.data import dataset, encoder, tables
+    from ser.data.features import FeatureSpec
 
     try:
         rows = tables.read_rows(args.table)

@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--per-class", type=int, default=40,
                    help="synthetic English recordings per emotion (default 40; Greek gets 60%% of that)")
     p.add_argument("--english", metavar="NAME=DIR", default=None,
-                   help="a real English corpus as distributed instead of the synthetic one, e.g. ravdess=.ser/corpora/ravdess "
+                   help="a real English corpus as distributed instead of the synthetic one, e.g. ravdess=.ser/data/corpora/ravdess "
                    "(get it with `ser fetch ravdess DIR`; `make demo CORPUS=ravdess` does both); the Greek side stays synthetic")
     p.add_argument("--no-mlflow", action="store_true", help="run without the MLflow server (tracking skipped; without the registry nothing is "
                    "promoted: the models are archived as versions and the English one is served from there)")
@@ -50,7 +50,7 @@ def _banner(text: str) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ser import services
+    from ser.ops import services
     from ser.kubeflow import runner as pipeline_runner
 
     english = None
@@ -88,7 +88,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
         what = f"the {english[0]} corpus in {english[1]} (Greek: synthetic)" if english else "SYNTHETIC corpora"
         _banner(f"running the ser_study Kubeflow pipeline locally (kfp SubprocessRunner) on {what}")
-        budgets = pipeline_runner.SMOKE_BUDGETS if args.budget == "smoke" else pipeline_runner.DEMO_BUDGETS
+        budgets = pipeline_runner.preset_params(args.budget)  # src/ser/recipes/pipeline/{demo,smoke}.yaml
         summary = pipeline_runner.run_demo(workdir, s3, mlflow_uri, budgets, parallelism=args.parallelism,
                                            english_per_class=args.per_class,
                                            greek_per_class=max(2, round(0.6 * args.per_class)), english=english)
@@ -117,10 +117,10 @@ def _serve_and_ask(summary: dict, workdir: Path, s3, stack: ExitStack):
     post fresh synthetic recordings to the endpoint; (first answer, recorded server)."""
     import requests
 
-    from ser import services
-    from ser import store as s3store
-    from ser import torchserve
-    from ser.corpora import synthetic
+    from ser.ops import services
+    from ser.adapters import store as s3store
+    from ser.serve import torchserve
+    from ser.data.corpora import synthetic
 
     published = summary.get("published") or {}
     uri = published.get("champion_uri") or published.get("uri")
@@ -156,7 +156,7 @@ def _serve_and_ask(summary: dict, workdir: Path, s3, stack: ExitStack):
 
 
 def _true_label(path: Path) -> str:
-    from ser.corpora import ravdess
+    from ser.data.corpora import ravdess
 
     parsed = ravdess.parse_name(f"{path.parent.name}/{path.name}")
     return parsed.emotion if parsed else "unknown"

@@ -10,7 +10,7 @@ from ser.cli import UserError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ser.fetch import CATALOGUE, describe
+    from ser.data.fetch import CATALOGUE, describe
 
     listing = "\n".join(line for c in CATALOGUE.values() for line in describe(c))
     p = sub.add_parser(
@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    from ser.fetch import FetchError, corpus, fetch
+    from ser.data.fetch import FetchError, corpus, fetch
 
     c = corpus(args.corpus)
     progress = not args.no_progress and sys.stderr.isatty()

@@ -18,8 +18,8 @@ DEFAULT_SERVICE_ACCOUNT = "ser-pipeline-runner"  # manifests/base/pipeline-runs/
 
 
 def _add_build_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--cpu-image", default=None, help="image of the CPU steps (default: ser.images.CPU_IMAGE)")
-    p.add_argument("--gpu-image", default=None, help="image of the GPU steps (default: ser.images.GPU_IMAGE, V100)")
+    p.add_argument("--cpu-image", default=None, help="image of the CPU steps (default: ser.ops.images.CPU_IMAGE)")
+    p.add_argument("--gpu-image", default=None, help="image of the GPU steps (default: ser.ops.images.GPU_IMAGE, V100)")
     p.add_argument("--parallelism", type=int, default=None,
                    help="parameter vectors trained at once per search stage (default 8 for compile/submit, 2 for run-local)")
 
@@ -118,7 +118,7 @@ def cmd_run_local(args: argparse.Namespace) -> int:
         fn = pr.build(args.pipeline, **options)
         params = {**(pr.preset_params(args.preset, fn) if args.preset else {}), **pr.parse_params(args.param, fn)}
         if args.demo:
-            from ser.store import S3Store, StoreError
+            from ser.adapters.store import S3Store, StoreError
 
             try:
                 store = S3Store.from_env()

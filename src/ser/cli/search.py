@@ -75,7 +75,7 @@ command to continue.""",
 
 
 def _load_recipe(args: argparse.Namespace):
-    from ser import recipes, search_space
+    from ser.study import recipes, search_space
 
     try:
         recipe = recipes.load_recipe(args.recipe)
@@ -101,7 +101,7 @@ def _feature_sets(paths: list[Path]):
 
 def _previous(args: argparse.Namespace, first: int, recipe):
     """The ranking the first stage run starts from, checked against this run's split."""
-    from ser import ranking, search_space
+    from ser.study import ranking, search_space
 
     path = args.previous
     if path is None and first > 1:
@@ -150,7 +150,8 @@ def _print_ranking(rows: list[dict], top: int) -> None:
 def cmd_search(args: argparse.Namespace) -> int:
     recipe = _load_recipe(args)
     if args.show_recipe:
-        from ser import files, recipes
+        from ser import files
+        from ser.study import recipes
 
         if args.recipe in recipes.BUILTIN_RECIPES and not any(
             v is not None for v in (args.trials, args.folds, args.epochs, args.seed, args.split, args.test_size)
@@ -167,7 +168,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise UserError("give --out DIR")
     import torch
 
-    from ser import search
+    from ser.study import search
 
     if args.threads:
         torch.set_num_threads(int(args.threads))
@@ -181,7 +182,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     previous = _previous(args, stages[0], recipe)
     tracker = None
     if args.mlflow:
-        from ser import tracking
+        from ser.adapters import tracking
 
         try:
             tracker = tracking.Tracker.from_env(strict=True)

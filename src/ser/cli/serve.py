@@ -37,7 +37,7 @@ def _runtime_options(p: argparse.ArgumentParser, *, defaults: bool) -> None:
     g.add_argument("--workers", type=int, default=d["workers"], metavar="N", help="worker processes, one single-threaded model copy each; one per core measured best" + tail)
     g.add_argument("--batch-size", type=int, default=d["batch"], metavar="N", help="most requests TorchServe hands one worker call; each is validated alone and good ones share one forward pass" + tail)
     g.add_argument("--max-delay-ms", type=int, default=d["delay"], metavar="MS", help="how long TorchServe waits to fill a batch" + tail)
-    from ser.inference import BACKENDS
+    from ser.serve.inference import BACKENDS
 
     g.add_argument(
         "--backend",
@@ -56,7 +56,7 @@ def _register_package(sub) -> None:
             "The .mar holds model.pt unchanged (weights, ArchSpec, labels and the FeatureSpec, so "
             "serving computes exactly the training features), serving/handler.py, and "
             "model-config.yaml (workers, batching, request limits, inference backend). The serving environment needs "
-            "`ser` installed: the handler imports ser.serving."
+            "`ser` installed: the handler imports ser.serve.serving."
         ),
         formatter_class=_Help,
     )
@@ -66,7 +66,7 @@ def _register_package(sub) -> None:
     p.add_argument("--name", help="model name (default: from --out)")
     p.add_argument("--version", default="1.0", help="model version reported in every response")
     p.add_argument("--max-seconds", type=float, default=30.0, help="longest clip one request may send (longer -> 413 too_long)")
-    p.add_argument("--handler", metavar="PATH", help="handler file (default: ser/ts_handler.py of the installed package; serving/handler.py is the same)")
+    p.add_argument("--handler", metavar="PATH", help="handler file (default: ser/serve/ts_handler.py of the installed package; serving/handler.py is the same)")
     _runtime_options(p, defaults=True)
     p.set_defaults(func=run_package)
 
@@ -112,7 +112,7 @@ def _runtime(args, base=None):
     """The Runtime for a package build (``base`` None) or a server (``base``: the .mar's)."""
     from dataclasses import replace
 
-    from ser.package import PackageError, Runtime
+    from ser.serve.package import PackageError, Runtime
 
     given = {"workers": args.workers, "batch_size": args.batch_size, "max_batch_delay_ms": args.max_delay_ms, "backend": args.backend}
     given = {k: v for k, v in given.items() if v is not None}
@@ -126,7 +126,7 @@ def _runtime(args, base=None):
 
 
 def run_package(args) -> int:
-    from ser.package import PackageError, build_mar, kserve_layout
+    from ser.serve.package import PackageError, build_mar, kserve_layout
 
     if args.max_seconds <= 0:
         raise UserError("--max-seconds must be positive")
@@ -145,13 +145,13 @@ def run_package(args) -> int:
 
 
 def run_serve(args) -> int:
-    from ser.package import PackageError
-    from ser.torchserve import ServeError, start
+    from ser.serve.package import PackageError
+    from ser.serve.torchserve import ServeError, start
 
     model = Path(args.model)
     if not model.exists():
         raise UserError(f"{model}: no such .mar, folder or model file")
-    from ser.package import Runtime, read_runtime
+    from ser.serve.package import Runtime, read_runtime
 
     try:
         base = read_runtime(model) if model.suffix == ".mar" else Runtime()
@@ -199,7 +199,7 @@ def _serve_until_stopped(server, what: str, banner, record: tuple[str, Path, Pat
     wait until Ctrl-C, SIGTERM (a supervisor's stop) or `ser services down`, and stop
     ``server`` and drop its record either way; 1 if the server died on its own, with its
     last log lines. ``record``: (service name, data folder, log file)."""
-    from ser import services
+    from ser.ops import services
 
     service, data_dir, log = record
     pid = server.process.pid
@@ -230,8 +230,8 @@ def _serve_until_stopped(server, what: str, banner, record: tuple[str, Path, Pat
 
 def _serve_kserve(args, model: Path, runtime) -> int:
     """``ser serve --server kserve``: the KServe predictor process on 127.0.0.1 until Ctrl-C."""
-    from ser.package import PackageError, model_name_for
-    from ser.predictor_server import start
+    from ser.serve.package import PackageError, model_name_for
+    from ser.serve.predictor_server import start
 
     print(f"starting the KServe predictor for {model} on 127.0.0.1 ({runtime.backend}) ...", flush=True)
     name = model_name_for(model) if model.suffix == ".mar" else "ser"

@@ -61,7 +61,7 @@ def _dirs(root: Path) -> tuple[Path, Path]:
 def _running(root: Path):
     """The S3 and MLflow servers to use: those under ``root``, else the latest recorded
     ones (started by another command, e.g. `ser demo`), else None."""
-    from ser.services import LocalMLflow, LocalS3, recorded_servers, server_from_record
+    from ser.ops.services import LocalMLflow, LocalS3, recorded_servers, server_from_record
 
     s3_dir, ml_dir = _dirs(root)
     s3, ml = LocalS3.attach(s3_dir), LocalMLflow.attach(ml_dir)
@@ -77,7 +77,7 @@ def _running(root: Path):
 
 def _all_running(root: Path) -> list:
     """Every running server: under ``root`` and in the registry, one object per process."""
-    from ser.services import LocalMLflow, LocalS3, recorded_servers, server_from_record
+    from ser.ops.services import LocalMLflow, LocalS3, recorded_servers, server_from_record
 
     found: dict[int, object] = {}
     for cls, path in zip((LocalS3, LocalMLflow), _dirs(root)):
@@ -90,7 +90,7 @@ def _all_running(root: Path) -> list:
 
 
 def _print_env(s3, ml) -> None:
-    from ser.services import export_lines
+    from ser.ops.services import export_lines
 
     env = {**(s3.env() if s3 else {}), **(ml.env() if ml else {})}
     for line in export_lines(env):
@@ -98,7 +98,7 @@ def _print_env(s3, ml) -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from ser.services import DEFAULT_MLFLOW_ARTIFACTS, LocalMLflow, LocalS3, ServiceError, pick_port
+    from ser.ops.services import DEFAULT_MLFLOW_ARTIFACTS, LocalMLflow, LocalS3, ServiceError, pick_port
 
     root = args.dir.expanduser().resolve()
     s3_dir, ml_dir = _dirs(root)
@@ -123,7 +123,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
     _report(s3, ml)
     if args.foreground:
-        from ser.services import wait_while_running
+        from ser.ops.services import wait_while_running
 
         print("\nrunning in the foreground: Ctrl-C or SIGTERM stops them", flush=True)
         try:
@@ -147,7 +147,7 @@ def _report(s3, ml) -> None:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    from ser.services import LocalMLflow, LocalS3
+    from ser.ops.services import LocalMLflow, LocalS3
 
     root = args.dir.expanduser().resolve()
     # Servers that write to S3 (MLflow, TorchServe) first, S3 last.

@@ -54,15 +54,15 @@ def _setup_torch(args: argparse.Namespace) -> None:
 def resolve_model_path(text: str | None) -> Path:
     """A model bundle path from --model / $SER_MODEL: a file, a folder holding
     model.pt, or an MLflow URI (models:/NAME/VERSION, models:/NAME@alias, runs:/ID/PATH)
-    resolved by :func:`ser.models_uri.resolve`."""
+    resolved by :func:`ser.adapters.models_uri.resolve`."""
     text = text or os.environ.get(MODEL_ENV)
     if not text:
         raise UserError(f"no model given: pass --model PATH (or an MLflow models:/ URI), or set {MODEL_ENV}")
     if text.startswith(("models:/", "runs:/")):
         try:
-            from ser import models_uri  # written by the tracking side; optional here
+            from ser.adapters import models_uri  # written by the tracking side; optional here
         except ImportError as exc:
-            raise UserError(f"cannot resolve {text}: MLflow model URIs need ser.models_uri ({exc})") from None
+            raise UserError(f"cannot resolve {text}: MLflow model URIs need ser.adapters.models_uri ({exc})") from None
         try:
             return Path(models_uri.resolve(text))
         except Exception as exc:
@@ -76,7 +76,7 @@ def resolve_model_path(text: str | None) -> Path:
 
 
 def _load_bundle(text: str | None, device: str = "cpu"):
-    from ser import models
+    from ser.study import models
 
     path = resolve_model_path(text)
     try:
@@ -108,9 +108,9 @@ def _fraction_pct(x: float | None) -> str:
 
 
 def _open_tracking(args: argparse.Namespace):
-    """The MLflow session of a command (ser.track_runs); strict tracking that cannot track is a UserError."""
-    from ser import track_runs
-    from ser.tracking import TrackingError
+    """The MLflow session of a command (ser.adapters.track_runs); strict tracking that cannot track is a UserError."""
+    from ser.adapters import track_runs
+    from ser.adapters.tracking import TrackingError
 
     try:
         return track_runs.open_session(args.tracking, args.experiment)
@@ -123,7 +123,7 @@ def _tracking_errors(func):
 
     @functools.wraps(func)
     def wrapper(args: argparse.Namespace) -> int:
-        from ser.tracking import TrackingError
+        from ser.adapters.tracking import TrackingError
 
         try:
             return func(args)
@@ -139,7 +139,7 @@ def _tracking_errors(func):
 def register(sub: argparse._SubParsersAction) -> None:
     from ser import steps
     from ser.settings import add_arguments
-    from ser.track_runs import add_arguments as add_tracking
+    from ser.adapters.track_runs import add_arguments as add_tracking
 
     p = sub.add_parser(
         "train",
@@ -229,7 +229,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _held_out(path: Path) -> tuple[str, ...]:
-    from ser import search
+    from ser.study import search
 
     try:
         return tuple(search.read_held_out(path))
@@ -240,7 +240,8 @@ def _held_out(path: Path) -> tuple[str, ...]:
 @_tracking_errors
 def cmd_train(args: argparse.Namespace) -> int:
     _setup_torch(args)
-    from ser import steps, track_runs
+    from ser import steps
+    from ser.adapters import track_runs
     from ser.settings import from_args
 
     if not args.features.is_file():
@@ -276,7 +277,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     _setup_torch(args)
     from ser import steps
     from ser.settings import from_args
-    from ser.training import resolve_device
+    from ser.study.training import resolve_device
 
     model_path = resolve_model_path(args.model)
     load_feature_set(args.features)
@@ -294,7 +295,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 @_tracking_errors
 def cmd_transfer(args: argparse.Namespace) -> int:
     _setup_torch(args)
-    from ser import report, steps, track_runs
+    from ser import steps
+    from ser.adapters import track_runs
+    from ser.study import report
     from ser.settings import from_args
 
     model_path = resolve_model_path(args.model)
@@ -318,8 +321,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     """The serving handler's own Predictor, run in-process: same decode, same checks,
     same features, same JSON as the endpoint."""
     _setup_torch(args)
-    from ser import serving
-    from ser.training import resolve_device
+    from ser.serve import serving
+    from ser.study.training import resolve_device
 
     model_path, bundle = _load_bundle(args.model, device=resolve_device("cpu"))
     unlimited = serving.Limits(max_seconds=float("inf"), max_timeline_seconds=float("inf"), max_windows=10**9)

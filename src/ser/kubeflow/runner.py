@@ -62,13 +62,13 @@ def pipeline_inputs(pipeline_fn: Any) -> dict[str, dict[str, Any]]:
     return {name: {"type": inp.type, "default": inp.default} for name, inp in (spec.inputs or {}).items()}
 
 
-PRESETS: tuple[str, ...] = ("study",)
+PRESETS: tuple[str, ...] = ("study", "demo", "smoke")
 
 
 def preset_params(name: str, pipeline_fn: Any = None) -> dict[str, Any]:
     """The parameters of a named budget preset (``src/ser/recipes/pipeline/NAME.yaml``:
-    ``study`` carries the study's transfer grid and budgets), checked against the
-    pipeline's inputs."""
+    ``study`` carries the study's transfer grid and budgets, ``demo`` and ``smoke`` the
+    demo's small ones), checked against the pipeline's inputs."""
     from importlib import resources
 
     import yaml
@@ -454,31 +454,6 @@ def submit(host: str, pipeline: str | Any, arguments: Mapping[str, Any] | None =
 # --------------------------------------------------------------------------- demo
 
 
-#: Small budgets that run every step of ser_study on 2 cores in a few minutes: the demo
-#: recipe (SquirtleNET at 5% width), one vector per combination and stage, 2 folds, a
-#: few epochs. Training is cheap at this size (~0.1 s an epoch); steps' start-up is not.
-DEMO_BUDGETS: dict[str, Any] = {
-    "recipe": "demo",
-    "feature_kinds": "mel",
-    "feature_sizes": "30",
-    "folds": 2,
-    "trials_stage1": 1,
-    "trials_stage2": 1,
-    "trials_stage3": 1,
-    "search_epochs": 6,
-    "stage4_epochs": 8,
-    "final_epochs": 40,
-    "final_eval_every": 5,
-    "transfer_freeze": "g",
-    "transfer_lrs": "1e-3",
-    "transfer_batches": "16",
-    "transfer_epochs": 15,
-    "transfer_eval_every": 5,
-    "device": "cpu",
-}
-#: The smallest budgets: every step runs, nothing is learnt (tests, smoke runs).
-SMOKE_BUDGETS: dict[str, Any] = {**DEMO_BUDGETS, "search_epochs": 1, "stage4_epochs": 1, "final_epochs": 2, "final_eval_every": 1,
-                                 "transfer_epochs": 1, "transfer_eval_every": 1}
 #: Files per emotion of the demo corpora (7 English classes, 5 Greek ones).
 DEMO_ENGLISH_PER_CLASS = 16
 DEMO_GREEK_PER_CLASS = 10
@@ -501,7 +476,7 @@ def upload_demo_corpora(store: Any, workdir: str | Path, *, bucket: str = DEMO_D
     ``english`` = (corpus name, folder): a real English corpus as distributed (what
     ``ser fetch`` leaves) goes to ``s3://bucket/corpora/<name>/`` instead of the
     synthetic one; the Greek side stays synthetic (AESDD is not public)."""
-    from ser.corpora import synthetic
+    from ser.data.corpora import synthetic
 
     workdir = Path(workdir)
     store.ensure_bucket(bucket)
@@ -528,8 +503,8 @@ def upload_demo_corpora(store: Any, workdir: str | Path, *, bucket: str = DEMO_D
 
 def demo_arguments(corpora: Mapping[str, str], budgets: Mapping[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
     """ser_study arguments of the demo: the synthetic corpora, no study selection, the
-    synthetic English corpus augmented in place of TESS, and ``budgets`` over DEMO_BUDGETS."""
-    args: dict[str, Any] = {**DEMO_BUDGETS, "select": "all", "augment_corpora": "synthetic-ravdess", "augment_mode": "replace",
+    synthetic English corpus augmented in place of TESS, and ``budgets`` over the demo preset."""
+    args: dict[str, Any] = {**preset_params("demo"), "select": "all", "augment_corpora": "synthetic-ravdess", "augment_mode": "replace",
                             "model_bucket": DEMO_MODEL_BUCKET, "model_name": "ser-english", "mlflow_experiment": "ser-demo"}
     args.update(corpora)
     args.update(budgets or {})
@@ -544,7 +519,7 @@ def run_demo(workdir: str | Path, s3: Any, mlflow_uri: str | None = None, budget
     (``english`` = (name, folder): a real English corpus instead, TESS-style
     augmentation then applying to TESS rows only, as in the study).
 
-    ``s3``: a running :class:`ser.services.LocalS3` (or anything with ``env()`` and
+    ``s3``: a running :class:`ser.ops.services.LocalS3` (or anything with ``env()`` and
     ``store()``); ``mlflow_uri``: a running MLflow server, or None for no tracking.
     The corpora are generated and uploaded first; the winner is published to
     ``s3://ser-models/ser-english/``. Returns where every artifact landed:

@@ -13,11 +13,11 @@ artifact folder that holds the file* (``corpora/...`` in the ingest output,
 the folders a step was given.  Artifact folders therefore stay valid wherever KFP
 downloads them (``/minio/...`` on a cluster, ``local_outputs/...`` locally).
 
-S3 (raw corpora in, published models out) goes through :mod:`ser.store` with the
+S3 (raw corpora in, published models out) goes through :mod:`ser.adapters.store` with the
 endpoint and keys of the environment only (KFP: the secret
 ``mlpipeline-minio-artifact``; locally: the parent process).  MLflow tracking is
 optional: with ``MLFLOW_TRACKING_URI`` unset, or the server down, steps still run.
-The champion, though, is recorded only in MLflow's registry (:mod:`ser.champion`):
+The champion, though, is recorded only in MLflow's registry (:mod:`ser.adapters.champion`):
 without MLflow, nothing is promoted and models are archived as versions only.
 """
 
@@ -110,7 +110,7 @@ def html_page(title: str, images: Sequence[str | Path] = (), body: str = "") -> 
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
-    from ser import report
+    from ser.study import report
 
     return report.markdown_table(rows, columns) if rows else "(no rows)\n"
 
@@ -130,7 +130,7 @@ def _relative(path: str, root: Path) -> str:
 
 def write_table(rows: Iterable[Mapping[str, Any]], folder: str | Path, columns: Sequence[str], name: str = TABLE) -> Path:
     """Write rows to ``folder/name`` with paths under ``folder`` made relative to it."""
-    from ser import tables
+    from ser.data import tables
 
     folder = Path(folder)
     out = [{**row, "path": _relative(str(row["path"]), folder)} for row in rows]
@@ -140,7 +140,7 @@ def write_table(rows: Iterable[Mapping[str, Any]], folder: str | Path, columns: 
 def read_table(folder: str | Path, roots: Sequence[str | Path] = (), name: str = TABLE) -> list[dict]:
     """Rows of ``folder/name`` with each relative path resolved against ``folder`` and
     then ``roots`` (the other artifact folders the table refers to), first hit wins."""
-    from ser import tables
+    from ser.data import tables
 
     folder = Path(folder)
     rows = tables.read_rows(folder / name)
@@ -157,7 +157,7 @@ def read_table(folder: str | Path, roots: Sequence[str | Path] = (), name: str =
 
 
 def table_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    from ser import augment, corpora
+    from ser.data import augment, corpora
 
     cols = list(corpora.COLUMNS)
     if any(k in r for r in rows for k in augment.AUGMENT_COLUMNS):
@@ -186,7 +186,7 @@ def data_fingerprint(data_bucket: str, corpora: str, store: Any = None) -> str:
     step and hands it to ingest, which is then cached exactly while the data is unchanged."""
     import hashlib
 
-    from ser.store import S3Store
+    from ser.adapters.store import S3Store
 
     store = store or S3Store.from_env()
     digest = hashlib.sha256()
@@ -212,11 +212,11 @@ def ingest(data_bucket: str, corpora: str, out_dir: str | Path, select: str = "a
     ``corpora``: ``NAME=PREFIX`` pairs, e.g. ``"ravdess=corpora/ravdess,tess=corpora/tess"``
     or ``"synthetic=corpora/synthetic-ravdess"``. Writes ``out_dir/corpora/NAME/...``
     (the files), ``out_dir/table.csv`` and ``out_dir/problems.csv``.
-    S3 errors (wrong key, missing bucket) raise :class:`ser.store.StoreError`
+    S3 errors (wrong key, missing bucket) raise :class:`ser.adapters.store.StoreError`
     naming the endpoint and bucket.
     """
-    from ser import corpora as corpora_mod
-    from ser.store import S3Store
+    from ser.data import corpora as corpora_mod
+    from ser.adapters.store import S3Store
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -272,7 +272,7 @@ def augment(table_dir: str | Path, out_dir: str | Path, corpora: str = "tess", m
 
     Writes ``out_dir/audio/*.wav`` and ``out_dir/table.csv`` (the originals, whose
     paths refer to ``table_dir``, plus the copies)."""
-    from ser import augment as augment_mod
+    from ser.data import augment as augment_mod
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -307,8 +307,8 @@ def feature_file(kind: str, size: int) -> str:
 
 def features(table_dir: str | Path, out_dir: str | Path, kinds: str = "mel", sizes: str = "60", labels: str = "english", roots: Sequence[str | Path] = (), workers: int | None = None, rate: int | None = 16000) -> dict[str, Any]:
     """One feature set per (kind, size) in ``out_dir/<kind>-<size>.npz``."""
-    from ser import dataset, tables
-    from ser.features import FeatureSpec
+    from ser.data import dataset, tables
+    from ser.data.features import FeatureSpec
 
     import tempfile
 
@@ -344,7 +344,7 @@ def features(table_dir: str | Path, out_dir: str | Path, kinds: str = "mel", siz
 
 def load_features(features_dir: str | Path, kind: str | None = None, size: int | None = None):
     """The feature set of ``kind``/``size`` in a features folder (the only one if None)."""
-    from ser.dataset import FeatureSet
+    from ser.data.dataset import FeatureSet
 
     folder = Path(features_dir)
     if kind is None or size is None:
@@ -400,7 +400,7 @@ def resolve_recipe(recipe: str, out_dir: str | Path, *, seed: int = -1, folds: i
 
     import yaml
 
-    from ser import recipes, search_space
+    from ser.study import recipes, search_space, stopping
 
     if recipe.strip() in recipes.BUILTIN_RECIPES:
         base = recipes.load_recipe(recipe.strip())
@@ -430,26 +430,14 @@ def resolve_recipe(recipe: str, out_dir: str | Path, *, seed: int = -1, folds: i
     write_json(out / "tracking.json", {"parent_run": parent_run or ""})
     (out / "recipe.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(resolved.to_dict())), sort_keys=False), encoding="utf-8")
     lines = [{"stage": n, "kind": st.kind, "vectors": st.vectors if st.kind != "final" else f"best {st.take}",
-              "epochs": st.max_epochs, "rules": _rules_label(st.rules)} for n, st in sorted(stages.items())]
+              "epochs": st.max_epochs, "rules": stopping.rules_name(st.rules)} for n, st in sorted(stages.items())]
     return {"name": resolved.name, "hash": data["hash"], "seed": resolved.seed, "folds": resolved.folds, "stages": sorted(stages),
             "markdown": f"### Search recipe `{resolved.name}` (hash {data['hash']})\n\n{resolved.folds}-fold CV, seed {resolved.seed}, "
                         f"{resolved.split} split, test size {resolved.test_size}\n\n" + markdown_table(lines)}
 
 
-def _rules_label(rules: Any) -> str:
-    """A stage's early-stopping rules in a few words: the preset they equal, else their parts."""
-    from dataclasses import replace
-
-    from ser import stopping
-
-    for name, preset in stopping.PRESETS.items():
-        if replace(preset, max_epochs=rules.max_epochs) == rules:
-            return name
-    return ", ".join(("A" if rules.a else "no A", "B" if rules.b else "no B", rules.c_id or ("C" if rules.c else "no C")))
-
-
 def load_recipe(recipe_dir: str | Path):
-    from ser import recipes
+    from ser.study import recipes
 
     data = read_json(Path(recipe_dir) / RECIPE_FILE)
     source = data.pop("source", "")
@@ -460,8 +448,8 @@ def load_recipe(recipe_dir: str | Path):
 def plan_stage(recipe_dir: str | Path, stage: int, features_dir: str | Path, ranking_dir: str | Path | None = None) -> list[dict[str, Any]]:
     """The parameter vectors stage ``stage`` scores (the items of the pipeline's
     ParallelFor): new random draws, perturbations of the best of ``ranking_dir``, or
-    the best of it again (final stage), exactly as :func:`ser.search.run_stage` picks them."""
-    from ser import ranking, search, search_space
+    the best of it again (final stage), exactly as :func:`ser.study.search.run_stage` picks them."""
+    from ser.study import ranking, search, search_space
 
     recipe = load_recipe(recipe_dir)
     st = recipe.stage(as_int(stage))
@@ -479,9 +467,9 @@ def plan_stage(recipe_dir: str | Path, stage: int, features_dir: str | Path, ran
 
 def _search_rows(features_dir: str | Path, key: tuple[str, int], recipe) -> tuple[Any, Any]:
     """(feature set of ``key``, its training rows under the search's one 80/20 split):
-    :func:`ser.search.search_split` needs the reference set (the first by kind, size)
+    :func:`ser.study.search.search_split` needs the reference set (the first by kind, size)
     and the set itself only."""
-    from ser import search
+    from ser.study import search
 
     keys = feature_keys(features_dir)
     fs = load_features(features_dir, *key)
@@ -495,9 +483,9 @@ def _search_rows(features_dir: str | Path, key: tuple[str, int], recipe) -> tupl
 def train_folds(features_dir: str | Path, recipe_dir: str | Path, item: Mapping[str, Any], out_dir: str | Path, *,
                 device: str = "auto", parent_run: str | None = None) -> dict[str, Any]:
     """k-fold cross-validation of one parameter vector with the stage's early stopping
-    (:func:`ser.search.score_vector`). Writes ``out_dir/result.json`` (ranking row and
+    (:func:`ser.study.search.score_vector`). Writes ``out_dir/result.json`` (ranking row and
     fold details), ``out_dir/work/<id>/fold<k>.json`` and a learning-curve PNG per fold."""
-    from ser import ranking, report, search, search_space
+    from ser.study import ranking, report, search, search_space
 
     torch_threads()
     recipe = load_recipe(recipe_dir)
@@ -534,8 +522,8 @@ def rank_stage(recipe_dir: str | Path, stage: int, result_dirs: Sequence[str | P
                ranking_dir: str | Path | None = None) -> dict[str, Any]:
     """The ranking after stage ``stage``: the scored vectors (merged with the previous
     ranking where the stage says so), written as ``ranking.csv``/``ranking.md`` (and
-    ``winner.json``/``winner_meta.json`` after the final stage) by :func:`ser.search.write_stage`."""
-    from ser import ranking, search, search_space
+    ``winner.json``/``winner_meta.json`` after the final stage) by :func:`ser.study.search.write_stage`."""
+    from ser.study import ranking, search, search_space
 
     recipe = load_recipe(recipe_dir)
     st = recipe.stage(as_int(stage))
@@ -595,7 +583,7 @@ class tracking_run:
         self._run = None
 
     def __enter__(self):
-        from ser import tracking
+        from ser.adapters import tracking
 
         tracker = tracking.Tracker.from_env(experiment=self.experiment)
         if tracker.enabled:
@@ -621,7 +609,7 @@ class tracking_run:
 
 def open_pipeline_run(name: str, params: Mapping[str, Any], experiment: str | None = None) -> str:
     """Create the MLflow run the pipeline's steps nest under; its id, or "" untracked."""
-    from ser import tracking
+    from ser.adapters import tracking
 
     tracker = tracking.Tracker.from_env(experiment=experiment)
     if not tracker.enabled:
@@ -659,7 +647,7 @@ def link_runs(parent_run: str, folders: Sequence[str | Path | None]) -> int:
     runs = recorded_runs(*folders)
     if not parent_run or not runs:
         return 0
-    from ser import tracking
+    from ser.adapters import tracking
 
     if not tracking.Tracker.from_env().enabled:
         return 0
@@ -694,7 +682,7 @@ def configure(s3_endpoint: str = "", mlflow_uri: str = "", experiment: str = "")
 def _session():
     """The steps' MLflow session: auto (tracks when MLFLOW_TRACKING_URI answers; runs nest
     under the step's open run)."""
-    from ser import track_runs
+    from ser.adapters import track_runs
 
     return track_runs.open_session("auto")
 
@@ -703,7 +691,7 @@ def _session():
 
 
 def _history_metrics(history_csv: Path) -> list[dict[str, Any]]:
-    from ser import tables
+    from ser.data import tables
 
     if not history_csv.is_file():
         return []
@@ -735,7 +723,8 @@ def final_train(features_dir: str | Path, out_dir: str | Path, *, ranking_dir: s
     epochs on validation rows carved from the training side, and the test rows are only
     scored. ``out_dir`` gets ``model.pt``, ``metrics.json``, ``learning_curve.png``,
     ``confusion_matrix.png`` ..."""
-    from ser import steps, track_runs
+    from ser import steps
+    from ser.adapters import track_runs
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -778,7 +767,7 @@ def final_train(features_dir: str | Path, out_dir: str | Path, *, ranking_dir: s
 
 
 def _model_feature(model_dir: str | Path) -> tuple[str, int]:
-    from ser.models import load_bundle
+    from ser.study.models import load_bundle
 
     bundle = load_bundle(Path(model_dir) / "model.pt")
     spec = bundle.feature_spec or {}
@@ -816,7 +805,8 @@ def transfer(model_dir: str | Path, features_dir: str | Path, out_dir: str | Pat
     ``cv_folds`` > 0 scores each grid cell by k-fold cross-validation on the training
     side and trains one final model for ``final_epochs`` (the study's rule);
     0 scores the cells on the test split."""
-    from ser import steps, track_runs
+    from ser import steps
+    from ser.adapters import track_runs
 
     kind, size = _model_feature(model_dir)
     fs_path = Path(features_dir) / feature_file(kind, size)
@@ -882,15 +872,16 @@ def write_metadata_files(*artifacts: Any) -> None:
 
 
 def _champion_score(name: str, model_dir: str | Path, features_dir: str | Path, metric: str):
-    """``score(champion_version)`` for :func:`ser.champion.gate`: the registry's champion
+    """``score(champion_version)`` for :func:`ser.adapters.champion.gate`: the registry's champion
     scored on the candidate's own test rows (the sources of its split), on the feature
     set of the champion's own kind and size. Other labels, or that feature set missing
     here: it cannot be scored on these rows (it keeps its place)."""
     import numpy as np
 
-    from ser import champion, models_uri, splits
-    from ser.models import load_bundle
-    from ser.training import evaluate as score
+    from ser.adapters import champion, models_uri
+    from ser.study import splits
+    from ser.study.models import load_bundle
+    from ser.study.training import evaluate as score
 
     def scorer(version: str):
         champ = load_bundle(models_uri.resolve(f"models:/{name}/{version}"))
@@ -917,7 +908,7 @@ def _champion_score(name: str, model_dir: str | Path, features_dir: str | Path, 
 def compare_with_champion(model_dir: str | Path, features_dir: str | Path, metrics: Mapping[str, Any], model_bucket: str,
                           name: str, metric: str = "macro_f1", parent_run: str = "") -> dict[str, Any]:
     """Register the candidate in MLflow as a version of ``name`` (alias challenger) and run
-    the promotion gate (:func:`ser.champion.gate`): the registry's champion is scored on
+    the promotion gate (:func:`ser.adapters.champion.gate`): the registry's champion is scored on
     the candidate's own test rows (same sources, the champion's feature kind and size)
     and ``champion`` moves to the candidate only if its ``metric`` is higher (no champion
     yet: it wins; a champion that cannot be scored on these rows keeps its place). The
@@ -929,7 +920,7 @@ def compare_with_champion(model_dir: str | Path, features_dir: str | Path, metri
     says why); :func:`publish` still archives the model as a version and leaves
     ``name/champion/`` as it is. The returned verdict: promote, candidate, champion
     (-1 when none was scored), champion_version, reason, registry_version, decision."""
-    from ser import champion, tracking
+    from ser.adapters import champion, tracking
 
     candidate = float(metrics[metric])
     base = {"candidate": candidate, "champion": -1.0, "champion_version": None, "registry_version": None}
@@ -959,13 +950,14 @@ def publish(model_dir: str | Path, eval_dir: str | Path | None, model_bucket: st
     ``promote`` (the gate promoted it, :func:`compare_with_champion`): then the S3
     serving copy ``name/champion/`` (the InferenceService's storageUri) and its pointer
     ``name/registry/champion.json`` are made to follow the registry's ``champion``
-    alias (:func:`ser.champion.sync_serving_copy`: whoever the registry names, which is
+    alias (:func:`ser.adapters.champion.sync_serving_copy`: whoever the registry names, which is
     this model unless a later promotion already overtook it). Not promoted: the
     serving copy is left as it is."""
     import hashlib
 
-    from ser import champion, package
-    from ser.store import S3Store
+    from ser.adapters import champion
+    from ser.serve import package
+    from ser.adapters.store import S3Store
 
     store = S3Store.from_env()
     model_pt = Path(model_dir) / "model.pt"

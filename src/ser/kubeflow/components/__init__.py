@@ -2,7 +2,7 @@
 
 Each module exposes ``op(base_image=...)``, a factory that returns the lightweight
 component (``@dsl.component``) built on that image: CPU steps default to
-:data:`ser.images.CPU_IMAGE`, GPU steps to :data:`ser.images.GPU_IMAGE`.  The
+:data:`ser.ops.images.CPU_IMAGE`, GPU steps to :data:`ser.ops.images.GPU_IMAGE`.  The
 component bodies only import ``ser`` (the image has it installed; kfp is not
 pip-installed at run time) and call one function of :mod:`ser.kubeflow.tasks`
 or one ``ser`` command, then hand the numbers to KFP's typed artifacts (Dataset,

@@ -12,13 +12,13 @@ from typing import Callable
 
 from kfp import dsl, kubernetes
 
-from ser import gpu, images
+from ser.ops import gpu, images
 
 CPU_IMAGE = images.CPU_IMAGE
 GPU_IMAGE = images.GPU_IMAGE
 
 #: The KFP artifact-store secret (keys accesskey/secretkey): SeaweedFS since KFP 2.15,
-#: the name kept from MinIO. Mapped to the variables ser.store reads.
+#: the name kept from MinIO. Mapped to the variables ser.adapters.store reads.
 S3_SECRET = "mlpipeline-minio-artifact"
 S3_SECRET_KEYS = {"accesskey": "AWS_ACCESS_KEY_ID", "secretkey": "AWS_SECRET_ACCESS_KEY"}
 
@@ -38,7 +38,7 @@ def with_s3_keys(task: dsl.PipelineTask) -> dsl.PipelineTask:
 
 def on_v100(task: dsl.PipelineTask, gpus: int = 1, cpu: str = "4", memory: str = "16G") -> dsl.PipelineTask:
     """Schedule a GPU step on the V100 node pool: accelerator type and limit, the node
-    selector and the toleration of ``ser.gpu`` (the same the gpu-v100 manifests use),
+    selector and the toleration of ``ser.ops.gpu`` (the same the gpu-v100 manifests use),
     and CPU/memory requests = limits (data loading and the host copy of the model)."""
     cpu_resources(task, cpu=cpu, memory=memory)
     task.set_accelerator_type(gpu.GPU_RESOURCE)

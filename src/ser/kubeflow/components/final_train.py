@@ -30,7 +30,7 @@ def op(base_image: str = GPU_IMAGE):
         without it, ``config`` (ArchSpec/TrainConfig fields or {"preset": ...}) on
         ``feature``/``size``. ``epochs`` 0 keeps the config's; ``seed`` -1 the search's.
         Returns the test macro F1 at the best epoch."""
-        from ser import gpu
+        from ser.ops import gpu
         from ser import files
         from ser.kubeflow import tasks as steps
 

@@ -24,7 +24,7 @@ def op(base_image: str = GPU_IMAGE):
         mean macro F1 over folds. Its MLflow run (if tracked) is recorded in ``result``
         and nested under the pipeline's run by the uncached link step, so no run id
         enters this step's cache key."""
-        from ser import gpu
+        from ser.ops import gpu
         from ser import files
         from ser.kubeflow import tasks as steps
 

@@ -28,7 +28,7 @@ def op(base_image: str = GPU_IMAGE):
     ) -> float:
         """freeze: subsets a..g ("g", "aceg", "all"); lrs / batches comma-separated; cv_folds > 0: cells
         scored by k-fold CV on the training side, then one final model of final_epochs. Returns test macro F1."""
-        from ser import gpu
+        from ser.ops import gpu
         from ser import files
         from ser.kubeflow import tasks as steps
 

@@ -2,7 +2,7 @@
 
 Both are built by factories that take the base images and the fan-out limit
 (``build_study``, ``build_retrain``); the module-level ``ser_study`` and
-``ser_retrain`` use the defaults of :mod:`ser.images`. ``ser pipeline compile``
+``ser_retrain`` use the defaults of :mod:`ser.ops.images`. ``ser pipeline compile``
 writes their YAML; ``ser pipeline run-local`` runs them through kfp's
 SubprocessRunner, unchanged.
 """

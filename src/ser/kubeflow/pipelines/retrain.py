@@ -2,7 +2,7 @@
 beats the registered champion on the same test rows.
 
 ingest (S3) -> augment -> features (the config's kind and size) -> final training ->
-evaluate -> register in MLflow and gate against the registry's champion (ser.champion)
+evaluate -> register in MLflow and gate against the registry's champion (ser.adapters.champion)
 -> dsl.If(promoted): publish (archive, and the S3 serving copy follows the registry).
 Without MLflow nothing is promoted, so nothing is published.
 """

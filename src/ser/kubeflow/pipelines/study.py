@@ -5,7 +5,7 @@ ingest English + Greek corpora (S3) -> augment TESS -> features (English, Greek)
 folds in a ParallelFor (at most ``parallelism`` at once, GPU node pool), rank the
 collected results (and plan the next stage's vectors) -> final training of the
 winner -> evaluate -> Greek transfer -> evaluate -> for each language: register in
-MLflow and gate against the registry's champion (ser.champion) -> publish: archive to
+MLflow and gate against the registry's champion (ser.adapters.champion) -> publish: archive to
 S3, whose serving copy follows the registry (ser-english, ser-greek).
 
 Caching: every step that depends only on data and parameters is cacheable; the

@@ -1,0 +1,1 @@
+"""Thin adapters to the outside: S3 (minio), MLflow tracking and registry, the champion gate."""

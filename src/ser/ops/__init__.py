@@ -1,0 +1,1 @@
+"""Operations: the local S3/MLflow services, the GPU guard, the container images."""

@@ -1,0 +1,147 @@
+"""The ``plus`` recipe's network: a small CNN over log-mel frames that pools over time.
+
+The study's CNNs see a whole utterance squeezed into N x N pixels, so a long and a
+short sentence look alike only after being stretched differently, and the fully
+connected layers (most of their 55 M parameters) learn positions in that picture.
+This network sees log-mel frames at a fixed 10 ms hop: four conv blocks, an average
+over frequency, then statistics pooling over time (attention-weighted mean and
+standard deviation), so its answer does not depend on where in the clip an emotion
+is voiced, and it takes any length.
+
+Training shows it random crops of ``window`` frames (:mod:`ser.study.plus` makes them);
+in eval mode it cuts a longer input into overlapping windows of that length, hop
+``hop``, and averages their logits, so the serving handler, ``ser predict`` and
+``ser predict --timeline`` get exactly what evaluation measured by calling it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ser.settings import Settings
+
+POOLINGS: tuple[str, ...] = ("attention", "mean")
+
+
+@dataclass(frozen=True)
+class PlusSpec(Settings):
+    """Architecture of :class:`PlusNet`; ``in_size`` is the number of mel bands."""
+
+    cnn: str = "plus"
+    in_size: int = 64
+    n_classes: int = 7
+    channels: tuple[int, ...] = (16, 32, 64, 128)
+    dropout: float = 0.3
+    pooling: str = "attention"
+    window: int = 200  #: frames per crop / inference window (2 s at a 10 ms hop)
+    hop: int = 100  #: frames between inference windows (50% overlap)
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "in_size", int(self.in_size))
+        set_(self, "n_classes", int(self.n_classes))
+        set_(self, "channels", tuple(int(c) for c in self.channels))
+        set_(self, "window", int(self.window))
+        set_(self, "hop", int(self.hop))
+        set_(self, "dropout", float(self.dropout))
+        if self.cnn != "plus":
+            raise ValueError(f"PlusSpec is for cnn 'plus', got {self.cnn!r}")
+        if self.n_classes < 2 or not self.channels or min(self.channels) < 1:
+            raise ValueError("n_classes must be at least 2 and channels positive")
+        if self.in_size < 2 ** len(self.channels):
+            raise ValueError(f"{self.in_size} mel bands are too few for {len(self.channels)} pooling blocks")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if not 0 < self.hop <= self.window or self.window < 2 ** len(self.channels):
+            raise ValueError("need 0 < hop <= window, and a window long enough for every pooling block")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+class PlusNet(nn.Module):
+    """(batch, 1, mel bands, frames) -> logits; any number of frames."""
+
+    takes_lengths = True
+
+    def __init__(self, spec: PlusSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        blocks, cin = [], 1
+        for c in spec.channels:
+            blocks += [nn.Conv2d(cin, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            cin = c
+        self.features = nn.Sequential(*blocks)
+        self.attention = nn.Conv1d(cin, 1, 1) if spec.pooling == "attention" else None
+        self.dropout = nn.Dropout(spec.dropout)
+        self.head = nn.Linear(2 * cin, spec.n_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Frames -> one 2C vector per input: mean and deviation over time."""
+        h = self.features(x).mean(dim=2)  # (B, C, T')
+        if self.attention is not None:
+            w = torch.softmax(self.attention(h), dim=-1)
+        else:
+            w = torch.full_like(h[:, :1], 1.0 / h.shape[-1])
+        return weighted_stats(h, w, dim=-1)
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.embed(x)))
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        if self.training:
+            return self.classify(x)
+        return window_logits(self.classify, x, lengths, self.spec.window, self.spec.hop)
+
+
+def weighted_stats(h: torch.Tensor, w: torch.Tensor, dim: int) -> torch.Tensor:
+    """Statistics pooling: the mean and standard deviation of ``h`` over ``dim`` under
+    weights ``w`` (summing to 1 along ``dim``), side by side: (batch, 2 x features)."""
+    mean = (h * w).sum(dim, keepdim=True)
+    std = ((h - mean).pow(2) * w).sum(dim).clamp_min(1e-6).sqrt()
+    return torch.cat([mean.squeeze(dim), std], dim=1)
+
+
+def window_starts(length: int, window: int, hop: int) -> list[int]:
+    """Starts of the inference windows over ``length`` frames: every ``hop`` frames,
+    the last one flush with the end; one window when the input is not longer."""
+    if length <= window:
+        return [0]
+    starts = list(range(0, length - window + 1, hop))
+    if starts[-1] != length - window:
+        starts.append(length - window)
+    return starts
+
+
+def window_logits(classify, x: torch.Tensor, lengths: torch.Tensor | None, window: int, hop: int) -> torch.Tensor:
+    """Mean logits over the overlapping windows of each row's valid frames (a row
+    shorter than a window is zero-padded to one)."""
+    n, width = x.shape[0], x.shape[-1]
+    lengths_list = [width] * n if lengths is None else [max(1, min(width, int(v))) for v in lengths]
+    crops, owner = [], []
+    for i, length in enumerate(lengths_list):
+        for start in window_starts(length, window, hop):
+            crop = x[i, :, :, start : min(start + window, length)]
+            if crop.shape[-1] < window:
+                crop = F.pad(crop, (0, window - crop.shape[-1]))
+            crops.append(crop)
+            owner.append(i)
+    logits = classify(torch.stack(crops))
+    index = torch.tensor(owner, device=logits.device)
+    total = torch.zeros(n, logits.shape[1], device=logits.device, dtype=logits.dtype).index_add_(0, index, logits)
+    counts = torch.bincount(index, minlength=n).to(logits.dtype).unsqueeze(1)
+    return total / counts
+
+
+def batch_frames(images: "list[np.ndarray]") -> tuple[torch.Tensor, torch.Tensor]:
+    """(M, T_i) arrays of any widths -> a (n, 1, M, max T) batch padded on the right and
+    the valid widths: what the network takes from a server's batch of requests."""
+    width = max(image.shape[-1] for image in images)
+    batch = torch.zeros(len(images), 1, images[0].shape[0], width)
+    for i, image in enumerate(images):
+        batch[i, 0, :, : image.shape[-1]] = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+    return batch, torch.tensor([image.shape[-1] for image in images])

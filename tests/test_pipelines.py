@@ -106,6 +106,19 @@ def test_the_study_preset_carries_the_studys_transfer_budgets_to_the_transfer_st
         pr.preset_params("fast")
 
 
+def test_the_runner_finds_outputs_by_the_pipelines_own_names(compiled):
+    """ser_study names the outputs worth pointing at; each is a task of the compiled
+    pipeline with that output artifact, so no folder name is hard-coded in the runner."""
+    spec, _ = compiled["ser_study"]
+    tasks = _tasks(spec)
+    named = pr.build("ser_study").named_outputs
+    assert {"final_model", "english_evaluation", "greek_model", "ranking_stage4", "published", "greek_published"} <= set(named)
+    for key, (task, output) in named.items():
+        assert task in tasks, key
+        component = spec["components"][tasks[task]["componentRef"]["name"]]
+        assert output in component["outputDefinitions"]["artifacts"], key
+
+
 def test_the_demo_budgets_are_recipe_files_the_pipeline_takes():
     """`ser demo` and `--preset demo|smoke` read src/ser/recipes/pipeline/{demo,smoke}.yaml;
     every key is a parameter of ser_study (an unknown one is refused by name)."""
@@ -163,7 +176,7 @@ def study_run(s3_server, mlflow_server, tmp_path_factory):  # noqa: F811
 def test_study_runs_end_to_end_locally(study_run, mlflow_server):  # noqa: F811
     run, summary, store = study_run["run"], study_run["summary"], study_run["store"]
     arts = summary["artifacts"]
-    assert set(arts) == set(pr._KEY_OUTPUTS)  # every step ran and left its outputs
+    assert set(arts) == set(pr.build("ser_study").named_outputs)  # every step ran and left its outputs
     for stage in (1, 2, 3, 4):
         assert (Path(arts[f"ranking_stage{stage}"]) / "ranking.csv").is_file()
     assert (Path(arts["ranking_stage4"]) / "winner.json").is_file()

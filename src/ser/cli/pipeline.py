@@ -139,7 +139,7 @@ def cmd_run_local(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
     if run.cached:
         print(f"taken from the cache (not run again): {', '.join(run.cached)}")
-    summary = pr.summarize_study(run) if args.pipeline == "ser_study" else run.to_dict()
+    summary = pr.summarize_study(run, fn) if args.pipeline == "ser_study" else run.to_dict()
     if args.json:
         print(json.dumps(summary, indent=1, default=str))
     elif args.pipeline == "ser_study":

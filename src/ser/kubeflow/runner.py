@@ -536,36 +536,14 @@ def run_demo(workdir: str | Path, s3: Any, mlflow_uri: str | None = None, budget
     threads = max(1, (os.cpu_count() or 2) // max(1, parallelism))
     run = run_local(pipeline_fn, arguments, workdir / "local_outputs", env=env, threads_per_task=threads,
                     log=workdir / "logs" / "ser_study.log", echo=echo)
-    return summarize_study(run)
+    return summarize_study(run, pipeline_fn)
 
 
-#: ser_study's task folders and outputs worth pointing at.
-_KEY_OUTPUTS = {
-    "english_table": ("ingest", "table"),
-    "greek_table": ("ingest-2", "table"),
-    "augmented_table": ("augment", "augmented"),
-    "english_features": ("features", "features"),
-    "greek_features": ("features-2", "features"),
-    "recipe": ("search-recipe", "resolved"),
-    "ranking_stage1": ("rank-stage", "ranking"),
-    "ranking_stage2": ("rank-stage-2", "ranking"),
-    "ranking_stage3": ("rank-stage-3", "ranking"),
-    "ranking_stage4": ("rank-stage-4", "ranking"),
-    "final_model": ("final-train", "model"),
-    "english_evaluation": ("evaluate", "report"),
-    "greek_model": ("transfer", "tuned"),
-    "greek_evaluation": ("evaluate-2", "report"),
-    "champion_verdict": ("compare-champion", "verdict"),
-    "published": ("publish", "published"),
-    "greek_champion_verdict": ("compare-champion-2", "verdict"),
-    "greek_published": ("publish-2", "published"),
-}
-
-
-def summarize_study(run: LocalRun) -> dict[str, Any]:
-    """The key artifacts of a local ser_study run, its scores and what was published."""
+def summarize_study(run: LocalRun, pipeline_fn: Any = None) -> dict[str, Any]:
+    """The key artifacts of a local ser_study run (by the pipeline's own names for them,
+    ``named_outputs``), its scores and what was published."""
     artifacts = {}
-    for key, (task, output) in _KEY_OUTPUTS.items():
+    for key, (task, output) in (pipeline_fn or build("ser_study")).named_outputs.items():
         path = run.tasks.get(task, {}).get(output)
         if path:
             artifacts[key] = path

@@ -41,6 +41,7 @@ def build_study(cpu_image: str = CPU_IMAGE, gpu_image: str = GPU_IMAGE, parallel
     fingerprint_op, link_op = ingest.fingerprint_op(cpu_image), track.link_op(cpu_image)
     folds_op, final_op, transfer_op = train_folds.op(gpu_image), final_train.op(gpu_image), transfer.op(gpu_image)
     evaluate_op, compare_op, publish_op = evaluate.op(cpu_image), publish.compare_op(cpu_image), publish.op(cpu_image)
+    named: dict[str, tuple] = {}  # the pipeline's own names for outputs worth pointing at: (task, output)
 
     @dsl.pipeline(
         name="ser-study",
@@ -138,6 +139,7 @@ def build_study(cpu_image: str = CPU_IMAGE, gpu_image: str = GPU_IMAGE, parallel
             ranked = rank_op(stage=stage, next_stage=stage + 1 if stage < stages else 0, recipe=rec.outputs["resolved"],
                              features=en_feat.outputs["features"], results=dsl.Collected(fold_task.outputs["result"]), **extra)
             ranked.set_display_name(f"stage {stage}: rank" + (f" + stage {stage + 1} plan" if stage < stages else ""))
+            named[f"ranking_stage{stage}"] = (ranked, "ranking")
             cpu_resources(ranked, cpu="1", memory="2G")
             time_limit(ranked, minutes=15)
             ranking, vectors = ranked.outputs["ranking"], ranked.outputs["Output"]
@@ -186,12 +188,22 @@ def build_study(cpu_image: str = CPU_IMAGE, gpu_image: str = GPU_IMAGE, parallel
             pub.set_display_name(f"publish {lang}").set_caching_options(False)
             pub.after(*published)  # one publication at a time: the registry sees them in order
             published.append(pub)
+            prefix = "" if lang == "English" else "greek_"
+            named[f"{prefix}champion_verdict"], named[f"{prefix}published"] = (cmp, "verdict"), (pub, "published")
             for task in (cmp, pub):
                 with_s3_keys(task)
                 retry_io(task)
                 cpu_resources(task, cpu="1", memory="4G")
                 time_limit(task, minutes=30)
 
+        named.update(english_table=(en, "table"), greek_table=(gr, "table"), augmented_table=(aug, "augmented"),
+                     english_features=(en_feat, "features"), greek_features=(gr_feat, "features"), recipe=(rec, "resolved"),
+                     final_model=(final, "model"), english_evaluation=(ev_en, "report"), greek_model=(tr, "tuned"),
+                     greek_evaluation=(ev_gr, "report"))
+
+    # Task names as the compiler made them ("ingest-2", "rank-stage-3"): the runner finds
+    # a local run's outputs through these, never through hard-coded folder names.
+    ser_study.named_outputs = {key: (task.name, output) for key, (task, output) in named.items()}
     return ser_study
 
 

@@ -158,15 +158,20 @@ class Tracker:
 
     @contextmanager
     def run(self, name: str, kind: str = "stage", params: Mapping[str, Any] | None = None,
-            tags: Mapping[str, Any] | None = None) -> Iterator[Any]:
-        """Open a run nested in the current one (if any); tagged ``ser.kind``; yields mlflow's ActiveRun."""
+            tags: Mapping[str, Any] | None = None, parent: str | None = None,
+            system_metrics: bool | None = None) -> Iterator[Any]:
+        """Open a run (the one way ser opens an MLflow run): under ``parent`` (a run id,
+        e.g. a pipeline's run) when given, else nested in the current one (if any);
+        tagged ``ser.kind``; system metrics for final/transfer kinds unless
+        ``system_metrics`` says otherwise; yields mlflow's ActiveRun."""
         import mlflow
 
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         all_tags = {"ser.kind": kind, **{k: str(v) for k, v in (tags or {}).items()}}
-        with mlflow.start_run(run_name=name, nested=mlflow.active_run() is not None, tags=all_tags,
-                              log_system_metrics=True if kind in SYSTEM_METRIC_KINDS else None) as active:
+        system = kind in SYSTEM_METRIC_KINDS if system_metrics is None else system_metrics
+        with mlflow.start_run(run_name=name, nested=parent is None and mlflow.active_run() is not None, parent_run_id=parent or None,
+                              tags=all_tags, log_system_metrics=True if system else None) as active:
             if params:
                 mlflow.log_params(_flatten(params))
             yield active

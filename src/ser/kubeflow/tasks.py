@@ -580,31 +580,30 @@ class tracking_run:
                  record_dir: str | Path | None = None) -> None:
         self.parent, self.name, self.kind, self.tags, self.experiment = parent or None, name, kind, dict(tags or {}), experiment
         self.record_dir = Path(record_dir) if record_dir is not None else None
-        self._run = None
+        self._stack = None
 
     def __enter__(self):
+        from contextlib import ExitStack
+
         from ser.adapters import tracking
 
         tracker = tracking.Tracker.from_env(experiment=self.experiment)
         if tracker.enabled:
-            import mlflow
-
+            self._stack = ExitStack()
             try:
-                self._run = mlflow.start_run(run_name=self.name, parent_run_id=self.parent,
-                                             tags={"ser.kind": self.kind, **{k: str(v) for k, v in self.tags.items()}})
+                active = self._stack.enter_context(tracker.run(self.name, self.kind, tags=self.tags, parent=self.parent,
+                                                               system_metrics=False))  # the step's own runs sample them
             except Exception as exc:  # a parent from another server, a server that went away: go on untracked
+                self._stack = None
                 log.warning("tracking skipped: cannot open run %r (%s)", self.name, exc)
                 return tracking.NullTracker(str(exc))
             if self.record_dir is not None:
-                write_json(self.record_dir / RUN_FILE, {"run_id": self._run.info.run_id, "name": self.name,
-                                                        "tracking_uri": mlflow.get_tracking_uri()})
+                write_json(self.record_dir / RUN_FILE, {"run_id": active.info.run_id, "name": self.name, "tracking_uri": tracker.uri})
         return tracker
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if self._run is not None:
-            import mlflow
-
-            mlflow.end_run(status="FAILED" if exc_type else "FINISHED")
+        if self._stack is not None:
+            self._stack.__exit__(exc_type, exc, tb)  # the run ends FAILED when the step failed
 
 
 def open_pipeline_run(name: str, params: Mapping[str, Any], experiment: str | None = None) -> str:
@@ -614,11 +613,8 @@ def open_pipeline_run(name: str, params: Mapping[str, Any], experiment: str | No
     tracker = tracking.Tracker.from_env(experiment=experiment)
     if not tracker.enabled:
         return ""
-    import mlflow
-
     try:
-        with mlflow.start_run(run_name=name, tags={"ser.kind": "stage", "ser.pipeline": name}) as run:
-            mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+        with tracker.run(name, "stage", params={k: str(v)[:500] for k, v in params.items()}, tags={"ser.pipeline": name}) as run:
             return run.info.run_id
     except Exception as exc:
         log.warning("tracking skipped: cannot open the pipeline run (%s)", exc)

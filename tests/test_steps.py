@@ -17,6 +17,7 @@ from ser.study import models
 from ser.kubeflow import tasks as pipeline_steps
 from ser.data.labels import ENGLISH, GREEK
 from tests.helpers import banded_feature_set
+from tests.servers import s3_server  # noqa: F401  (fixture)
 
 TINY = {"arch": {"cnn": "squirtle", "conv_channels": [8, 8, 8], "fc_features": [32, 32], "dropout": 0.25},
         "train": {"batch_size": 16, "lr": 0.002, "epochs": 3}}
@@ -124,3 +125,25 @@ def test_a_request_declares_its_flags_and_its_json_once():
     assert req.split == "speaker" and req.seeds == 2 and req.keep_checkpoint and req.test_size == 0.2
     back = steps.TrainRequest.from_dict(json.loads(json.dumps(req.to_dict(), default=str)))
     assert back == req and isinstance(back.features, Path)
+
+
+@pytest.mark.integration
+def test_publish_is_a_library_call_with_the_store_passed_in(data, tmp_path, s3_server):  # noqa: F811
+    """A version is archived (.mar, KServe layout, model.pt, metrics.json) through the
+    store the caller gives; not promoted, the serving copy is not touched."""
+    _, english, _ = data
+    steps.train(steps.TrainRequest(features=english, out=tmp_path / "model", config=TINY, device="cpu", progress=False), off())
+    store = s3_server.store()
+    store.ensure_bucket("steps-models")
+    req = steps.PublishRequest(model_dir=tmp_path / "model", bucket="steps-models", name="steps-test", out=tmp_path / "pub",
+                               version="v1")
+    info = steps.publish(req, store).info
+    keys = {k for k, _ in store.list("steps-models", "steps-test/")}
+    assert info["uri"] == "s3://steps-models/steps-test/versions/v1" and not info["promoted"]
+    assert {"steps-test/versions/v1/model.pt", "steps-test/versions/v1/metrics.json",
+            "steps-test/versions/v1/model-store/steps-test.mar"} <= keys
+    assert not any(k.startswith("steps-test/champion/") for k in keys)
+    assert json.loads((tmp_path / "pub" / "published.json").read_text())["metrics"]["accuracy"] == pytest.approx(
+        json.loads((tmp_path / "model" / "metrics.json").read_text())["accuracy"])
+    with pytest.raises(steps.StepError, match="no model.pt"):
+        steps.publish(req.with_(model_dir=tmp_path / "nowhere"), store)

@@ -1,4 +1,4 @@
-"""The study's arrows as typed steps: train, evaluate, transfer.
+"""The arrows of the data path as typed steps: train, evaluate, transfer, publish.
 
 Each step is one function, ``request -> result``, with the tracking session passed in
 (``ser.adapters.track_runs.Session``; ``track_runs.open_session("off")`` records nothing). The
@@ -629,3 +629,75 @@ def transfer(req: TransferRequest, session) -> TransferResult:
                           test_set={"features": str(req.features), "split": req.split, "seed": req.seed, "test_size": req.test_size},
                           config_hash=meta["config_hash"])
     return TransferResult(out, data, rows)
+
+
+# --------------------------------------------------------------------------- publish
+
+
+@dataclass(frozen=True)
+class PublishRequest(Settings):
+    """An archived model version in the model bucket, and the serving copy when promoted."""
+
+    model_dir: Path = option(cli=False, help="folder holding model.pt (and its metrics.json)")
+    bucket: str = option(cli=False, help="model bucket")
+    name: str = option(cli=False, help="model name: the prefix in the bucket, the registered model in MLflow")
+    out: Path = option(cli=False, help="local staging folder (versions/<version>/, published.json)")
+    metrics_dir: Path | None = option(None, cli=False, help="folder whose metrics.json goes with the version (an evaluation); default model_dir's")
+    promote: bool = option(False, cli=False, help="the promotion gate made it champion: make name/champion/ follow the registry")
+    version: str = option("", cli=False, help="version label (default: UTC time and the model's hash)")
+    registry_version: str = option("", cli=False, help="its version in the MLflow registry, recorded with it")
+
+    def __post_init__(self) -> None:
+        _as_paths(self, "model_dir", "out", "metrics_dir")
+
+
+@dataclass
+class PublishResult:
+    info: dict[str, Any]  # name, version, uri, files, promoted, metrics (+ champion_uri/champion_version when promoted)
+
+
+def publish(req: PublishRequest, store) -> PublishResult:
+    """Archive a model: TorchServe .mar + KServe layout under
+    ``s3://bucket/name/versions/<version>/`` (with model.pt and metrics.json), through
+    ``store`` (:class:`ser.adapters.store.S3Store`). Promoted (by
+    :func:`ser.adapters.champion.gate`): the S3 serving copy ``name/champion/`` (the
+    InferenceService's storageUri) and its pointer ``name/registry/champion.json`` are
+    made to follow the registry's ``champion`` alias
+    (:func:`ser.adapters.champion.sync_serving_copy`: whoever the registry names, which
+    is this model unless a later promotion already overtook it). Not promoted: the
+    serving copy is left as it is. Writes ``out/published.json``."""
+    import time
+
+    from ser.adapters import champion
+    from ser.files import read_json, write_json
+    from ser.serve import package
+    from ser.study import report
+
+    model_pt = req.model_dir / "model.pt"
+    if not model_pt.is_file():
+        raise StepError(f"{req.model_dir} holds no model.pt to publish")
+    metrics = read_json((req.metrics_dir or req.model_dir) / "metrics.json")
+    digest = hashlib.sha256(model_pt.read_bytes()).hexdigest()[:8]
+    version = req.version or time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + f"-{digest}"
+    stage = req.out / "versions" / version
+    stage.mkdir(parents=True, exist_ok=True)
+    mar = package.build_mar(req.model_dir, stage / f"{req.name}.mar", name=req.name, version="1.0")
+    package.kserve_layout(mar, stage)
+    shutil.copyfile(model_pt, stage / "model.pt")
+    write_json(stage / "metrics.json", {**metrics, **({"registry_version": req.registry_version} if req.registry_version else {})})
+    prefix = f"{req.name}/versions/{version}"
+    keys = store.upload_dir(stage, req.bucket, prefix, progress=False)
+    info: dict[str, Any] = {"name": req.name, "version": version, "uri": f"s3://{req.bucket}/{prefix}", "files": len(keys),
+                            "promoted": req.promote, "metrics": report.scalars(metrics)}
+    if req.registry_version:
+        info["registry_version"] = req.registry_version
+    if req.promote:
+        pointer = champion.sync_serving_copy(req.name, store, req.bucket)
+        if pointer is None:
+            raise champion.ChampionError(f"{req.name} was promoted but the MLflow registry names no champion: "
+                                         "is MLFLOW_TRACKING_URI the server the gate used?")
+        write_json(req.out / "champion.json", pointer)
+        info["champion_uri"] = pointer["storage_uri"]
+        info["champion_version"] = pointer["version"]
+    write_json(req.out / "published.json", info)
+    return PublishResult(info)

@@ -838,16 +838,6 @@ def training_report(out_dir: str | Path, title: str, metrics: Mapping[str, Any])
     return html_page(title, images, table + extra)
 
 
-def kfp_scalars(metrics: Mapping[str, Any], keys: Sequence[str] = ("accuracy", "ua", "macro_f1", "loss", "best_epoch")) -> dict[str, float]:
-    """The numbers of a metrics dict that KFP's Metrics artifact can show."""
-    out = {}
-    for key in keys:
-        value = metrics.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(float(value)):
-            out[key] = float(value)
-    return out
-
-
 def write_metadata_files(*artifacts: Any) -> None:
     """Write each artifact's metadata as JSON at its path (call last, after log_metric /
     log_confusion_matrix).
@@ -940,46 +930,13 @@ def compare_with_champion(model_dir: str | Path, features_dir: str | Path, metri
 
 def publish(model_dir: str | Path, eval_dir: str | Path | None, model_bucket: str, name: str, out_dir: str | Path, *,
             promote: bool = True, version: str = "", registry_version: str = "") -> dict[str, Any]:
-    """Archive a model: TorchServe .mar + KServe layout under
-    ``s3://model_bucket/name/versions/<version>/`` (with model.pt and metrics.json).
-
-    ``promote`` (the gate promoted it, :func:`compare_with_champion`): then the S3
-    serving copy ``name/champion/`` (the InferenceService's storageUri) and its pointer
-    ``name/registry/champion.json`` are made to follow the registry's ``champion``
-    alias (:func:`ser.adapters.champion.sync_serving_copy`: whoever the registry names, which is
-    this model unless a later promotion already overtook it). Not promoted: the
-    serving copy is left as it is."""
-    import hashlib
-
-    from ser.adapters import champion
-    from ser.serve import package
+    """:func:`ser.steps.publish` to the S3 store of the step's environment: the .mar and
+    KServe layout under ``s3://model_bucket/name/versions/<version>/``; ``promote`` (the
+    gate promoted it, :func:`compare_with_champion`): the serving copy follows the
+    registry's champion."""
+    from ser import steps
     from ser.adapters.store import S3Store
 
-    store = S3Store.from_env()
-    model_pt = Path(model_dir) / "model.pt"
-    metrics = read_json(Path(eval_dir) / "metrics.json") if eval_dir else read_json(Path(model_dir) / "metrics.json")
-    digest = hashlib.sha256(model_pt.read_bytes()).hexdigest()[:8]
-    version = version or time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + f"-{digest}"
-    out = Path(out_dir)
-    stage = out / "versions" / version
-    stage.mkdir(parents=True, exist_ok=True)
-    mar = package.build_mar(model_dir, stage / f"{name}.mar", name=name, version="1.0")
-    package.kserve_layout(mar, stage)
-    shutil.copyfile(model_pt, stage / "model.pt")
-    write_json(stage / "metrics.json", {**metrics, **({"registry_version": registry_version} if registry_version else {})})
-    prefix = f"{name}/versions/{version}"
-    keys = store.upload_dir(stage, model_bucket, prefix, progress=False)
-    info: dict[str, Any] = {"name": name, "version": version, "uri": f"s3://{model_bucket}/{prefix}", "files": len(keys),
-                            "promoted": bool(promote), "metrics": kfp_scalars(metrics)}
-    if registry_version:
-        info["registry_version"] = str(registry_version)
-    if promote:
-        pointer = champion.sync_serving_copy(name, store, model_bucket)
-        if pointer is None:
-            raise champion.ChampionError(f"{name} was promoted but the MLflow registry names no champion: "
-                                         "is MLFLOW_TRACKING_URI the server the gate used?")
-        write_json(out / "champion.json", pointer)
-        info["champion_uri"] = pointer["storage_uri"]
-        info["champion_version"] = pointer["version"]
-    write_json(out / "published.json", info)
-    return info
+    req = steps.PublishRequest(model_dir=Path(model_dir), metrics_dir=Path(eval_dir) if eval_dir else None, bucket=model_bucket, name=name,
+                               out=Path(out_dir), promote=bool(promote), version=version, registry_version=str(registry_version or ""))
+    return steps.publish(req, S3Store.from_env()).info

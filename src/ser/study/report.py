@@ -58,6 +58,17 @@ def metrics(evaluation: Any, *, best_epoch: int | None, seed: int | None, split:
     return jsonable(data)
 
 
+def scalars(metrics: Mapping[str, Any], keys: Sequence[str] = ("accuracy", "ua", "macro_f1", "loss", "best_epoch")) -> dict[str, float]:
+    """The plain numbers of a metrics dict (for KFP's Metrics artifact, a published
+    version's summary): NaN, None, booleans and missing keys are left out."""
+    out = {}
+    for key in keys:
+        value = metrics.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(float(value)):
+            out[key] = float(value)
+    return out
+
+
 def write_metrics(path: str | Path, data: Mapping[str, Any]) -> Path:
     """metrics.json, NaN written as null (strict JSON readers refuse NaN)."""
     return write_json(path, data)

@@ -23,11 +23,12 @@ def op(base_image: str = CPU_IMAGE):
         ``mlflow_experiment`` (the pipeline's) and is nested by the link step. Returns
         macro F1."""
         from ser import files
+        from ser.study.report import scalars
         from ser.kubeflow import tasks as steps
 
         steps.configure(mlflow_uri=mlflow_uri, experiment=mlflow_experiment)
         data = steps.evaluate(model.path, features.path, report.path, rows=rows)
-        for key, value in steps.kfp_scalars(data).items():
+        for key, value in scalars(data).items():
             metrics.log_metric(key, value)
         confusion.log_confusion_matrix(list(data["labels"]), data["confusion_matrix"])
         files.write_text(page.path, steps.training_report(report.path, f"evaluation ({rows} rows)", data))

@@ -47,23 +47,6 @@ def _version() -> str:
         return VERSION
 
 
-def load_feature_set(path):
-    """A feature set file for a command, or a UserError that says what to do."""
-    from pathlib import Path
-
-    from ser.data.dataset import FeatureSet
-
-    if not Path(path).is_file():
-        raise UserError(f"feature set {path} does not exist (make one with `ser features`)")
-    try:
-        fs = FeatureSet.load(path)
-    except (ValueError, KeyError) as exc:
-        raise UserError(f"{path} is not a feature set file: {exc}") from None
-    if len(fs) == 0:
-        raise UserError(f"feature set {path} holds no rows")
-    return fs
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ser",

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ser.cli import UserError, load_feature_set
+from ser.cli import UserError
+from ser.steps import load_features
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -105,7 +106,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
             if len(rep.problems) > 5:
                 print(f"  ... and {len(rep.problems) - 5} more skipped rows")
         else:
-            fs = load_feature_set(args.features)
+            fs = load_features(args.features)
             if not fs.spec.matches(variant.features):
                 raise UserError(f"{args.features} was extracted with {fs.spec.to_dict()}, the recipe needs {variant.features.to_dict()}: "
                                 "pass --table to extract it")

@@ -11,7 +11,8 @@ import json
 import sys
 from pathlib import Path
 
-from ser.cli import UserError, load_feature_set
+from ser.cli import UserError
+from ser.steps import load_features
 
 STAGES = ("1", "2", "3", "4", "all")
 
@@ -88,7 +89,7 @@ def _load_recipe(args: argparse.Namespace):
 def _feature_sets(paths: list[Path]):
     sets, sources = {}, {}
     for path in paths:
-        fs = load_feature_set(path)
+        fs = load_features(path)
         key = (fs.spec.kind, int(fs.images.shape[-1]))
         if key in sets:
             raise UserError(f"{path} and {sources[key]} are both {key[0]} {key[1]}x{key[1]}: give one file per kind and size")

@@ -19,7 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ser.cli import UserError, load_feature_set
+from ser.cli import UserError
+from ser.steps import load_features
 
 MODEL_ENV = "SER_MODEL"
 DEVICES = ("auto", "cpu", "cuda")
@@ -244,10 +245,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ser.adapters import track_runs
     from ser.settings import from_args
 
-    if not args.features.is_file():
-        load_feature_set(args.features)  # the CLI's own message for a missing or foreign file
     held = _held_out(args.held_out) if args.held_out else ()
-    fs_labels = load_feature_set(args.features).label_names
+    fs_labels = load_features(args.features).label_names
     session = _open_tracking(args)  # strict: fails here, before any training
     req = from_args(steps.TrainRequest, args, config=_read_config(args.config) if args.config else None, preset=args.preset,
                     held_out_sources=held, held_out_from=str(args.held_out or ""), device=args.device, progress=not args.no_progress,
@@ -280,7 +279,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ser.study.training import resolve_device
 
     model_path = resolve_model_path(args.model)
-    load_feature_set(args.features)
+    load_features(args.features)
     session = _open_tracking(args)
     req = from_args(steps.EvaluateRequest, args, model=model_path, model_ref=args.model or os.environ.get(MODEL_ENV) or str(model_path),
                     device=str(resolve_device(args.device)))
@@ -301,7 +300,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     from ser.settings import from_args
 
     model_path = resolve_model_path(args.model)
-    fs_labels = load_feature_set(args.features).label_names
+    fs_labels = load_features(args.features).label_names
     req = from_args(steps.TransferRequest, args, model=model_path, freeze=tuple(args.freeze or ["all"]),
                     model_ref=args.model or os.environ.get(MODEL_ENV) or str(model_path), device=args.device, progress=not args.no_progress,
                     register=track_runs.registry_name(fs_labels, args.register, args.no_register))

@@ -260,6 +260,36 @@ def _ser_serve(model: Path, port: int, cwd: Path):
                         "--backend", "eager", "--no-auth", "--timeout", "120", cwd=cwd)
 
 
+def test_a_server_being_stopped_by_down_is_seen_as_stopped_on_purpose_before_its_record_goes(tmp_path):
+    """The command that started a server polls it; when `ser services down` kills it, the
+    command must read "stopped on purpose", not "crashed", even in the moment between the
+    process's death and the record's removal (that race made `ser serve` exit 1)."""
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    from ser.ops import services
+
+    slow_exit = "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *_: (time.sleep(0.5), sys.exit(0))); time.sleep(60)"
+    proc = subprocess.Popen([sys.executable, "-c", slow_exit], start_new_session=True)
+    try:
+        time.sleep(0.3)
+        services.track_process("toy", proc.pid, "http://127.0.0.1:1", tmp_path)
+        assert not services.stopped_on_purpose("toy", proc.pid)
+        (entry,) = [e for e in services.recorded_servers() if e["pid"] == proc.pid]
+        stopper = threading.Thread(target=services.server_from_record(entry).stop)
+        stopper.start()
+        proc.wait(timeout=30)  # the leader is dead; the stopper may still hold the record
+        assert services.stopped_on_purpose("toy", proc.pid)
+        stopper.join(timeout=30)
+        assert services.stopped_on_purpose("toy", proc.pid) and services.recorded_servers() == []
+        assert not list(services.registry_dir().glob(f"toy-{proc.pid}.*"))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 @pytest.mark.integration
 def test_ser_serve_is_listed_by_status_and_stopped_by_down(tiny_model, tmp_path, capsys):
     import urllib.request

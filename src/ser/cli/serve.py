@@ -211,7 +211,7 @@ def _serve_until_stopped(server, what: str, banner, record: tuple[str, Path, Pat
         print("Ctrl-C stops the server (so does `ser services down`).", flush=True)
         while not stop["now"]:
             if not server.alive():
-                if not services.is_recorded(service, pid):  # `ser services down` stopped it and dropped the record
+                if services.stopped_on_purpose(service, pid):  # `ser services down` is stopping it (or has)
                     print(f"{what} was stopped from outside (`ser services down`).", flush=True)
                     return 0
                 print(f"{what} exited unexpectedly (status {server.process.returncode}); last log lines:\n{server.log_tail()}", file=sys.stderr)

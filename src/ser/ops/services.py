@@ -159,18 +159,25 @@ def record_server(service: str, pid: int, started_at: float | None, url: str, da
 
 
 def forget_server(service: str, pid: int | None) -> None:
-    """Drop a registry entry (the server was stopped)."""
+    """Drop a registry entry (the server was stopped) and its stopping mark."""
     if pid is not None:
-        try:
-            (registry_dir() / f"{service}-{pid}.json").unlink()
-        except FileNotFoundError:
-            pass
+        for suffix in (".json", ".stopping"):
+            (registry_dir() / f"{service}-{pid}{suffix}").unlink(missing_ok=True)
 
 
-def is_recorded(service: str, pid: int | None) -> bool:
-    """Whether the registry still holds this server's entry (`ser services down` removes it
-    when it stops the server)."""
-    return pid is not None and (registry_dir() / f"{service}-{pid}.json").is_file()
+def mark_stopping(service: str, pid: int | None) -> None:
+    """Say, before the first signal, that this server is being stopped on purpose, so that
+    the command that started it can tell `ser services down` from a crash even while the
+    record is still there (the stopper drops it only once the whole group is gone)."""
+    if pid is not None and (registry_dir() / f"{service}-{pid}.json").is_file():
+        (registry_dir() / f"{service}-{pid}.stopping").touch()
+
+
+def stopped_on_purpose(service: str, pid: int | None) -> bool:
+    """Whether someone else (`ser services down`) is stopping or has stopped this server:
+    its record is marked as stopping, or gone."""
+    folder = registry_dir()
+    return pid is not None and ((folder / f"{service}-{pid}.stopping").exists() or not (folder / f"{service}-{pid}.json").is_file())
 
 
 def recorded_servers() -> list[dict[str, Any]]:
@@ -186,6 +193,7 @@ def recorded_servers() -> list[dict[str, Any]]:
         created = _create_time(pid)
         if created is None or (started_at is not None and abs(created - started_at) >= 2):
             path.unlink(missing_ok=True)  # the process ended (or its pid now belongs to another)
+            path.with_suffix(".stopping").unlink(missing_ok=True)
             continue
         alive.append(entry)
     return sorted(alive, key=lambda e: e.get("started_at") or 0)
@@ -344,6 +352,7 @@ class _Server:
             pgid, since = self.pid, self.started_at or time.time()
             leader_alive = self.running()
             if leader_alive or _group_members(pgid, since):
+                mark_stopping(self.name, pgid)
                 self._signal_group(pgid, signal.SIGTERM, since)
                 deadline = time.monotonic() + timeout
                 while time.monotonic() < deadline and self._alive(pgid, since):

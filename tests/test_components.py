@@ -41,7 +41,6 @@ def test_parse_pairs_and_lists():
         steps.parse_pairs(" , ")
     assert steps.parse_list("mel, chroma") == ["mel", "chroma"]
     assert steps.parse_list("30,60.0", int) == [30, 60]
-    assert steps.as_int(2.0) == 2 and steps.as_int("60") == 60
 
 
 def test_tables_keep_paths_relative_to_their_artifact(tmp_path):

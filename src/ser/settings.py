@@ -25,10 +25,23 @@ class Settings:
         return asdict(self)  # type: ignore[call-overload]
 
     @classmethod
-    def from_dict(cls: type[T], data: dict[str, Any]) -> T:
-        unknown = set(data) - {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    def from_dict(cls: type[T], data: dict[str, Any] | None) -> T:
+        """An instance from a dict (JSON, YAML, handler config): unknown keys are refused
+        by name, and numbers written as text (a YAML "30", a KFP string parameter) become
+        the int or float their field declares."""
+        data = dict(data or {})
+        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        unknown = set(data) - known
         if unknown:
-            raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+            raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}; known: {sorted(known)}")
+        hints = get_type_hints(cls)
+        for name, value in data.items():
+            kind = _number_type(hints[name])
+            if kind is not None and value is not None and not isinstance(value, bool):
+                try:
+                    data[name] = kind(value)
+                except (TypeError, ValueError):
+                    raise ValueError(f"{cls.__name__}.{name}: expected {kind.__name__}, got {value!r}") from None
         return cls(**data)
 
     def with_(self: T, **changes: Any) -> T:
@@ -40,6 +53,17 @@ def option(default: Any = MISSING, help: str = "", **cli: Any) -> Any:
     into a command-line flag, ``to_dict`` into JSON/YAML. ``cli`` holds argparse extras
     (``choices``, ``metavar``, ``flag``); ``cli=False`` keeps a field off the command line."""
     return field(default=default, metadata={"help": help, "cli": cli.pop("cli", True), **cli})
+
+
+def _number_type(hint: Any) -> type | None:
+    """int or float when a field holds one number (``int``, ``float | None``), else None."""
+    if hint in (int, float):
+        return hint
+    args = get_args(hint)
+    if type(None) in args and len(args) == 2:
+        other = args[0] if args[1] is type(None) else args[1]
+        return other if other in (int, float) else None
+    return None
 
 
 def _flag_type(hint: Any) -> Any:

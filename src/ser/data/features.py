@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from typing import Literal
 
@@ -18,6 +18,7 @@ import scipy.fft
 from PIL import Image
 
 from ser.data import audio
+from ser.settings import Settings
 
 FeatureKind = Literal["mel", "chroma", "mfcc", "logmel", "whisper"]
 KINDS: tuple[str, ...] = ("mel", "chroma", "mfcc", "logmel", "whisper")
@@ -34,7 +35,7 @@ ENCODER_FIELDS: tuple[str, ...] = ("encoder", "encoder_id", "compute_type", "enc
 
 
 @dataclass(frozen=True)
-class FeatureSpec:
+class FeatureSpec(Settings):
     """Everything that decides what image an utterance becomes.
 
     ``size`` is N: the number of frequency bins (n_mels, n_chroma or n_mfcc) and, for
@@ -99,20 +100,6 @@ class FeatureSpec:
             for name in ENCODER_FIELDS:
                 data.pop(name)
         return data
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "FeatureSpec":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown FeatureSpec fields: {sorted(unknown)}")
-        values = dict(data)
-        for key in ("size", "n_fft", "hop", "encoder_window"):
-            if key in values:
-                values[key] = int(values[key])
-        if values.get("sample_rate") is not None:
-            values["sample_rate"] = int(values["sample_rate"])
-        return cls(**values)
 
     def matches(self, wanted: "FeatureSpec") -> bool:
         """True when features made with this spec are what ``wanted`` asks for: the same

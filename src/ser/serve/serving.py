@@ -38,13 +38,14 @@ import io
 import json
 import math
 import struct
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from ser.data import audio, features
 from ser.data.features import FeatureSpec
+from ser.settings import Settings
 
 # --------------------------------------------------------------------------- errors
 
@@ -111,7 +112,7 @@ SEND_BYTES = "send audio bytes with Content-Type application/octet-stream"
 
 
 @dataclass(frozen=True)
-class Limits:
+class Limits(Settings):
     """What the server accepts. Loaded from the handler's config (model-config.yaml)."""
 
     max_seconds: float = 30.0  #: one prediction: longer clips get 413 too_long
@@ -123,18 +124,6 @@ class Limits:
     max_channels: int = 16
     max_windows: int = 2000  #: timeline: most windows one request may ask for
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> "Limits":
-        data = dict(data or {})
-        known = {f.name: f.type for f in fields(cls)}
-        unknown = set(data) - set(known)
-        if unknown:
-            raise ValueError(f"unknown serving limits: {sorted(unknown)}; known: {sorted(known)}")
-        values = {k: (int(v) if k in ("min_rate", "max_rate", "max_channels", "max_windows") else float(v)) for k, v in data.items()}
-        return cls(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 # --------------------------------------------------------------------------- request bodies

@@ -10,6 +10,7 @@ from ser.data import dataset
 from ser.study import crossval, splits
 from ser.data.corpora import scan, synthetic
 from ser.data.features import FeatureSpec
+from tests.servers import mlflow_server, s3_server, tracking_env  # noqa: F401  (fixtures)
 
 
 @pytest.fixture(scope="module")
@@ -131,3 +132,53 @@ def test_ablation_turns_each_switch_off_alone_on_the_same_folds(synth_logmel, tm
     with pytest.raises(crossval.CVError, match="no section"):
         crossval.override(recipe, {"nonsense.x": 1})
     assert set(crossval.ABLATION) >= {"SpecAugment", "mixup", "speed perturbation", "label smoothing", "per-utterance normalisation"}
+
+
+@pytest.fixture(scope="module")
+def synth_table(tmp_path_factory):
+    """The utterance table `ser ingest` writes for a synthetic corpus of three speakers."""
+    from ser.cli import main
+
+    root = tmp_path_factory.mktemp("cvtable")
+    synthetic.generate(root / "corpus", "ravdess", per_class=6, speakers=3, seed=2, spread=0.5)
+    assert main(["ingest", "--corpus", f"synthetic={root / 'corpus'}", "--out", str(root / "t.csv"), "--no-progress"]) == 0
+    return root / "t.csv"
+
+
+def test_ser_cv_from_a_table_with_overrides_is_one_tracked_run(synth_table, tmp_path, tracking_env, capsys):  # noqa: F811
+    """`ser cv --table`: features extracted with the recipe's spec, --set and --epochs land in
+    the recipe saved beside the results, and one MLflow run holds the scores and files."""
+    from mlflow.tracking import MlflowClient
+
+    from ser.cli import main
+
+    out = tmp_path / "cv"
+    args = ["cv", "--table", str(synth_table), "--recipe", "plus", "--folds", "3", "--epochs", "2", "--set", "augment.mixup=0",
+            "--set", "model.pooling=mean", "--cache", str(tmp_path / "cache"), "--threads", "1", "--no-progress", "--out", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "3-fold speaker groups, 3 runs: UA" in printed and "42 rows, 3 speakers" in printed
+    saved = yaml.safe_load((out / "recipe.yaml").read_text())
+    assert saved["augment"]["mixup"] == 0 and saved["model"]["pooling"] == "mean" and saved["train"]["epochs"] == 2
+    summary = json.loads((out / "summary.json").read_text())
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(tracking_env["MLFLOW_EXPERIMENT_NAME"])
+    (run,) = client.search_runs([experiment.experiment_id], "tags.`ser.kind` = 'cv'")
+    assert run.data.params["recipe"] == "plus" and run.data.params["protocol"] == "3 speaker groups"
+    assert run.data.metrics["ua_mean"] == pytest.approx(summary["summary"]["ua"]["mean"])
+    assert run.data.metrics["macro_f1_std"] == pytest.approx(summary["summary"]["macro_f1"]["std"])
+    assert {"folds.md", "summary.json", "recipe.yaml", "confusion_matrix.png"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+def test_ser_cv_refuses_bad_requests_with_one_line(synth_table, tmp_path, capsys):
+    from ser.cli import main
+
+    base = ["cv", "--out", str(tmp_path / "cv"), "--tracking", "off", "--no-progress"]
+    cases = [([], "exactly one of a table"),
+             (["--table", str(synth_table), "--folds", "1"], "folds must be at least 2"),
+             (["--table", str(synth_table), "--set", "augment.mixup"], "SECTION.FIELD=VALUE"),
+             (["--table", str(synth_table), "--recipe", "nonesuch"], "neither"),
+             (["--table", str(tmp_path / "none.csv")], "table not found")]
+    for extra, reason in cases:
+        assert main([*base, *extra]) == 2, extra
+        assert reason in capsys.readouterr().err, extra

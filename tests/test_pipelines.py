@@ -17,7 +17,7 @@ from ser.kubeflow import runner as pr
 from ser.cli import main
 from tests.servers import mlflow_server, s3_server  # noqa: F401
 
-GPU_STEPS = {"train-folds", "final-train", "transfer"}
+GPU_STEPS = {"train-folds", "final-train", "transfer", "cross-validate"}
 S3_STEPS = {"data-fingerprint", "ingest", "compare-champion", "publish"}
 
 
@@ -70,7 +70,8 @@ def test_gpu_steps_carry_the_v100_settings_and_cpu_steps_do_not(compiled, name):
             assert "secretAsEnv" not in settings, executor
         command = " ".join(container["command"])
         assert "pip install" not in command  # the images carry ser and kfp
-    assert seen_gpu == (GPU_STEPS if name == "ser_study" else {"final-train"})
+    assert seen_gpu == {"ser_study": {"train-folds", "final-train", "transfer"}, "ser_retrain": {"final-train"},
+                        "ser_cv": {"cross-validate"}}[name]
 
 
 def test_study_fans_out_with_a_parallelism_limit_and_budget_parameters(compiled):
@@ -254,10 +255,11 @@ UNCACHED = {
     "ser_study": {"data-fingerprint", "data-fingerprint-2", "mlflow-run", "compare-champion", "compare-champion-2",
                   "publish", "publish-2", "link-runs"},
     "ser_retrain": {"data-fingerprint", "compare-champion", "publish"},
+    "ser_cv": {"data-fingerprint"},
 }
 #: Steps that talk to S3 or MLflow (and so retry with backoff).
 IO_STEPS = {"data-fingerprint", "ingest", "mlflow-run", "train-folds", "final-train", "transfer", "evaluate", "compare-champion",
-            "publish", "link-runs"}
+            "publish", "link-runs", "cross-validate"}
 
 
 def _tasks(spec: dict) -> dict[str, dict]:
@@ -416,3 +418,38 @@ def test_a_rerun_takes_every_cacheable_step_from_the_cache(s3_server, tmp_path):
 def collect_task_dirs(run_dir: Path) -> list[str]:
     """Task folders a local run made (those kfp.local executed)."""
     return [m.parent.relative_to(run_dir).as_posix() for m in run_dir.rglob("executor_output.json")]
+
+
+# ------------------------------------------- ser_cv: a recipe over speaker folds, locally
+@pytest.mark.integration
+def test_cv_pipeline_cross_validates_a_recipe_and_shows_its_scores(s3_server, mlflow_server, tmp_path):  # noqa: F811
+    """ser_cv through kfp.local on the synthetic English corpus in S3: the plus recipe over 2
+    speaker groups; the step's KFP metrics are the fold summary's mean and std, its
+    confusion matrix counts every row once, its ensemble serves, and its MLflow run is in
+    the pipeline's experiment."""
+    from mlflow.tracking import MlflowClient
+
+    from ser.study import models
+
+    store = s3_server.store()
+    corpora = pr.upload_demo_corpora(store, tmp_path / "data", bucket="ser-data-cv", english_per_class=4, greek_per_class=2)
+    args = {"data_bucket": corpora["data_bucket"], "corpora": corpora["english_corpora"], "recipe": "plus", "labels": "english",
+            "folds": 2, "epochs": 2, "overrides": "augment.mixup=0;model.pooling=mean", "device": "cpu",
+            "mlflow_uri": mlflow_server.url, "mlflow_experiment": "cv-pipeline-test"}
+    run = pr.run_local(pr.build("ser_cv"), args, tmp_path / "out", env={**s3_server.env(), **mlflow_server.env()}, threads_per_task=2,
+                       log=tmp_path / "cv.log", echo=False)
+    summary = json.loads((run.output("cross-validate", "results") / "summary.json").read_text())
+    assert summary["protocol"] == "2-fold speaker groups" and len(summary["folds"]) == 2
+    shown = run.metadata["cross-validate"]["metrics"]
+    assert shown["ua_mean"] == pytest.approx(summary["summary"]["ua"]["mean"])
+    assert shown["macro_f1_std"] == pytest.approx(summary["summary"]["macro_f1"]["std"])
+    matrix = run.metadata["cross-validate"]["confusion"]["confusionMatrix"]
+    assert sum(sum(row["row"]) for row in matrix["rows"]) == 28  # 7 classes x 4 utterances, each tested once
+    saved = yaml.safe_load((run.output("cross-validate", "results") / "recipe.yaml").read_text())
+    assert saved["augment"]["mixup"] == 0 and saved["model"]["pooling"] == "mean"
+    bundle = models.load_bundle(run.output("cross-validate", "ensemble") / "model.pt")
+    assert isinstance(bundle.arch, models.EnsembleSpec) and len(bundle.arch.members) == 2
+    client = MlflowClient(mlflow_server.url)
+    experiment = client.get_experiment_by_name("cv-pipeline-test")
+    (tracked,) = client.search_runs([experiment.experiment_id], "tags.`ser.kind` = 'cv'")
+    assert tracked.data.metrics["ua_mean"] == pytest.approx(summary["summary"]["ua"]["mean"])

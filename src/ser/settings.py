@@ -89,8 +89,8 @@ def add_arguments(parser: argparse.ArgumentParser | Any, cls: type, skip: Sequen
             kwargs.setdefault("type", kind)  # a field whose text is parsed by the class itself says type=str
             if f.default is MISSING:
                 kwargs["required"] = True
-            else:
-                kwargs["default"] = f.default
+            else:  # a repeatable flag starts from None (argparse appends to a list it makes); the class takes None as empty
+                kwargs["default"] = None if kwargs.get("action") == "append" else f.default
         parser.add_argument(flag, **kwargs)
 
 

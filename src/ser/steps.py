@@ -1,8 +1,9 @@
-"""The arrows of the data path as typed steps: ingest, featurize, train, evaluate, transfer, publish.
+"""The arrows of the data path as typed steps: ingest, featurize, train, evaluate, transfer,
+cross-validate, publish.
 
 Each step is one function, ``request -> result``, with the tracking session passed in
 (``ser.adapters.track_runs.Session``; ``track_runs.open_session("off")`` records nothing). The
-command line (``ser ingest|features|train|evaluate|transfer``), the Kubeflow components
+command line (``ser ingest|features|train|evaluate|transfer|cv``), the Kubeflow components
 (``ser.kubeflow.tasks``) and the demo call these functions; none of them calls
 another shell. A request is declared once: its fields carry their help text and
 become the command's flags (:func:`ser.settings.add_arguments`) and its JSON form
@@ -827,6 +828,141 @@ def transfer(req: TransferRequest, session) -> TransferResult:
                           test_set={"features": str(req.features), "split": req.split, "seed": req.seed, "test_size": req.test_size},
                           config_hash=meta["config_hash"])
     return TransferResult(out, data, rows)
+
+
+# --------------------------------------------------------------------------- cross-validate
+
+
+@dataclass(frozen=True)
+class CrossValidateRequest(Settings):
+    """Speaker-independent cross-validation of a recipe (:mod:`ser.study.crossval`): every
+    speaker tested once by models that never heard them; UA, WA and macro F1 over folds."""
+
+    out: Path = option(help="output folder")
+    table: Path | None = option(None, help="utterance table (from `ser ingest`): features are extracted with the recipe's spec (cached)")
+    features: Path | None = option(None, help="feature set (.npz) made with the recipe's feature spec (instead of --table)")
+    recipe: str = option("plus", help="plus, study, whisper, or a recipe file (YAML/JSON) (default plus)")
+    labels: str = option("english", choices=("english", "greek", "emodb", "basic6", "basic4"),
+                         help="label set for --table (which classes the run keeps; default english)")
+    folds: int | None = option(None, help="K speaker groups instead of leave-one-speaker-out")
+    seeds: int = option(1, help="repeat with seeds 0..K-1 (mean/std over folds and seeds; default 1)")
+    epochs: int | None = option(None, help="override the recipe's epoch budget")
+    overrides: tuple[str, ...] = option((), flag="--set", action="append", metavar="SECTION.FIELD=VALUE",
+                                        help="override one recipe field, e.g. augment.mixup=0 or model.pooling=mean "
+                                        "(repeatable; the ablation switches)")
+    ablation: bool = option(False, help="also rerun the recipe with each of its switches off alone, on the same folds and seeds "
+                            "(OUT/ablation.md: UA/WA/F1 mean +- std and the UA change per switch)")
+    cache: Path = option(Path(".ser/cache/features"), help="feature cache folder (with --table)")
+    device: str = option("cpu", choices=("cpu", "cuda", "auto"), help="where to train (default cpu; auto: a GPU when torch sees one)")
+    threads: int | None = option(None, help="torch CPU threads (default: torch's choice)")
+    roots: tuple[Path, ...] = option((), cli=False)  # folders the table's relative paths resolve against (pipeline artifacts)
+    progress: bool = option(True, cli=False)
+
+    def __post_init__(self) -> None:
+        _as_paths(self, "out", "table", "features", "cache")
+        object.__setattr__(self, "overrides", tuple(self.overrides or ()))
+        object.__setattr__(self, "roots", tuple(Path(r) for r in self.roots))
+        if (self.table is None) == (self.features is None):
+            raise StepError("cross-validation takes exactly one of a table (features extracted) or a feature set")
+        if self.seeds < 1:
+            raise StepError("seeds must be at least 1")
+        if self.folds is not None and self.folds < 2:
+            raise StepError("folds must be at least 2 (or none: leave-one-speaker-out)")
+
+    def load_recipe(self):
+        """The recipe with --set and --epochs applied."""
+        import yaml
+
+        from ser.study import crossval
+
+        try:
+            recipe = crossval.load_recipe(self.recipe)
+            changes = {}
+            for pair in self.overrides:
+                name, sep, text = pair.partition("=")
+                if not sep:
+                    raise StepError(f"an override takes SECTION.FIELD=VALUE, got {pair!r}")
+                changes[name] = yaml.safe_load(text)
+            recipe = crossval.override(recipe, changes)
+        except crossval.CVError as exc:
+            raise StepError(str(exc)) from None
+        return recipe.with_(train=recipe.train.with_(epochs=self.epochs)) if self.epochs else recipe
+
+
+@dataclass
+class CrossValidateResult:
+    cv: Any  # ser.study.crossval.CVResult
+    rows: int
+    speakers: int
+    problems: list  # (path, reason) of table rows left out
+    ablation: list | None  # rows of ablation.md, when asked
+
+
+def cross_validate(req: CrossValidateRequest, session, log=print) -> CrossValidateResult:
+    """Cross-validate the request's recipe over speaker folds; resumable (finished folds are
+    read back). Its MLflow run holds the recipe, UA/WA/macro F1 mean and std, the fold
+    table and the summed confusion matrix; the fold models are saved as one servable
+    ensemble (OUT/ensemble.pt)."""
+    import torch
+
+    from ser.data import dataset, encoder, tables
+    from ser.study import crossval
+
+    if req.threads:
+        torch.set_num_threads(req.threads)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if req.device == "auto" else req.device
+    if device == "cuda" and not torch.cuda.is_available():
+        raise StepError("device cuda, but torch sees no CUDA GPU")
+    recipe = req.load_recipe()
+    made: dict = {}
+    problems: list = []
+
+    def features_for(variant):
+        """The feature set a recipe (or an ablation variant) needs: extracted from the
+        table with its spec (cached), or the given set checked against it."""
+        key = variant.features.key()
+        if key in made:
+            return made[key]
+        if req.table is not None:
+            try:
+                rows = tables.read_rows(req.table, roots=req.roots)
+                fs, report = dataset.build(rows, variant.features, labels=req.labels, cache_dir=req.cache, progress=req.progress)
+            except (FileNotFoundError, encoder.EncoderError) as exc:
+                raise StepError(str(exc)) from None
+            if len(fs) == 0:
+                raise StepError(f"no usable rows in {req.table} for the {req.labels} label set")
+            problems.extend(report.problems)
+        else:
+            fs = load_features(req.features)
+            if not fs.spec.matches(variant.features):
+                raise StepError(f"{req.features} was extracted with {fs.spec.to_dict()}, the recipe needs {variant.features.to_dict()}: "
+                                "give the table to extract it")
+        made[key] = fs
+        return fs
+
+    fs = features_for(recipe)
+    speakers = len(set(fs.speaker.tolist()))
+    seeds = tuple(range(req.seeds))
+    params = {"recipe": recipe.name, "protocol": f"{req.folds} speaker groups" if req.folds else "leave-one-speaker-out",
+              "seeds": req.seeds, "labels": ",".join(fs.label_names), "rows": len(fs), "speakers": speakers,
+              "checkpoint": recipe.checkpoint, "epochs": recipe.train.epochs, "overrides": ";".join(req.overrides)}
+    with session.run(f"cv {recipe.name} on {(req.table or req.features).name}", "cv", params=params,
+                     tags={"ser.optimistic": str(recipe.optimistic).lower()}):
+        try:
+            result = crossval.run(fs, recipe, req.out, folds=req.folds, seeds=seeds, device=device, progress=req.progress, log=log)
+        except crossval.CVError as exc:
+            raise StepError(str(exc)) from None
+        session.log_metrics({f"{name}_{stat}": result.summary[name][stat] for name in result.summary for stat in ("mean", "std")})
+        session.log_files(req.out, ("recipe.yaml", "folds.md", "folds.csv", "summary.json", "confusion_matrix.png"))
+        ablation = None
+        if req.ablation:
+            try:
+                ablation = crossval.ablation(features_for, recipe, req.out / "ablation", folds=req.folds, seeds=seeds, device=device,
+                                             progress=req.progress, base=result)
+            except crossval.CVError as exc:
+                raise StepError(str(exc)) from None
+            session.log_files(req.out / "ablation", ("ablation.md", "ablation.csv"), artifact_path="ablation")
+    return CrossValidateResult(result, len(fs), speakers, problems, ablation)
 
 
 # --------------------------------------------------------------------------- publish

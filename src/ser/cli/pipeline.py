@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ser.cli import UserError
 
-PIPELINES = ("ser_study", "ser_retrain")
+PIPELINES = ("ser_study", "ser_retrain", "ser_cv")
 DEFAULT_SERVICE_ACCOUNT = "ser-pipeline-runner"  # manifests/base/pipeline-runs/pipeline-runner.yaml
 
 
@@ -28,7 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "pipeline",
         help="Kubeflow pipelines: compile to YAML, run locally (kfp local), submit to a cluster",
-        description="The whole study (ser_study) and retraining (ser_retrain) as Kubeflow Pipelines v2. "
+        description="The whole study (ser_study), retraining (ser_retrain) and speaker-independent cross-validation "
+        "of a recipe (ser_cv: --param recipe=plus|study|whisper) as Kubeflow Pipelines v2. "
         "`compile` writes the YAML a cluster takes; `run-local` runs a pipeline unchanged through kfp's "
         "SubprocessRunner in this venv (S3 keys and MLflow URI from the environment); `submit` starts a run "
         "on a KFP API endpoint.",
@@ -37,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     psub.required = True
 
     c = psub.add_parser("compile", help="write build/pipelines/<name>.yaml for each pipeline",
-                        description="Compile ser_study and ser_retrain to YAML packages (upload them in the KFP UI, or "
+                        description="Compile ser_study, ser_retrain and ser_cv to YAML packages (upload them in the KFP UI, or "
                         "use `ser pipeline submit`). GPU steps carry the V100 node-pool settings.")
     c.add_argument("--out", type=Path, default=Path("build/pipelines"), help="output folder (default build/pipelines)")
     c.add_argument("--pipeline", choices=PIPELINES, action="append", default=None, help="only this pipeline (repeatable)")

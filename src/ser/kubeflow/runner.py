@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-PIPELINE_NAMES = ("ser_study", "ser_retrain")
+PIPELINE_NAMES = ("ser_study", "ser_retrain", "ser_cv")
 
 #: Environment a step uses for S3 and MLflow; parameters named below are filled from it
 #: by :func:`run_local` when the caller does not give them.

@@ -788,6 +788,23 @@ def training_report(out_dir: str | Path, title: str, metrics: Mapping[str, Any])
     return html_page(title, images, table + extra)
 
 
+def record_training(data: Mapping[str, Any], model: Any, metrics: Any, confusion: Any, curves: Any, title: str,
+                    keys: Sequence[str] | None = None) -> float:
+    """What a training step (final train, transfer) shows in the Kubeflow UI: its scalar
+    scores as KFP metrics, the confusion matrix, the model's metadata, an HTML report;
+    returns the test macro F1 (the step's output parameter)."""
+    from ser import files
+    from ser.study.report import scalars
+
+    for key, value in (scalars(data, keys) if keys else scalars(data)).items():
+        metrics.log_metric(key, value)
+    confusion.log_confusion_matrix(list(data["labels"]), data["confusion_matrix"])
+    model.metadata.update({"feature": data["feature"], "size": data["size"], "macro_f1": data["macro_f1"], "framework": "pytorch"})
+    files.write_text(curves.path, training_report(model.path, title, data))
+    write_metadata_files(metrics, confusion)  # a file at each path: cacheable by kfp.local too
+    return float(data["macro_f1"])
+
+
 def write_metadata_files(*artifacts: Any) -> None:
     """Write each artifact's metadata as JSON at its path (call last, after log_metric /
     log_confusion_matrix).
@@ -802,6 +819,45 @@ def write_metadata_files(*artifacts: Any) -> None:
 
     for artifact in artifacts:
         files.write_text(artifact.path, json.dumps(dict(artifact.metadata), indent=1, sort_keys=True, default=str))
+
+
+# --------------------------------------------------------------------------- cross-validation
+
+
+def cross_validate(table_dir: str | Path, out_dir: str | Path, ensemble_dir: str | Path, *, recipe: str = "plus", labels: str = "english",
+                   folds: int = 0, seeds: int = 1, epochs: int = 0, overrides: str = "", device: str = "auto") -> dict[str, Any]:
+    """Speaker-independent cross-validation of ``recipe`` on an ingested table
+    (:func:`ser.steps.cross_validate`): the fold results in ``out_dir``, the fold models
+    as one servable model in ``ensemble_dir/model.pt``. ``folds`` 0 = leave one speaker
+    out; ``epochs`` 0 = the recipe's; ``overrides``: ``section.field=value`` pairs
+    separated by ``;``. Features go through a scratch cache outside the artifact."""
+    import tempfile
+
+    from ser import steps
+
+    out, ensemble = Path(out_dir), Path(ensemble_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ensemble.mkdir(parents=True, exist_ok=True)
+    cache = Path(tempfile.mkdtemp(prefix="ser-cv-features-"))
+    try:
+        req = steps.CrossValidateRequest(out=out, table=Path(table_dir) / TABLE, recipe=recipe, labels=labels, folds=int(folds) or None,
+                                         seeds=int(seeds), epochs=int(epochs) or None,
+                                         overrides=tuple(o.strip() for o in overrides.split(";") if o.strip()), cache=cache,
+                                         device=device, roots=(Path(table_dir),), progress=False)
+        result = steps.cross_validate(req, _session(), log=log.info)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+    cv = result.cv
+    shutil.copyfile(out / "ensemble.pt", ensemble / "model.pt")
+    data = {"recipe": cv.recipe.name, "protocol": cv.protocol, "runs": len(cv.folds), "rows": result.rows, "speakers": result.speakers,
+            "summary": cv.summary, "labels": list(cv.labels), "confusion_matrix": cv.confusion, "optimistic": cv.recipe.optimistic,
+            "problems": len(result.problems)}
+    write_json(ensemble / "metrics.json", data)
+    title = f"{cv.recipe.name} recipe, {cv.protocol}, {result.speakers} speakers"
+    images = [p for p in (out / "confusion_matrix.png",) if p.is_file()]
+    body = f"<pre>{html.escape((out / 'folds.md').read_text(encoding='utf-8'))}</pre>"
+    data["page"] = html_page(title, images, body)
+    return data
 
 
 # --------------------------------------------------------------------------- champion gate, publish (S3 model bucket)

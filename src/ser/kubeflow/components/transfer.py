@@ -29,20 +29,12 @@ def op(base_image: str = GPU_IMAGE):
         """freeze: subsets a..g ("g", "aceg", "all"); lrs / batches comma-separated; cv_folds > 0: cells
         scored by k-fold CV on the training side, then one final model of final_epochs. Returns test macro F1."""
         from ser.ops import gpu
-        from ser import files
-        from ser.study.report import scalars
         from ser.kubeflow import tasks as steps
 
         gpu.check_gpu_arch()
         steps.configure(mlflow_uri=mlflow_uri, experiment=mlflow_experiment)
         data = steps.transfer(model.path, features.path, tuned.path, freeze=freeze, lrs=lrs, batches=batches, epochs=epochs,
                               eval_every=eval_every, seed=seed, device=device, cv_folds=cv_folds, final_epochs=final_epochs)
-        for key, value in scalars(data).items():
-            metrics.log_metric(key, value)
-        confusion.log_confusion_matrix(list(data["labels"]), data["confusion_matrix"])
-        tuned.metadata.update({"feature": data["feature"], "size": data["size"], "macro_f1": data["macro_f1"], "framework": "pytorch"})
-        files.write_text(curves.path, steps.training_report(tuned.path, "transfer", data))
-        steps.write_metadata_files(metrics, confusion)  # a file at each path: cacheable by kfp.local too
-        return float(data["macro_f1"])
+        return steps.record_training(data, tuned, metrics, confusion, curves, "transfer")
 
     return transfer

@@ -33,16 +33,18 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)  ## create .venv with the pinned stack (idempotent)
 
 # `make demo CORPUS=ravdess`: fetch a real English corpus (ser fetch; online, once) and run
-# the demo on it instead of the synthetic one.
+# the demo on it instead of the synthetic one. `make demo RECIPE=plus`: the ser_cv pipeline
+# (the plus recipe over speaker folds, its ensemble served) instead of ser_study.
 CORPUS     ?=
 CORPUS_DIR ?= .ser/data/corpora/$(CORPUS)
+RECIPE     ?= study
 
-demo: setup  ## run the whole study locally on the synthetic corpus (S3, MLflow, kfp local, TorchServe); CORPUS=ravdess: on real speech
+demo: setup  ## run the whole study locally on the synthetic corpus (S3, MLflow, kfp local, TorchServe); CORPUS=ravdess: on real speech; RECIPE=plus: speaker folds
 ifneq ($(CORPUS),)
 	$(VENV)/bin/ser fetch $(CORPUS) $(CORPUS_DIR)
-	$(VENV)/bin/ser demo --english $(CORPUS)=$(CORPUS_DIR)
+	$(VENV)/bin/ser demo --recipe $(RECIPE) --english $(CORPUS)=$(CORPUS_DIR)
 else
-	$(VENV)/bin/ser demo
+	$(VENV)/bin/ser demo --recipe $(RECIPE)
 endif
 
 test: setup  ## run every test (integration tests start real servers on 127.0.0.1)

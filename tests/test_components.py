@@ -162,8 +162,11 @@ def test_make_demo_corpus_fetches_then_runs_the_demo_on_it():
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}  # also when run by `make test`
     out = subprocess.run(["make", "-n", "--no-print-directory", "demo", "CORPUS=ravdess", "PY=true", "STAMP=/dev/null"], capture_output=True,
                          text=True, cwd=Path(__file__).resolve().parents[1], env=env, check=True).stdout.splitlines()
-    fetch, demo = ".venv/bin/ser fetch ravdess .ser/data/corpora/ravdess", ".venv/bin/ser demo --english ravdess=.ser/data/corpora/ravdess"
+    fetch, demo = ".venv/bin/ser fetch ravdess .ser/data/corpora/ravdess", ".venv/bin/ser demo --recipe study --english ravdess=.ser/data/corpora/ravdess"
     assert fetch in out and demo in out and out.index(fetch) < out.index(demo)
+    plus = subprocess.run(["make", "-n", "--no-print-directory", "demo", "RECIPE=plus", "PY=true", "STAMP=/dev/null"], capture_output=True,
+                          text=True, cwd=Path(__file__).resolve().parents[1], env=env, check=True).stdout.splitlines()
+    assert ".venv/bin/ser demo --recipe plus" in plus
 
 
 @pytest.fixture(scope="module")

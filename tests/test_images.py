@@ -427,3 +427,22 @@ def test_images_check_is_one_command_that_takes_this_machines_wheel_and_ca(tmp_p
     assert "--torch-find-links /w " in given and "--ca-bundle /c.crt " in given
     off = dry("LOCAL_TORCH_WHEELS=", "HOST_CA_BUNDLE=", PIP_FIND_LINKS=str(wheels), PIP_CERT=str(ca))
     assert "--torch-find-links" not in off and "--ca-bundle" not in off
+
+
+def test_a_buildah_build_commits_once_per_stage_and_drops_what_earlier_builds_left(tmp_path, monkeypatch):
+    """On vfs every committed layer is a full copy: the build runs without --layers, and the
+    driver removes leftover working containers and dangling images before and after it."""
+    log = tmp_path / "calls"
+    fake = tmp_path / "bin" / "buildah"
+    fake.parent.mkdir()
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {log}\ncase "$*" in *"images --json"*) echo "[{{\\"size\\": \\"2.46 GB\\"}}]";; esac\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    report = tmp_path / "report.json"
+    assert images.build(["cpu"], "buildah", report=str(report)) == 0
+    calls = log.read_text().splitlines()
+    bud = next(i for i, c in enumerate(calls) if " bud " in f" {c} ")
+    assert "--layers" not in calls[bud]
+    assert any(c.endswith("rmi --prune") for c in calls[:bud]) and any(c.endswith("rm --all") for c in calls[:bud])
+    assert any(c.endswith("rmi --prune") for c in calls[bud:])
+    assert json.loads(report.read_text())["images"][0]["bytes"] == 2_460_000_000

@@ -2,11 +2,15 @@
 
 Starts a real S3 server (SeaweedFS) and a real MLflow server on 127.0.0.1, runs the
 `ser_study` Kubeflow pipeline locally through kfp's SubprocessRunner on the
-synthetic corpora, serves the published winner with TorchServe, posts one
-recording to the endpoint, prints every URL and artifact location, and stops what
+synthetic corpora, serves the published winner with TorchServe, posts fresh
+recordings to the endpoint, prints every URL and artifact location, and stops what
 it started. With --keep-running it waits instead, until Ctrl-C, SIGTERM or
 `ser services down` (which finds the servers in the per-user registry), and then
 stops them; a SIGTERM at any point stops every server started so far.
+
+--recipe plus runs the `ser_cv` pipeline instead: the plus recipe cross-validated
+over the English corpus's speakers (UA, WA and macro F1 on voices each fold model
+never heard), then serves the fold models as one ensemble.
 """
 
 from __future__ import annotations
@@ -29,6 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--workdir", type=Path, default=Path(".ser/demo"),
                    help="where corpora, pipeline outputs, server data and logs go (default .ser/demo)")
+    p.add_argument("--recipe", choices=("study", "plus"), default="study",
+                   help="study (default): the ser_study pipeline, the study's search, final training and Greek transfer; "
+                   "plus: the ser_cv pipeline, the plus recipe over speaker folds, its ensemble served")
     p.add_argument("--budget", choices=("smoke", "demo"), default="demo",
                    help="'demo' (default, a few minutes on 2 cores) or 'smoke' (the smallest budgets, for tests)")
     p.add_argument("--parallelism", type=int, default=2, help="parallel fold-training tasks per stage (default 2)")
@@ -87,17 +94,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(f"MLflow UI {mlflow_uri}")
 
         what = f"the {english[0]} corpus in {english[1]} (Greek: synthetic)" if english else "SYNTHETIC corpora"
-        _banner(f"running the ser_study Kubeflow pipeline locally (kfp SubprocessRunner) on {what}")
-        budgets = pipeline_runner.preset_params(args.budget)  # src/ser/recipes/pipeline/{demo,smoke}.yaml
-        summary = pipeline_runner.run_demo(workdir, s3, mlflow_uri, budgets, parallelism=args.parallelism,
-                                           english_per_class=args.per_class,
-                                           greek_per_class=max(2, round(0.6 * args.per_class)), english=english)
+        if args.recipe == "plus":
+            _banner(f"running the ser_cv Kubeflow pipeline locally (kfp SubprocessRunner): the plus recipe over the speakers of {what}")
+            summary = pipeline_runner.run_demo_cv(workdir, s3, mlflow_uri, pipeline_runner.preset_params(f"{args.budget}-cv"),
+                                                  english_per_class=args.per_class, english=english)
+        else:
+            _banner(f"running the ser_study Kubeflow pipeline locally (kfp SubprocessRunner) on {what}")
+            budgets = pipeline_runner.preset_params(args.budget)  # src/ser/recipes/pipeline/{demo,smoke}.yaml
+            summary = pipeline_runner.run_demo(workdir, s3, mlflow_uri, budgets, parallelism=args.parallelism,
+                                               english_per_class=args.per_class,
+                                               greek_per_class=max(2, round(0.6 * args.per_class)), english=english)
         print(pipeline_runner.format_summary(summary))
         (workdir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
 
         if not args.no_serve:
-            _banner("serving the winning English model with TorchServe")
-            answer, torchserve = _serve_and_ask(summary, workdir, s3, stack)
+            if args.recipe == "plus":
+                _banner("serving the fold models as one ensemble with TorchServe")
+                mar = _packaged(Path(summary["artifacts"]["ensemble"]), workdir)
+            else:
+                _banner("serving the winning English model with TorchServe")
+                mar = _published(summary, workdir, s3)
+            answer, torchserve = _serve_and_ask(mar, workdir, stack)
             running.append(torchserve)
             print(json.dumps(answer, indent=2))
         if mlflow_uri:
@@ -111,16 +128,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve_and_ask(summary: dict, workdir: Path, s3, stack: ExitStack):
-    """Fetch the published model from the S3 model bucket (its KServe layout), serve
-    its .mar with TorchServe (recorded for `ser services`, stopped by ``stack``), and
-    post fresh synthetic recordings to the endpoint; (first answer, recorded server)."""
-    import requests
-
-    from ser.ops import services
+def _published(summary: dict, workdir: Path, s3) -> Path:
+    """The .mar of the model the pipeline published, fetched from the S3 model bucket (its KServe layout)."""
     from ser.adapters import store as s3store
-    from ser.serve import torchserve
-    from ser.data.corpora import synthetic
 
     published = summary.get("published") or {}
     uri = published.get("champion_uri") or published.get("uri")
@@ -133,6 +143,27 @@ def _serve_and_ask(summary: dict, workdir: Path, s3, stack: ExitStack):
     if mar is None:
         raise UserError(f"no .mar archive under {uri}")
     print(f"model archive {uri} -> {mar}")
+    return mar
+
+
+def _packaged(model_dir: Path, workdir: Path) -> Path:
+    """A .mar of a model folder (the cross-validation's ensemble), as `ser package` makes it."""
+    from ser.serve import package
+
+    mar = package.build_mar(model_dir, workdir / "serve" / "packaged" / "ser-english.mar", name="ser-english")
+    print(f"model archive {model_dir} -> {mar}")
+    return mar
+
+
+def _serve_and_ask(mar: Path, workdir: Path, stack: ExitStack):
+    """Serve ``mar`` with TorchServe (recorded for `ser services`, stopped by ``stack``),
+    and post fresh synthetic recordings to the endpoint; (first answer, recorded server)."""
+    import requests
+
+    from ser.data.corpora import synthetic
+    from ser.ops import services
+    from ser.serve import torchserve
+
     server = torchserve.start(mar, run_dir=workdir / "serve" / "run")
     stack.callback(server.stop)
     recorded = services.track_process("torchserve", server.process.pid, server.url, server.run_dir)

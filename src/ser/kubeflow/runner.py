@@ -62,13 +62,14 @@ def pipeline_inputs(pipeline_fn: Any) -> dict[str, dict[str, Any]]:
     return {name: {"type": inp.type, "default": inp.default} for name, inp in (spec.inputs or {}).items()}
 
 
-PRESETS: tuple[str, ...] = ("study", "demo", "smoke")
+PRESETS: tuple[str, ...] = ("study", "demo", "smoke", "demo-cv", "smoke-cv")
 
 
 def preset_params(name: str, pipeline_fn: Any = None) -> dict[str, Any]:
     """The parameters of a named budget preset (``src/ser/recipes/pipeline/NAME.yaml``:
     ``study`` carries the study's transfer grid and budgets, ``demo`` and ``smoke`` the
-    demo's small ones), checked against the pipeline's inputs."""
+    demo's small ones; ``demo-cv`` and ``smoke-cv`` are ser_cv's), checked against the
+    pipeline's inputs."""
     from importlib import resources
 
     import yaml
@@ -539,6 +540,26 @@ def run_demo(workdir: str | Path, s3: Any, mlflow_uri: str | None = None, budget
     return summarize_study(run, pipeline_fn)
 
 
+def run_demo_cv(workdir: str | Path, s3: Any, mlflow_uri: str | None = None, budgets: Mapping[str, Any] | None = None, *,
+                echo: bool = True, english_per_class: int = DEMO_ENGLISH_PER_CLASS,
+                english: tuple[str, str | Path] | None = None) -> dict[str, Any]:
+    """Run ``ser_cv`` locally on the demo's English corpus (synthetic, or ``english`` =
+    (name, folder)) with ``budgets`` over the demo-cv preset (the plus recipe, leave one
+    speaker out). Returns the run's outputs, the fold summary (``cv_scores``) and where
+    the ensemble of fold models landed (``artifacts["ensemble"]``)."""
+    workdir = Path(workdir).resolve()
+    corpora = upload_demo_corpora(s3.store(), workdir, english_per_class=english_per_class, greek_per_class=2, english=english)
+    env = {**s3.env(), "MLFLOW_TRACKING_URI": mlflow_uri or ""}
+    arguments = {**preset_params("demo-cv"), **(budgets or {}), "data_bucket": corpora["data_bucket"], "corpora": corpora["english_corpora"],
+                 "s3_endpoint": env["S3_ENDPOINT_URL"], "mlflow_uri": mlflow_uri or "", "mlflow_experiment": "ser-demo"}
+    run = run_local(build("ser_cv"), arguments, workdir / "local_outputs", env=env, threads_per_task=max(1, os.cpu_count() or 1),
+                    log=workdir / "logs" / "ser_cv.log", echo=echo)
+    results, ensemble = run.output("cross-validate", "results"), run.output("cross-validate", "ensemble")
+    data = json.loads((results / "summary.json").read_text(encoding="utf-8"))
+    return {**run.to_dict(), "artifacts": {"cv_results": str(results), "ensemble": str(ensemble)},
+            "cv_scores": {"recipe": data["recipe"], "protocol": data["protocol"], **data["summary"]}}
+
+
 def summarize_study(run: LocalRun, pipeline_fn: Any = None) -> dict[str, Any]:
     """The key artifacts of a local ser_study run (by the pipeline's own names for them,
     ``named_outputs``), its scores and what was published."""
@@ -562,7 +583,7 @@ def summarize_study(run: LocalRun, pipeline_fn: Any = None) -> dict[str, Any]:
 
 def format_summary(summary: Mapping[str, Any]) -> str:
     """Lines for a person: where each artifact landed, the scores, the publication."""
-    lines = [f"ser_study ran locally in {summary.get('seconds', 0):.0f} s; run folder {summary.get('run_dir')}"]
+    lines = [f"{summary.get('pipeline', 'ser_study')} ran locally in {summary.get('seconds', 0):.0f} s; run folder {summary.get('run_dir')}"]
     if summary.get("log"):
         lines.append(f"  runner log: {summary['log']}")
     for key, path in summary.get("artifacts", {}).items():
@@ -571,6 +592,11 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         if key in summary:
             s = summary[key]
             lines.append(f"  {key:<20} accuracy {100 * (s.get('accuracy') or 0):.1f}%, macro F1 {100 * (s.get('macro_f1') or 0):.1f}% (synthetic data)")
+    cv = summary.get("cv_scores")
+    if cv:
+        lines.append(f"  {cv['recipe']} recipe, {cv['protocol']}: " + ", ".join(
+            f"{name} {100 * cv[key]['mean']:.1f} +- {100 * cv[key]['std']:.1f}%" for key, name in (("ua", "UA"), ("wa", "WA"), ("macro_f1", "macro F1")))
+            + " on voices each fold model never heard")
     for key in ("published", "greek_published"):
         pub = summary.get(key)
         if pub:

@@ -118,7 +118,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             running.append(torchserve)
             print(json.dumps(answer, indent=2))
         if mlflow_uri:
-            print(f"\nMLflow: {mlflow_uri} (experiment ser-demo; registry ser-english, ser-greek)")
+            registry = "" if args.recipe == "plus" else "; registry ser-english, ser-greek"
+            print(f"\nMLflow: {mlflow_uri} (experiment ser-demo{registry})")
         print(f"S3: {s3.url}; summary: {workdir / 'summary.json'}")
         print(f"demo finished in {time.perf_counter() - started:.0f} s (results are on {'real ' + english[0] if english else 'SYNTHETIC'} data)")
         if args.keep_running:

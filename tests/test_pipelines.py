@@ -128,6 +128,16 @@ def test_the_demo_budgets_are_recipe_files_the_pipeline_takes():
     assert set(smoke) == set(demo) and demo["recipe"] == smoke["recipe"] == "demo"
     assert smoke["final_epochs"] < demo["final_epochs"] and smoke["search_epochs"] <= demo["search_epochs"]
     assert pr.demo_arguments({}, None)["final_epochs"] == demo["final_epochs"]
+    cv = pr.build("ser_cv")
+    demo_cv, smoke_cv = pr.preset_params("demo-cv", cv), pr.preset_params("smoke-cv", cv)
+    assert demo_cv["recipe"] == smoke_cv["recipe"] == "plus" and smoke_cv["epochs"] < demo_cv["epochs"]
+    with pytest.raises(pr.PipelineError, match="does not take"):
+        pr.preset_params("demo-cv", study)  # a preset of another pipeline is refused by name
+
+
+def test_run_local_refuses_a_preset_of_another_pipeline_with_one_line(capsys):
+    assert main(["pipeline", "run-local", "--pipeline", "ser_study", "--preset", "demo-cv", "--root", "/nonexistent"]) == 2
+    assert "preset demo-cv sets" in capsys.readouterr().err
 
 
 def test_retrain_publishes_only_under_a_condition(compiled):

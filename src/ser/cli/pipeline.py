@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from ser.cli import UserError
+from ser.kubeflow.runner import PRESETS  # light: kfp is imported by the runner's functions
 
 PIPELINES = ("ser_study", "ser_retrain", "ser_cv")
 DEFAULT_SERVICE_ACCOUNT = "ser-pipeline-runner"  # manifests/base/pipeline-runs/pipeline-runner.yaml
@@ -52,9 +53,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "Outputs land under ROOT/<pipeline>-<time>/<task>/.")
     r.add_argument("--pipeline", choices=PIPELINES, default="ser_study", help="which pipeline (default ser_study)")
     r.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="pipeline parameter (repeatable)")
-    r.add_argument("--preset", choices=("study",), default=None,
-                   help="budget preset: study (the study's transfer grid: subsets a..g, 7 LRs, batches 16-64, 150 epochs, "
-                   "cells scored by 5-fold CV, a 2000-epoch final model); --param overrides it")
+    r.add_argument("--preset", choices=PRESETS, default=None,
+                   help="budget preset (src/ser/recipes/pipeline/NAME.yaml): study (ser_study with the study's transfer grid: "
+                   "subsets a..g, 7 LRs, batches 16-64, 150 epochs, cells scored by 5-fold CV, a 2000-epoch final model), "
+                   "demo / smoke (ser_study's small budgets), demo-cv / smoke-cv (ser_cv's: the plus recipe, a few epochs); "
+                   "a preset for another pipeline is refused; --param overrides it")
     r.add_argument("--root", type=Path, default=Path("local_outputs"), help="pipeline root for outputs (default local_outputs)")
     r.add_argument("--log", type=Path, default=None,
                    help="file for the runner's detailed output (default ROOT/logs/<pipeline>-<time>.log; the console shows one line per step)")
@@ -78,7 +81,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--token", default=None, help="bearer token (default $KFP_TOKEN); prefer the environment to the command line")
     s.add_argument("--pipeline", choices=PIPELINES, default="ser_retrain", help="which pipeline (default ser_retrain)")
     s.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="pipeline parameter (repeatable)")
-    s.add_argument("--preset", choices=("study",), default=None, help="budget preset (see `ser pipeline run-local --help`); --param overrides it")
+    s.add_argument("--preset", choices=PRESETS, default=None, help="budget preset (see `ser pipeline run-local --help`); --param overrides it")
     s.add_argument("--experiment", default="ser", help="KFP experiment (default ser)")
     s.add_argument("--namespace", default=None, help="Kubernetes namespace (multi-user Kubeflow)")
     s.add_argument("--run-name", default=None, help="run name (default: pipeline and time)")

@@ -234,25 +234,32 @@ class FeaturizeResult:
     seconds: float
 
 
+def table_features(table: Path, spec, labels: str, cache: Path, *, roots: Sequence[Path] = (), workers: int | None = None,
+            progress: bool = True):
+    """(feature set, report) of a table's rows with ``spec``, through the on-disk cache;
+    a missing table or file, an encoder that cannot load, or no usable row is a StepError."""
+    from ser.data import dataset, encoder, tables
+
+    try:
+        rows = tables.read_rows(table, roots=roots)
+        fs, report = dataset.build(rows, spec, labels=labels, cache_dir=cache, workers=workers, progress=progress)
+    except (FileNotFoundError, encoder.EncoderError) as exc:
+        raise StepError(str(exc)) from None
+    if len(fs) == 0:
+        raise StepError(f"no usable rows in {table} for the {labels} label set")
+    return fs, report
+
+
 def featurize(req: FeaturizeRequest) -> FeaturizeResult:
     """Extract one feature image per table row on every core, through the on-disk cache
     (an interrupted run resumes, a second one does no work). Rows outside the label set
     and files that cannot be decoded are listed in ``*.problems.csv`` beside the set."""
     import time
 
-    from ser.data import dataset, encoder, tables
+    from ser.data import tables
 
     start = time.perf_counter()
-    try:
-        rows = tables.read_rows(req.table, roots=req.roots)
-    except FileNotFoundError as exc:
-        raise StepError(str(exc)) from None
-    try:
-        fs, report = dataset.build(rows, req.spec(), labels=req.labels, cache_dir=req.cache, workers=req.workers, progress=req.progress)
-    except encoder.EncoderError as exc:
-        raise StepError(str(exc)) from None
-    if len(fs) == 0:
-        raise StepError(f"no usable rows in {req.table} for the {req.labels} label set")
+    fs, report = table_features(req.table, req.spec(), req.labels, req.cache, roots=req.roots, workers=req.workers, progress=req.progress)
     fs.meta.update({"table": str(req.table), "problems": len(report.problems)})
     path = req.out / feature_file(fs.spec.kind, fs.spec.size) if req.out.is_dir() or not req.out.suffix else req.out
     fs.save(path)
@@ -905,7 +912,6 @@ def cross_validate(req: CrossValidateRequest, session, log=print) -> CrossValida
     ensemble (OUT/ensemble.pt)."""
     import torch
 
-    from ser.data import dataset, encoder, tables
     from ser.study import crossval
 
     if req.threads:
@@ -924,13 +930,7 @@ def cross_validate(req: CrossValidateRequest, session, log=print) -> CrossValida
         if key in made:
             return made[key]
         if req.table is not None:
-            try:
-                rows = tables.read_rows(req.table, roots=req.roots)
-                fs, report = dataset.build(rows, variant.features, labels=req.labels, cache_dir=req.cache, progress=req.progress)
-            except (FileNotFoundError, encoder.EncoderError) as exc:
-                raise StepError(str(exc)) from None
-            if len(fs) == 0:
-                raise StepError(f"no usable rows in {req.table} for the {req.labels} label set")
+            fs, report = table_features(req.table, variant.features, req.labels, req.cache, roots=req.roots, progress=req.progress)
             problems.extend(report.problems)
         else:
             fs = load_features(req.features)

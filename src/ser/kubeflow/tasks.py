@@ -793,7 +793,6 @@ def record_training(data: Mapping[str, Any], model: Any, metrics: Any, confusion
     """What a training step (final train, transfer) shows in the Kubeflow UI: its scalar
     scores as KFP metrics, the confusion matrix, the model's metadata, an HTML report;
     returns the test macro F1 (the step's output parameter)."""
-    from ser import files
     from ser.study.report import scalars
 
     for key, value in (scalars(data, keys) if keys else scalars(data)).items():

@@ -26,10 +26,10 @@ import csv
 import os
 import random
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
 from dataclasses import astuple, dataclass, field
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from .. import audio, tables
 

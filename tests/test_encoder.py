@@ -105,6 +105,23 @@ def test_embeddings_cover_the_utterance(resolved):
         F.extract(speech_like(1.0), 22050, resolved)
 
 
+def test_every_layer_comes_from_the_same_files_and_the_last_one_equals_ctranslate2(resolved):
+    """encoder_layers=all: the PyTorch copy of the encoder gives every hidden state, and
+    its last one is CTranslate2's own output (float32) to within 1e-4 of its scale."""
+    layered = F.resolve(F.FeatureSpec(**{**FAST.to_dict(), "encoder_layers": "all"}))
+    assert layered.encoder_id == PINNED_ID and layered.size == 7 * 512 and F.stacked_layers(layered) == 7
+    assert F.stacked_layers(resolved) == 1 and "encoder_layers" not in resolved.to_dict()  # earlier keys unchanged
+    assert layered.key() != resolved.key()
+    wave = speech_like(1.5)
+    stacked = F.extract(wave, 16000, layered)
+    assert stacked.shape == (7 * 512, 75) and np.isfinite(stacked).all()
+    last = encoder.embed(wave, encoder.load("base", PINNED_ID, compute_type="float32"), window_s=0)
+    assert np.abs(stacked[-512:] - last).max() < 1e-4 * np.abs(last).max()
+    assert not np.allclose(stacked[3 * 512 : 4 * 512], last, atol=1e-1)  # a middle layer is not the output
+    with pytest.raises(ValueError, match="encoder_layers"):
+        F.FeatureSpec(**{**FAST.to_dict(), "encoder_layers": "middle"})
+
+
 def test_by_name_a_registered_folder_of_another_encoder_is_not_taken(tmp_path, monkeypatch, resolved):
     """SER_ENCODER_DIRS (and folders a server registers) answer for an identity, never
     for a name: asking for "small" must not quietly get base files."""
@@ -225,14 +242,14 @@ def test_the_pipeline_steps_carry_the_whisper_family(tmp_path):
         rows = tables.read_rows(tmp_path / f"{layout}.csv")
         steps.write_table(rows, tmp_path / f"{layout}-table", list(rows[0]))
         info = steps.features(tmp_path / f"{layout}-table", tmp_path / f"{layout}-features", kinds="whisper", sizes="512", labels=labels_name)
-        assert info["sets"]["whisper-512.npz"]["n"] == len(rows)
+        assert info["sets"]["whisper-3584.npz"]["n"] == len(rows)  # every hidden state: 7 x 512
         feats[layout] = tmp_path / f"{layout}-features"
     config = {"arch": {"cnn": "head", "hidden": 16}, "train": {"batch_size": 8, "lr": 1e-3}}
-    final = steps.final_train(feats["ravdess"], tmp_path / "final", config=config, feature="whisper", size=512, epochs=2,
+    final = steps.final_train(feats["ravdess"], tmp_path / "final", config=config, feature="whisper", size=3584, epochs=2,
                               eval_every=1, device="cpu")
     assert final["feature"] == "whisper" and 0.0 <= final["ua"] <= 1.0
     bundle = models.load_bundle(tmp_path / "final" / "model.pt")
-    assert isinstance(bundle.model, HeadNet) and bundle.feature_spec["encoder_id"] == PINNED_ID
+    assert isinstance(bundle.model, HeadNet) and bundle.feature_spec["encoder_id"] == PINNED_ID and bundle.arch.layers == 7
     ev = steps.evaluate(tmp_path / "final", feats["ravdess"], tmp_path / "eval")
     assert ev["accuracy"] == pytest.approx(final["accuracy"])
     greek = steps.transfer(tmp_path / "final", feats["aesdd"], tmp_path / "greek", freeze="g", lrs="1e-3", batches="8", epochs=2, eval_every=1, device="cpu")

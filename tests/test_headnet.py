@@ -82,3 +82,28 @@ def test_the_head_learns_and_evaluates_padded_rows():
     net.load_state_dict(result.best_state)
     after = evaluate(net.eval(), test)
     assert after.ua > 0.9 > before + 0.3
+
+
+def _one_layer_carries_it(n: int, seed: int, layers: int = 3, width: int = 8, carrier: int = 1) -> FeatureSet:
+    """Stacked layers of noise where only layer ``carrier`` leans along the class's direction."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n)
+    images = rng.normal(size=(n, layers * width, 30)).astype(np.float32)
+    images[:, carrier * width : carrier * width + 4] += np.where(labels == 0, 1.0, -1.0)[:, None, None]
+    s = np.array([f"s{i % 4}" for i in range(n)])
+    return FeatureSet(images, labels.astype(np.int64), ("a", "b"), FeatureSpec(kind="logmel", size=24), s, s, s, s, np.array([""] * n))
+
+
+def test_stacked_layers_are_weighed_and_the_head_finds_the_layer_that_carries_the_emotion():
+    spec = HeadSpec(in_size=24, n_classes=2, hidden=8, layers=3)
+    with pytest.raises(ValueError, match="stacked layers"):
+        HeadSpec(in_size=24, layers=5)
+    torch.manual_seed(0)
+    net = HeadNet(spec)
+    assert torch.allclose(torch.softmax(net.mix.weights, 0), torch.full((3,), 1 / 3))  # starts equal
+    result = fit(net, _one_layer_carries_it(160, 0), None, TrainConfig(epochs=20, batch_size=16, lr=3e-2, device="cpu"), progress=False)
+    net.load_state_dict(result.best_state)
+    weights = torch.softmax(net.mix.weights, 0)
+    assert weights.argmax() == 1 and weights[1] > 0.5
+    assert evaluate(net.eval(), _one_layer_carries_it(60, 1)).ua > 0.9
+    assert models.spec_from_dict(spec.to_dict()) == spec and net.layer_order[0] == "mix"

@@ -196,6 +196,9 @@ class FeaturizeRequest(Settings):
     encoder: str = option("base", help="whisper: a faster-whisper size (tiny, base, small ...) or a directory of converted files (default base)")
     encoder_window: int = option(30, help="whisper: seconds each utterance is padded to before encoding (30, Whisper's own window, is "
                                  "the measured best; 0 = no padding, 20-30 times cheaper on a 3 s clip) (default 30)")
+    encoder_layers: str = option("all", choices=("all", "last"),
+                                 help="whisper: all = every hidden state of the encoder, stacked, for the head to weigh (the "
+                                 "measured best on unseen speakers; 7 x the width); last = the encoder's output only (default all)")
     rate: int | None = option(16000, type=sample_rate,
                               help="resample every file to this rate in Hz (default 16000: a recording then gives the same image at "
                               "any rate it arrives at); 'native' keeps each corpus at its own rate, as the study did")
@@ -218,7 +221,7 @@ class FeaturizeRequest(Settings):
         """The feature spec this request asks for (whisper: its width is found when it runs)."""
         from ser.data.features import FeatureSpec
 
-        extra = {"encoder": self.encoder, "encoder_window": self.encoder_window} if self.feature == "whisper" else {}
+        extra = {"encoder": self.encoder, "encoder_window": self.encoder_window, "encoder_layers": self.encoder_layers} if self.feature == "whisper" else {}
         try:
             return FeatureSpec.for_kind(self.feature, self.size, self.rate, **extra)
         except ValueError as exc:
@@ -338,8 +341,9 @@ class TrainResult:
         return data
 
 
-def resolve_config(config: dict[str, Any] | None, preset: str | None, image_size: int, n_classes: int):
-    """(ArchSpec or another model spec, TrainConfig) from a config dict and/or preset name, sized for the data."""
+def resolve_config(config: dict[str, Any] | None, preset: str | None, image_size: int, n_classes: int, layers: int = 1):
+    """(ArchSpec or another model spec, TrainConfig) from a config dict and/or preset name, sized for the data
+    (``layers``: encoder layers stacked in each feature frame, for the whisper head)."""
     from dataclasses import fields
 
     from ser.study import models
@@ -371,6 +375,8 @@ def resolve_config(config: dict[str, Any] | None, preset: str | None, image_size
             what = f"{have}x{have} images" if key == "in_size" else f"{have} classes"
             raise StepError(f"config says {key}={arch_d[key]}, but the feature set has {what}")
     base.update(arch_d)
+    if base.get("cnn") == "head":
+        base.setdefault("layers", layers)
     try:
         arch = models.spec_from_dict(base)  # a study CNN, or cnn: head / plus
         cfg = TrainConfig.from_dict(train_d)
@@ -396,9 +402,11 @@ def load_features(path: str | Path):
 
 def _train_setup(req: TrainRequest):
     """(feature set, model spec, TrainConfig with the request's overrides)."""
+    from ser.data.features import stacked_layers
+
     fs = load_features(req.features)
     preset = req.preset or (None if req.config else "optimal-english")
-    arch, cfg = resolve_config(req.config, preset, int(fs.images.shape[1]), len(fs.label_names))
+    arch, cfg = resolve_config(req.config, preset, int(fs.images.shape[1]), len(fs.label_names), stacked_layers(fs.spec))
     overrides = {"epochs": req.epochs, "eval_every": req.eval_every, "batch_size": req.batch_size, "lr": req.lr, "precision": req.precision}
     try:
         cfg = cfg.with_(device=req.device, **{k: v for k, v in overrides.items() if v is not None})

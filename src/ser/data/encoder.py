@@ -208,9 +208,13 @@ def _cuda() -> bool:
         return False
 
 
-def embed(wave: np.ndarray, model, window_s: int = WINDOW_S) -> np.ndarray:
+def embed(wave: np.ndarray, model, window_s: int = WINDOW_S, layers=None) -> np.ndarray:
     """A 16 kHz mono waveform -> (dimensions, frames) float32 encoder output, one frame
     per 20 ms of the utterance.
+
+    ``layers``: a :class:`ser.data.whisper_layers.WhisperEncoder` of the same files to
+    run instead of CTranslate2, which returns the last layer only; then every hidden
+    state is kept, stacked layer by layer: (hidden states x dimensions, frames).
 
     ``window_s``: the utterance is padded with silence to this many seconds before
     encoding, and only the frames of the utterance itself are kept. Whisper was trained
@@ -231,11 +235,19 @@ def embed(wave: np.ndarray, model, window_s: int = WINDOW_S) -> np.ndarray:
         mel = model.feature_extractor(padded)[:, :-1]  # the last frame only covers the STFT padding
         if mel.shape[-1] % 2:
             mel = np.pad(mel, ((0, 0), (0, 1)), mode="edge")
-        out = model.model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(mel[None], dtype=np.float32)), to_cpu=True)
-        outputs.append(np.asarray(out, dtype=np.float32)[0][:valid])
+        mel = np.ascontiguousarray(mel[None], dtype=np.float32)
+        if layers is not None:
+            import torch
+
+            states = layers(torch.from_numpy(mel))  # each (1, frames, dimensions)
+            outputs.append(torch.cat([s[0, :valid] for s in states], dim=1).numpy())
+        else:
+            out = model.model.encode(ctranslate2.StorageView.from_array(mel), to_cpu=True)
+            outputs.append(np.asarray(out, dtype=np.float32)[0][:valid])
     return np.ascontiguousarray(np.concatenate(outputs).T)
 
 
-def dimensions(model) -> int:
-    """Width of the encoder's embeddings (512 for base), measured on 1 s of silence."""
-    return int(embed(np.zeros(RATE, np.float32), model, window_s=0).shape[0])
+def dimensions(model, layers=None) -> int:
+    """Width of the encoder's embeddings (512 for base; with ``layers``, 7 x 512),
+    measured on 1 s of silence."""
+    return int(embed(np.zeros(RATE, np.float32), model, window_s=0, layers=layers).shape[0])

@@ -31,7 +31,9 @@ NORMALISATIONS: tuple[str, ...] = ("utterance", "none")
 SIZES: tuple[int, ...] = (30, 50, 60, 80)
 #: Fields that only the ``whisper`` kind has (left out of other kinds' dicts and keys,
 #: so adding them changed no existing cache key or bundle).
-ENCODER_FIELDS: tuple[str, ...] = ("encoder", "encoder_id", "compute_type", "encoder_window")
+ENCODER_FIELDS: tuple[str, ...] = ("encoder", "encoder_id", "compute_type", "encoder_window", "encoder_layers")
+#: Which of the encoder's layers a whisper feature keeps (see :mod:`ser.data.whisper_layers`).
+ENCODER_LAYERS: tuple[str, ...] = ("last", "all")
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,10 @@ class FeatureSpec(Settings):
     :func:`resolve`), ``compute_type`` how CTranslate2 runs it, and ``encoder_window``
     the seconds each utterance is padded to with silence before encoding (30: Whisper's
     own window, which it was trained on; 0: none, 20-30 times cheaper). No pre-emphasis:
-    the encoder was trained on plain audio.
+    the encoder was trained on plain audio. ``encoder_layers``: ``last`` keeps the
+    encoder's output (CTranslate2); ``all`` every hidden state, stacked (size = 7 x 512
+    for base), computed by the same weights in PyTorch (:mod:`ser.data.whisper_layers`)
+    for a head that learns how to weigh them.
     """
 
     kind: FeatureKind = "mel"
@@ -72,13 +77,16 @@ class FeatureSpec(Settings):
     encoder_id: str = ""  #: whisper only: SHA-256 prefix of the encoder's model.bin (set by resolve)
     compute_type: str = "int8"  #: whisper only: CTranslate2 compute type (int8, float32, float16 on a GPU)
     encoder_window: int = 30  #: whisper only: seconds every utterance is padded to (0: no padding)
+    encoder_layers: str = "last"  #: whisper only: "last" (the encoder's output) or "all" (every hidden state, stacked)
 
     def __post_init__(self) -> None:
         if self.normalise not in NORMALISATIONS:
             raise ValueError(f"normalise must be one of {NORMALISATIONS}, got {self.normalise!r}")
         if self.kind not in KINDS:
             raise ValueError(f"feature kind must be one of {KINDS}, got {self.kind!r}")
-        largest = 1280 if self.kind == "whisper" else 512  # whisper: the encoder's width (large: 1280)
+        if self.encoder_layers not in ENCODER_LAYERS:
+            raise ValueError(f"encoder_layers must be one of {ENCODER_LAYERS}, got {self.encoder_layers!r}")
+        largest = 1280 * 33 if self.kind == "whisper" else 512  # whisper: the encoder's width (large: 1280) x hidden states
         if not 8 <= int(self.size) <= largest:
             raise ValueError(f"feature size must be between 8 and {largest}, got {self.size}")
         if self.kind == "whisper" and (self.sample_rate != 16000 or self.preemphasis != 0.0 or not 0 <= self.encoder_window <= 30):
@@ -99,6 +107,8 @@ class FeatureSpec(Settings):
         if self.kind != "whisper":
             for name in ENCODER_FIELDS:
                 data.pop(name)
+        elif self.encoder_layers == "last":
+            data.pop("encoder_layers")  # the default before the field existed: earlier keys and bundles stay valid
         return data
 
     def matches(self, wanted: "FeatureSpec") -> bool:
@@ -205,7 +215,26 @@ def resolve(spec: FeatureSpec) -> FeatureSpec:
 
     model = encoder.load(spec.encoder, spec.encoder_id, spec.compute_type)
     found = encoder.identity(encoder.locate(spec.encoder, spec.encoder_id))
-    return replace(spec, encoder_id=found, size=encoder.dimensions(model))
+    return replace(spec, encoder_id=found, size=encoder.dimensions(model, _layers(spec, found)))
+
+
+def _layers(spec: FeatureSpec, identity: str):
+    """The PyTorch copy of the encoder when ``spec`` keeps every layer, else None."""
+    if spec.encoder_layers == "last":
+        return None
+    from ser.data import encoder, whisper_layers
+
+    return whisper_layers.load(str(encoder.locate(spec.encoder, identity)))
+
+
+def stacked_layers(spec: FeatureSpec) -> int:
+    """How many layers each feature frame of ``spec`` stacks (1 unless a whisper spec
+    keeps every hidden state): the head needs it to weigh them."""
+    if spec.kind != "whisper" or spec.encoder_layers == "last":
+        return 1
+    from ser.data import encoder, whisper_layers
+
+    return whisper_layers.hidden_states(str(encoder.locate(spec.encoder, spec.encoder_id)))
 
 
 def _encode(wave: np.ndarray, spec: FeatureSpec) -> np.ndarray:
@@ -214,7 +243,7 @@ def _encode(wave: np.ndarray, spec: FeatureSpec) -> np.ndarray:
     if not spec.encoder_id:
         raise ValueError("a whisper spec needs its encoder_id: pass it through features.resolve first")
     model = encoder.load(spec.encoder, spec.encoder_id, spec.compute_type)
-    return encoder.embed(wave, model, spec.encoder_window)
+    return encoder.embed(wave, model, spec.encoder_window, _layers(spec, spec.encoder_id))
 
 
 def extract(wave: np.ndarray, rate: int, spec: FeatureSpec) -> np.ndarray:

@@ -32,7 +32,7 @@ import yaml
 from ser import files
 from ser.study import metrics, splits
 from ser.data.dataset import FeatureSet
-from ser.data.features import FeatureSpec
+from ser.data.features import FeatureSpec, stacked_layers
 from ser.study.plus import PlusConfig
 from ser.study.training import TrainConfig
 
@@ -141,12 +141,15 @@ def load_recipe(name_or_path: str | Path) -> CVRecipe:
     return CVRecipe.from_dict(data)
 
 
-def model_spec(recipe: CVRecipe, in_size: int, n_classes: int):
-    """The recipe's architecture sized for the data."""
+def model_spec(recipe: CVRecipe, in_size: int, n_classes: int, layers: int = 1):
+    """The recipe's architecture sized for the data (``layers``: encoder layers stacked
+    in each feature frame, for the whisper head)."""
     from ser.study import models
 
     data = dict(recipe.model)
-    if data.get("cnn") in ("plus", "head"):
+    if data.get("cnn") == "head":
+        return models.spec_from_dict({**data, "in_size": in_size, "n_classes": n_classes, "layers": layers})
+    if data.get("cnn") == "plus":
         return models.spec_from_dict({**data, "in_size": in_size, "n_classes": n_classes})
     preset = data.pop("preset", None)
     base = models.PRESETS[preset].to_dict() if preset else {}
@@ -244,7 +247,7 @@ def train_fold(fs: FeatureSet, train_idx: np.ndarray, test_idx: np.ndarray, reci
         fit_idx, val_idx = train_idx, np.zeros(0, dtype=np.int64)  # a fixed rule: every training speaker trains
     else:
         fit_idx, val_idx = splits.validation_split(fs, train_idx, recipe.val_size, seed=seed)
-    spec = model_spec(recipe, int(fs.images.shape[1]), len(fs.label_names))
+    spec = model_spec(recipe, int(fs.images.shape[1]), len(fs.label_names), stacked_layers(fs.spec))
     seed_everything(seed)
     model = models.build(spec)
     cfg = recipe.train.with_(seed=seed, device=device)

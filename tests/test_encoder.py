@@ -148,6 +148,7 @@ def test_feature_sets_are_cached_under_the_encoder_identity(tmp_path, resolved):
     fs, rep = dataset.build(rows, FAST, cache_dir=tmp_path / "cache", progress=False)
     assert rep.computed == 3 and not rep.problems
     assert fs.spec == resolved and fs.images.shape[:2] == (3, 512) and list(fs.length) == [50, 65, 80]
+    assert fs.images.dtype == np.float16  # held in half precision: 7 x 512 numbers per 20 ms add up
     assert (tmp_path / "cache" / resolved.key()).is_dir()
     again, rep2 = dataset.build(rows, FAST, cache_dir=tmp_path / "cache", progress=False)
     assert (rep2.computed, rep2.cached) == (0, 3) and np.array_equal(again.images, fs.images)

@@ -107,3 +107,16 @@ def test_stacked_layers_are_weighed_and_the_head_finds_the_layer_that_carries_th
     assert weights.argmax() == 1 and weights[1] > 0.5
     assert evaluate(net.eval(), _one_layer_carries_it(60, 1)).ua > 0.9
     assert models.spec_from_dict(spec.to_dict()) == spec and net.layer_order[0] == "mix"
+
+
+def test_a_float16_feature_set_trains_and_evaluates_as_float32():
+    """Encoder features are held in float16 (ser.data.dataset.storage_dtype): training and
+    evaluation read them back as float32 batches and give the float32 answers."""
+    train, test = _separable(120, 0), _separable(60, 1)
+    half = lambda fs: FeatureSet(**{**fs.__dict__, "images": fs.images.astype(np.float16)})  # noqa: E731
+    torch.manual_seed(0)
+    net = HeadNet(SPEC)
+    result = fit(net, half(train), None, TrainConfig(epochs=5, batch_size=16, lr=3e-3, device="cpu"), progress=False)
+    net.load_state_dict(result.best_state)
+    rounded = FeatureSet(**{**test.__dict__, "images": test.images.astype(np.float16).astype(np.float32)})
+    assert evaluate(net.eval(), half(test)).ua == evaluate(net, rounded).ua > 0.6

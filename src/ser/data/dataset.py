@@ -42,7 +42,7 @@ class FeatureSet:
     mode ("add" or "replace"). Splits use both so copies follow their source.
     """
 
-    images: np.ndarray  # (n, N, N) float32 in [0, 1]; logmel: (n, N, T) padded, see ``length``
+    images: np.ndarray  # (n, N, N) float32 in [0, 1]; logmel: (n, N, T) padded, see ``length``; whisper: float16 (storage_dtype)
     labels: np.ndarray  # (n,) int64 indices into label_names
     label_names: tuple[str, ...]
     spec: FeatureSpec
@@ -148,6 +148,7 @@ class FeatureCache:
 
     def __init__(self, root: str | Path, spec: FeatureSpec, create: bool = True) -> None:
         self.dir = Path(root) / spec.key()
+        self.dtype = storage_dtype(spec)
         if create:
             self.dir.mkdir(parents=True, exist_ok=True)
             (self.dir / "spec.json").write_text(json.dumps(spec.to_dict(), indent=2))
@@ -177,7 +178,7 @@ class FeatureCache:
         name = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:32]
         tmp = self.dir / f".{name}.{os.getpid()}.tmp.npz"
         self.dir.mkdir(parents=True, exist_ok=True)
-        stacked, length = stack_frames(images, images[0].shape[0])
+        stacked, length = stack_frames(images, images[0].shape[0], self.dtype)
         np.savez(tmp, keys=np.array(keys), images=stacked, length=length)
         os.replace(tmp, self.dir / f"{name}.npz")
 
@@ -240,17 +241,25 @@ def pad_frames(images: np.ndarray, width: int) -> np.ndarray:
     return np.pad(images, ((0, 0), (0, 0), (0, width - images.shape[-1])))
 
 
-def stack_frames(images: Sequence[np.ndarray], size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Images of equal height and any width -> one float32 (n, N, T) array padded on
+def storage_dtype(spec: FeatureSpec) -> type:
+    """How a feature set and the cache hold ``spec``'s features: float16 for the whisper
+    encoder's (every hidden state of whisper-base is 3584 numbers per 20 ms: TESS's 2800
+    clips padded to 5 s take 10 GB in float32), float32 for the rest. Training reads
+    them back as float32 batch by batch; serving never rounds them."""
+    return np.float16 if spec.kind == "whisper" else np.float32
+
+
+def stack_frames(images: Sequence[np.ndarray], size: int, dtype: type = np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """Images of equal height and any width -> one (n, N, T) array of ``dtype`` padded on
     the right, and each row's valid width (at most MAX_FRAMES, centre kept)."""
     if not images:
-        return np.zeros((0, size, size), np.float32), np.zeros(0, np.int64)
+        return np.zeros((0, size, size), dtype), np.zeros(0, np.int64)
     kept = []
     for image in images:
         extra = image.shape[-1] - MAX_FRAMES
         kept.append(image[:, extra // 2 : extra // 2 + MAX_FRAMES] if extra > 0 else image)
     length = np.array([k.shape[-1] for k in kept], dtype=np.int64)
-    out = np.zeros((len(kept), kept[0].shape[0], int(length.max())), np.float32)
+    out = np.zeros((len(kept), kept[0].shape[0], int(length.max())), dtype)
     for i, k in enumerate(kept):
         out[i, :, : k.shape[-1]] = k
     return out, length
@@ -337,7 +346,7 @@ def build(
         with threadpool_limits(1):  # as in the workers: identical bits
             gather(map(_work, jobs))
     ok = [i for i in keep if images[i] is not None]
-    stacked, length = stack_frames([images[i] for i in ok], spec.size)
+    stacked, length = stack_frames([images[i] for i in ok], spec.size, storage_dtype(spec))
     fs = FeatureSet(
         images=stacked,
         length=length,

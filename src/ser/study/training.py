@@ -199,8 +199,11 @@ def seed_everything(seed: int) -> None:
 
 
 def as_tensors(fs: FeatureSet, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """The whole feature set as (images (n, 1, N, N) float32, labels int64) on ``device``."""
-    images = torch.from_numpy(np.ascontiguousarray(fs.images, dtype=np.float32)).unsqueeze(1)
+    """The whole feature set as (images (n, 1, N, N), labels int64) on ``device``; images
+    float32, or float16 where the set holds them so (encoder features: read back as
+    float32 batch by batch, see ``_predict`` and ``fit``)."""
+    dtype = np.float16 if fs.images.dtype == np.float16 else np.float32
+    images = torch.from_numpy(np.ascontiguousarray(fs.images, dtype=dtype)).unsqueeze(1)
     labels = torch.from_numpy(np.ascontiguousarray(fs.labels, dtype=np.int64))
     return images.to(device), labels.to(device)
 
@@ -234,7 +237,7 @@ def _predict(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
     try:
         for i in range(0, images.shape[0], batch_size):
             with _autocast(device, precision):
-                batch = images[i : i + batch_size]
+                batch = images[i : i + batch_size].float()
                 if with_lengths:
                     logits = model(batch, None if lengths is None else lengths[i : i + batch_size]).float()
                 else:
@@ -451,10 +454,10 @@ def fit(
             optimizer.zero_grad(set_to_none=True)
             if augment is None:
                 with _autocast(device, cfg.precision):
-                    logits = model(images[batch])
+                    logits = model(images[batch].float())
                 loss = F.cross_entropy(logits.float(), labels[batch])
             else:
-                inputs, targets = augment(images[batch], labels[batch], lengths[batch], shuffle)
+                inputs, targets = augment(images[batch].float(), labels[batch], lengths[batch], shuffle)
                 with _autocast(device, cfg.precision):
                     logits = model(inputs)
                 loss = F.cross_entropy(logits.float(), targets)

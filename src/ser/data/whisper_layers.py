@@ -65,12 +65,16 @@ def read_ct2(path: str | Path, prefix: str = "encoder/", data: bool = True) -> d
     return found
 
 
+def _blocks(names) -> int:
+    """Transformer blocks among an encoder's variable names (one attention input each)."""
+    return sum(1 for k in names if k.endswith("self_attention/linear_0/weight"))
+
+
 @lru_cache(maxsize=8)
 def hidden_states(directory: str) -> int:
     """How many hidden states :class:`WhisperEncoder` gives for the files in
     ``directory`` (blocks + 1: 7 for base), read from the names in model.bin."""
-    names = read_ct2(Path(directory) / "model.bin", data=False)
-    return 1 + sum(1 for k in names if k.endswith("self_attention/linear_0/weight"))
+    return 1 + _blocks(read_ct2(Path(directory) / "model.bin", data=False))
 
 
 class WhisperEncoder(nn.Module):
@@ -81,14 +85,10 @@ class WhisperEncoder(nn.Module):
     def __init__(self, weights: dict[str, np.ndarray]) -> None:
         super().__init__()
         self.heads = int(weights["num_heads"])
-        self.blocks = sum(1 for k in weights if k.endswith("self_attention/linear_0/weight"))
+        self.blocks = _blocks(weights)
         for name, value in weights.items():
             if value.dtype.kind == "f":
                 self.register_buffer(name.replace("/", "__"), torch.from_numpy(value.astype(np.float32)))
-
-    @property
-    def width(self) -> int:
-        return int(getattr(self, "conv1__bias").shape[0])
 
     def _w(self, name: str) -> torch.Tensor:
         return getattr(self, name.replace("/", "__"))

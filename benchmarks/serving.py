@@ -1,6 +1,7 @@
 """Benchmark: latency and throughput of a 3 s, 16 kHz clip through the real servers
 (TorchServe and ser's KServe predictor, both on 127.0.0.1) and in-process
-(ser.serve.serving), for each inference backend (ser.serve.inference: eager fp32, int8), in one run.
+(ser.serve.serving), for each inference backend (ser.serve.inference: eager fp32, int8,
+onnx, onnx-int8), in one run. Both servers load the .mar that `ser package` builds.
 
 For each concurrency level (default 1, 4, 16) clients send the same WAV again and
 again over keep-alive HTTP connections (one thread and connection per client, token
@@ -25,7 +26,7 @@ accuracy check of each reduced-precision backend against eager on the held-out 2
 (the split ``ser train`` used, seed 0) of real clips (ser.serve.inference.agreement).
 
 Usage (the whole table and JSON in one command):
-    .venv/bin/python benchmarks/serving.py [--archs optimal] [--backends eager,int8]
+    .venv/bin/python benchmarks/serving.py [--archs optimal] [--backends eager,int8,onnx,onnx-int8]
         [--servers torchserve,kserve,inprocess] [--levels 1,16] [--requests 200]
         [--agreement-model M --agreement-features F] [--out build/bench/serving.json]
 """
@@ -204,7 +205,7 @@ def agreement_rows(model_pt: Path, features: Path, backends: list[str]) -> dict:
     out = {}
     for backend in backends:
         if backend != "eager":
-            out[backend] = row = inference.agreement(bundle.model, images, y, backend)
+            out[backend] = row = inference.agreement(bundle.model, images, y, backend, feature_spec=bundle.feature_spec)
             print(f"  agreement {backend} vs eager on {row['clips']} held-out clips: top-1 {100 * row['top1_agreement']:.2f}%, "
                   f"UA eager {100 * row['ua_eager']:.2f}% vs {100 * row['ua_' + backend]:.2f}%, max |dp| {row['max_abs_prob_diff']:.4f}", flush=True)
     return out
@@ -231,7 +232,7 @@ def main() -> int:
     warnings.filterwarnings("ignore")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--archs", default="optimal", help=f"models, comma-separated, from {sorted(ARCHS)} (random weights); tiny is a baseline only")
-    parser.add_argument("--backends", default="eager,int8", help="inference backends (ser.serve.inference.BACKENDS), comma-separated")
+    parser.add_argument("--backends", default="eager,int8,onnx,onnx-int8", help="inference backends (ser.serve.inference.BACKENDS), comma-separated")
     parser.add_argument("--servers", default="torchserve,kserve,inprocess", help="paths to measure, comma-separated")
     parser.add_argument("--levels", default="1,16", help="client concurrency levels")
     parser.add_argument("--requests", type=int, default=200, help="requests per level (concurrency 16 gets twice as many)")
@@ -239,7 +240,8 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2, help="TorchServe workers and KServe predictor workers (one single-threaded model each)")
     parser.add_argument("--batch-size", type=int, default=4, help="TorchServe batch size (ser's default)")
     parser.add_argument("--max-delay-ms", type=int, default=1, help="TorchServe max batch delay (ser's default)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads of the in-process rows (servers: --workers processes x 1 thread)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the in-process rows")
+    parser.add_argument("--worker-threads", type=int, default=1, help="intra-op threads of each server worker (TorchServe and the KServe predictor)")
     parser.add_argument("--agreement-model", type=Path, help="a model trained on real clips (model.pt) for the accuracy check")
     parser.add_argument("--agreement-features", type=Path, help="its feature set (.npz from `ser features`)")
     parser.add_argument("--out", type=Path, default=REPO / "build" / "bench" / "serving.json")
@@ -266,7 +268,7 @@ def main() -> int:
         "benchmark": "serving",
         "clip": {"seconds": 3.0, "sample_rate": 16000, "bytes": len(clip), "format": "WAV PCM_16 mono"},
         "models": {a: {"weights": "random", "spec": ARCHS[a] or "OPTIMAL_ENGLISH (SquirtleNET, ~55.5 M parameters)"} for a in archs},
-        "runtime": {"workers": args.workers, "batch_size": args.batch_size, "max_batch_delay_ms": args.max_delay_ms, "kserve_workers": args.workers, "threads_per_worker": 1, "inprocess_threads": args.threads},
+        "runtime": {"workers": args.workers, "batch_size": args.batch_size, "max_batch_delay_ms": args.max_delay_ms, "kserve_workers": args.workers, "threads_per_worker": args.worker_threads, "inprocess_threads": args.threads},
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
                     "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
         "load_average_before": os.getloadavg(),
@@ -284,9 +286,10 @@ def main() -> int:
             model_pt = make_model(arch, tmp / arch)
             for backend in backends:
                 key = f"{arch}/{backend}"
-                if "torchserve" in servers:
-                    runtime = Runtime(workers=args.workers, batch_size=args.batch_size, max_batch_delay_ms=args.max_delay_ms, backend=backend)
+                runtime = Runtime(workers=args.workers, batch_size=args.batch_size, max_batch_delay_ms=args.max_delay_ms, backend=backend, torch_threads=args.worker_threads)
+                if {"torchserve", "kserve"} & set(servers):  # both servers take the .mar, as deployed (ONNX exports inside)
                     mar = build_mar(model_pt, tmp / arch / f"bench-{arch}-{backend}.mar", runtime=runtime)
+                if "torchserve" in servers:
                     t0 = time.perf_counter()
                     server = start(mar, runtime=runtime, timeout=600)
                     try:
@@ -298,7 +301,7 @@ def main() -> int:
                         server.stop()
                 if "kserve" in servers:
                     t0 = time.perf_counter()
-                    with predictor_server.start(model_pt, name="ser", backend=backend, threads=1, workers=args.workers, timeout=600) as srv:
+                    with predictor_server.start(mar, name="ser", backend=backend, threads=args.worker_threads, workers=args.workers, timeout=600) as srv:
                         headers = {"Content-Type": "application/octet-stream", **srv.headers()}
                         http_call_factory(f"{srv.url}/predict", clip, headers)()()
                         results["cold_start_s"][f"kserve/{key}"] = round(time.perf_counter() - t0, 2)
@@ -308,7 +311,7 @@ def main() -> int:
 
                     torch.set_num_threads(args.threads)
                     threadpool_limits(args.threads)
-                    predictor = serving.Predictor(load_bundle(model_pt), backend=backend)
+                    predictor = serving.Predictor(load_bundle(model_pt), backend=backend, source=model_pt)
                     measure(f"inprocess/{key}", inprocess_factory(predictor, clip), levels, args.requests, args.warmup, None, results["rows"])
 
     results["load_average_after"] = os.getloadavg()

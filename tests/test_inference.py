@@ -89,3 +89,71 @@ def test_agreement_reports_how_far_a_backend_strays(net):
     int8 = inference.agreement(net, images, y, "int8")
     assert int8["clips"] == 40 and 0.9 <= int8["top1_agreement"] <= 1.0 and 0 < int8["max_abs_prob_diff"] < 0.02
     assert abs(int8["ua_int8"] - int8["ua_eager"]) <= 0.1
+
+
+def test_onnx_backend_matches_eager_to_1e4(net, batch):
+    engine = inference.prepare(net, "onnx", feature_spec={"size": 60})
+    assert engine.session is not None and engine.description == "onnx on cpu"
+    ref = inference.prepare(net, "eager")(batch)
+    np.testing.assert_allclose(engine(batch), ref, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(engine(batch[:1]), ref[:1], atol=1e-4, rtol=0)  # any batch size
+
+
+def test_onnx_int8_quantises_convolutions_and_linear_layers(net, batch):
+    import onnx
+
+    from ser.data.features import FeatureSpec
+
+    data = inference.export(net, "onnx-int8", feature_spec=FeatureSpec(size=60), stamp="abc")
+    proto = onnx.load_from_string(data)
+    ops = {node.op_type for node in proto.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+    quantised = {i.name for i in proto.graph.initializer if i.data_type == onnx.TensorProto.INT8}
+    assert any("conv1" in n for n in quantised) and any("fc1" in n for n in quantised), quantised
+    assert {p.key: p.value for p in proto.metadata_props} == {"ser.backend": "onnx-int8", "ser.model_sha256": "abc"}
+    engine = inference.Engine(net, "onnx-int8", torch.device("cpu"), session=inference._session(data))
+    ref, got = serving.softmax(inference.prepare(net, "eager")(batch)), serving.softmax(engine(batch))
+    assert np.abs(ref - got).max() < 0.05
+    assert (ref.argmax(1) == got.argmax(1)).mean() >= 0.9
+
+
+def test_calibration_images_are_the_models_own_features():
+    from ser.data.features import FeatureSpec
+
+    images = inference.calibration_images(FeatureSpec(size=30), count=14)
+    assert images.shape == (14, 30, 30) and images.dtype == np.float32
+    assert np.isfinite(images).all() and images.std(axis=(1, 2)).min() > 0  # speech-like, not blank
+    assert not np.allclose(images[0], images[7])  # different voices and emotions
+
+
+def test_an_export_beside_model_pt_is_used_only_if_made_from_it(net, tmp_path, monkeypatch, caplog):
+    from ser.data import labels
+    from ser.data.features import FeatureSpec
+
+    path = models.save_bundle(tmp_path / "model.pt", net, labels.ENGLISH, FeatureSpec(size=60).to_dict())
+    good = inference.export(net, "onnx", stamp=inference.file_sha256(path))
+    (tmp_path / "model.fp32.onnx").write_bytes(good)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("exported again although a matching export was there")
+
+    with monkeypatch.context() as m:
+        m.setattr(inference, "export", refuse)
+        assert inference.load_export(net, "onnx", source=path) == good
+    (tmp_path / "model.fp32.onnx").write_bytes(inference.export(net, "onnx", stamp="another model"))
+    with caplog.at_level("WARNING"):
+        fresh = inference.load_export(net, "onnx", source=path)
+    assert "exporting again" in caplog.text
+    assert fresh == good
+
+
+def test_networks_of_any_length_fall_back_from_onnx(tmp_path):
+    from ser.study.plusnet import PlusSpec
+
+    plus = models.build(PlusSpec(in_size=64, n_classes=7)).eval()
+    assert not inference.exportable(plus)
+    engine = inference.prepare(plus, "onnx-int8")
+    assert engine.backend == "int8" and engine.session is None
+    assert "fixed-size images only" in engine.description
+    with pytest.raises(inference.BackendError, match="fixed-size"):
+        inference.export(plus, "onnx")

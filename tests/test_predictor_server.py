@@ -215,14 +215,75 @@ def test_ser_serve_kserve_serves_a_mar_until_sigterm(model_pt, tmp_path, clip):
         requests.get(f"{url}/v2/health/live", timeout=5)
 
 
-def test_a_mar_is_served_and_its_temporary_model_copy_removed(model_pt, tmp_path, clip):
+def test_a_mar_is_served_with_its_onnx_export_and_its_temporary_copy_removed(model_pt, tmp_path, clip):
+    import zipfile
     from pathlib import Path
 
     from ser.serve.package import Runtime, build_mar
 
-    mar = build_mar(model_pt, tmp_path / "ser-tiny.mar", runtime=Runtime(backend="eager"))
-    with predictor_server.start(mar, name="ser-tiny", backend="eager", workers=1, auth=False) as srv:
+    mar = build_mar(model_pt, tmp_path / "ser-tiny.mar", runtime=Runtime(backend="onnx-int8"))
+    with zipfile.ZipFile(mar) as zf:
+        assert "model.int8.onnx" in zf.namelist()  # exported and calibrated once, at packaging time
+    with predictor_server.start(mar, name="ser-tiny", backend="onnx-int8", workers=1, auth=False) as srv:
         copy = Path(srv.extra["temporary"])
-        assert (copy / "model.pt").is_file()
-        assert requests.post(f"{srv.url}/predict", data=clip, timeout=30).json()["model"] == "ser-tiny"
+        assert (copy / "model.pt").is_file() and (copy / "model.int8.onnx").is_file()
+        meta = requests.get(f"{srv.url}/v2/models/ser-tiny", timeout=5).json()
+        assert meta["backend"] == "onnx-int8 on cpu"
+        got = requests.post(f"{srv.url}/predict", data=clip, timeout=30).json()
+        assert got["model"] == "ser-tiny"
+        # the served network is the archived export: the same answer as a predictor on those files
+        local = serving.Predictor(models.load_bundle(copy / "model.pt"), name="ser-tiny", backend="onnx-int8", source=copy / "model.pt").predict(clip)
+        assert got["probabilities"] == pytest.approx(local["probabilities"], abs=1e-6)
     assert not copy.exists()
+
+
+def test_batcher_answers_requests_that_queued_with_one_model_call():
+    import threading
+
+    release, started = threading.Event(), threading.Event()
+    seen: list[list[str]] = []
+
+    def model(bodies):
+        seen.append(list(bodies))
+        if len(seen) == 1:  # the first call holds the model while the others queue
+            started.set()
+            release.wait(10)
+        return [f"answer to {b}" for b in bodies]
+
+    batcher = predictor_server.Batcher(model, max_bodies=4)
+    results: dict[str, list[str]] = {}
+
+    def client(*bodies):
+        results[bodies[0]] = batcher(list(bodies))
+
+    first = threading.Thread(target=client, args=("a",))
+    first.start()
+    assert started.wait(10)
+    others = [threading.Thread(target=client, args=args) for args in (("b",), ("c", "d"), ("e",), ("f",))]
+    for t in others:
+        t.start()
+    deadline = time.monotonic() + 10
+    while len(batcher._pending) < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    release.set()
+    for t in [first, *others]:
+        t.join(10)
+    assert results == {"a": ["answer to a"], "b": ["answer to b"], "c": ["answer to c", "answer to d"], "e": ["answer to e"], "f": ["answer to f"]}
+    # a lone first call, then the queue in arrival order, at most 4 clips per call
+    assert seen[0] == ["a"] and sorted(b for call in seen[1:] for b in call) == ["b", "c", "d", "e", "f"]
+    assert all(len(call) <= 4 for call in seen) and len(seen) == 3 and batcher.calls == 3
+
+
+def test_batcher_hands_a_failure_to_its_batch_and_keeps_serving():
+    calls = []
+
+    def model(bodies):
+        calls.append(bodies)
+        if len(calls) == 1:
+            raise RuntimeError("model fell over")
+        return [b.upper() for b in bodies]
+
+    batcher = predictor_server.Batcher(model)
+    with pytest.raises(RuntimeError, match="fell over"):
+        batcher(["x"])
+    assert batcher(["y", "z"]) == ["Y", "Z"]

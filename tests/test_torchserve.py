@@ -93,7 +93,7 @@ def test_package_outputs(built):
     with zipfile.ZipFile(built["mar"]) as zf:
         names = set(zf.namelist())
         manifest = json.loads(zf.read("MAR-INF/MANIFEST.json"))
-    assert {"model.pt", "handler.py", "model-config.yaml", "MAR-INF/MANIFEST.json"} <= names
+    assert {"model.pt", "handler.py", "model-config.yaml", "model.int8.onnx", "MAR-INF/MANIFEST.json"} <= names
     assert manifest["model"]["modelName"] == "ser-tiny" and manifest["model"]["serializedFile"] == "model.pt"
     kserve = built["root"] / "kserve"
     props = (kserve / "config" / "config.properties").read_text()
@@ -104,7 +104,7 @@ def test_package_outputs(built):
     assert snapshot["models"]["ser-tiny"]["1.0"]["batchSize"] == BATCH
     from ser.serve.package import read_runtime
 
-    assert read_runtime(built["mar"]).backend == "int8"  # the measured default travels in the .mar
+    assert read_runtime(built["mar"]).backend == "onnx-int8"  # the measured default travels in the .mar, exported
 
 
 def test_server_settings(server):
@@ -120,10 +120,10 @@ def test_good_wav(server):
 
 def test_same_answer_as_in_process(server, built):
     clip = wav_bytes(tone(2.0, 22050), 22050)
-    # The .mar's default backend is int8 (ser package --backend): the same backend in
-    # process gives the same answer; the eager fp32 reference stays close.
+    # The .mar's default backend is onnx-int8 (ser package --backend), exported into the
+    # archive: the same backend in process gives the same answer; eager fp32 stays close.
     bundle = models.load_bundle(built["model_pt"])
-    local = serving.Predictor(bundle, name="ser-tiny", backend="int8").predict(clip)
+    local = serving.Predictor(bundle, name="ser-tiny", backend="onnx-int8").predict(clip)
     eager = serving.Predictor(bundle, name="ser-tiny", backend="eager").predict(clip)
     remote = _ok(post(server, clip))
     assert list(remote["probabilities"].values()) == pytest.approx(list(local["probabilities"].values()), abs=1e-6)

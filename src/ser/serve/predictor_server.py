@@ -65,23 +65,102 @@ def _instance_bytes(instance: Any) -> Any:
     return instance
 
 
-def create_app(predictor: serving.Predictor, *, token: str | None = None):
+class Batcher:
+    """Model calls one at a time, and the requests that queued meanwhile answered together.
+
+    Why: on a CPU, concurrent forward passes in one process only fight over the same
+    cores (measured: 2x slower at 16 clients), so calls take turns (``lock``), with
+    parallelism from ``--workers`` processes as in TorchServe. Requests that arrive while
+    a call runs wait for the next one, which takes every queued request (up to
+    ``max_bodies`` clips) through one forward pass: no waiting window, so a lone request
+    pays nothing, and under load the batches form by themselves (TorchServe needs a batch
+    size and delay for that).
+    """
+
+    def __init__(self, fn, max_bodies: int = 16) -> None:
+        import threading
+
+        self.fn = fn  #: bodies -> one result per body (Predictor.predict_many)
+        self.max_bodies = max(1, max_bodies)
+        self.lock = threading.Lock()  #: held by whichever thread runs the model
+        self._queue_lock = threading.Lock()
+        self._pending: list[dict[str, Any]] = []
+        self.calls = 0  #: model calls made (batches), for tests and logs
+
+    def __call__(self, bodies: list[Any]) -> list[Any]:
+        """Results for ``bodies``, from a call that may answer other requests too."""
+        slot: dict[str, Any] = {"bodies": list(bodies)}
+        with self._queue_lock:
+            self._pending.append(slot)
+        with self.lock:
+            while "results" not in slot and "error" not in slot:
+                self._run_next()
+        if "error" in slot:
+            raise slot["error"]
+        return slot["results"]
+
+    def _run_next(self) -> None:
+        with self._queue_lock:  # first come, first served; at least one request per call
+            batch = [self._pending.pop(0)]
+            size = len(batch[0]["bodies"])
+            while self._pending and size + len(self._pending[0]["bodies"]) <= self.max_bodies:
+                size += len(self._pending[0]["bodies"])
+                batch.append(self._pending.pop(0))
+        self.calls += 1
+        try:
+            results = self.fn([body for slot in batch for body in slot["bodies"]])
+        except Exception as exc:  # noqa: BLE001 - handed to every request of the batch
+            for slot in batch:
+                slot["error"] = exc
+            return
+        at = 0
+        for slot in batch:
+            slot["results"], at = results[at : at + len(slot["bodies"])], at + len(slot["bodies"])
+
+
+class _Gate:
+    """Bearer token and body size, checked before the app sees a request (401 / 413).
+
+    A plain ASGI middleware: FastAPI's ``@app.middleware("http")`` wraps every request
+    and response in extra tasks and streams, about 1 ms a request on these cores.
+    """
+
+    def __init__(self, app, *, token: str | None, open_paths: set[str]) -> None:
+        self.app, self.token, self.open_paths = app, token, open_paths
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            from fastapi.responses import JSONResponse
+
+            headers = dict(scope["headers"])
+            refusal = None
+            if self.token and scope["path"] not in self.open_paths:
+                given = headers.get(b"authorization", b"").decode("latin-1")
+                if not (given.startswith("Bearer ") and hmac.compare_digest(given[7:].strip(), self.token)):
+                    refusal = JSONResponse({"error": "unauthorized", "status": 401, "message": "send Authorization: Bearer <token>"}, status_code=401)
+            length = headers.get(b"content-length", b"")
+            if refusal is None and length.isdigit() and int(length) > MAX_BODY_BYTES:
+                refusal = JSONResponse({"error": "too_long", "status": 413, "message": f"body over {MAX_BODY_BYTES} bytes"}, status_code=413)
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def create_app(predictor: serving.Predictor, *, token: str | None = None, max_batch: int = 16):
     """The FastAPI application serving ``predictor`` (no process, no port: tests and uvicorn).
 
-    Model calls run one at a time per process (a lock): on a CPU, concurrent forward
-    passes in one process only fight over the same cores (measured: 2x slower at 16
-    clients); parallelism comes from ``--workers`` processes, as with TorchServe.
+    Model calls take turns through a :class:`Batcher`: requests that queue while one
+    runs share the next forward pass (at most ``max_batch`` clips).
     """
-    import threading
-
     from fastapi import FastAPI, Request
     from fastapi.responses import HTMLResponse, JSONResponse
     from starlette.concurrency import run_in_threadpool as _in_thread
 
-    lock = threading.Lock()
+    batcher = Batcher(predictor.predict_many, max_batch)
 
     def _locked(fn, *args):
-        with lock:
+        with batcher.lock:
             return fn(*args)
 
     async def run_in_threadpool(fn, *args):
@@ -89,18 +168,10 @@ def create_app(predictor: serving.Predictor, *, token: str | None = None):
 
     name = predictor.name
     app = FastAPI(title=f"ser predictor {name}", docs_url=None, redoc_url=None)
+    app.state.batcher = batcher
     open_paths = {"/", "/v2/health/live", "/v2/health/ready", "/v2", "/favicon.ico"}
 
-    @app.middleware("http")
-    async def _auth(request: Request, call_next):
-        if token and request.url.path not in open_paths:
-            given = request.headers.get("authorization", "")
-            if not (given.startswith("Bearer ") and hmac.compare_digest(given[7:].strip(), token)):
-                return JSONResponse({"error": "unauthorized", "status": 401, "message": "send Authorization: Bearer <token>"}, status_code=401)
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > MAX_BODY_BYTES:
-            return JSONResponse({"error": "too_long", "status": 413, "message": f"body over {MAX_BODY_BYTES} bytes"}, status_code=413)
-        return await call_next(request)
+    app.add_middleware(_Gate, token=token, open_paths=open_paths)
 
     def metadata() -> dict[str, Any]:
         return {
@@ -122,7 +193,7 @@ def create_app(predictor: serving.Predictor, *, token: str | None = None):
         return None
 
     async def predict_all(bodies: list[Any]) -> list[dict[str, Any]]:
-        results = await run_in_threadpool(predictor.predict_many, bodies)
+        results = await _in_thread(batcher, bodies)
         for result in results:
             if isinstance(result, serving.RequestError):
                 raise result
@@ -271,16 +342,20 @@ class PredictorServer:
 
 
 def model_from_archive(mar: Path) -> Path:
-    """model.pt out of a .mar from ``ser package`` (unchanged inside), into a temporary folder."""
+    """model.pt out of a .mar from ``ser package`` (unchanged inside), and the ONNX
+    export it may hold beside it, into a temporary folder."""
     import tempfile
     import zipfile
 
+    from ser.serve.inference import EXPORT_FILES
     from ser.serve.package import SERIALIZED, PackageError
 
     try:
         with zipfile.ZipFile(mar) as zf:
             folder = Path(tempfile.mkdtemp(prefix="ser-predictor-model-"))
             zf.extract(SERIALIZED, folder)
+            for name in set(EXPORT_FILES.values()) & set(zf.namelist()):
+                zf.extract(name, folder)
     except (OSError, KeyError, zipfile.BadZipFile) as exc:
         raise PackageError(f"{mar}: not a .mar holding {SERIALIZED} ({exc})") from None
     return folder / SERIALIZED
@@ -291,13 +366,14 @@ def start(
     *,
     port: int = 0,
     name: str = "ser",
-    backend: str = "int8",
+    backend: str = "onnx-int8",
     threads: int = 1,
     workers: int = 2,
     auth: bool = True,
     token: str | None = None,
     log: str | Path | None = None,
     timeout: float = 120.0,
+    max_batch: int = 16,
 ) -> PredictorServer:
     """Start ``python -m ser.serve.predictor_server`` for ``model`` (a model.pt or training folder)
     on 127.0.0.1 and wait until /v2/health/ready answers. Port 0 picks a free port."""
@@ -317,7 +393,7 @@ def start(
         os.close(fd)
         log = name_
     log = Path(log)
-    cmd = [sys.executable, "-m", "ser.serve.predictor_server", "--model", str(model_pt), "--port", str(port), "--name", name, "--backend", backend, "--threads", str(threads), "--workers", str(workers)]
+    cmd = [sys.executable, "-m", "ser.serve.predictor_server", "--model", str(model_pt), "--port", str(port), "--name", name, "--backend", backend, "--threads", str(threads), "--workers", str(workers), "--max-batch", str(max_batch)]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore::DeprecationWarning")
     env.pop("SER_TOKEN", None)
     if token:
@@ -352,10 +428,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in a container)")
     parser.add_argument("--port", type=int, default=8080, help="HTTP port (KServe sends traffic to 8080)")
     parser.add_argument("--name", default=os.environ.get("SER_MODEL_NAME", "ser"), help="model name in the URLs (KServe: the InferenceService name)")
-    parser.add_argument("--backend", choices=BACKENDS, default=os.environ.get("SER_BACKEND", "int8"), help="how the network runs (ser.serve.inference)")
+    parser.add_argument("--backend", choices=BACKENDS, default=os.environ.get("SER_BACKEND", "onnx-int8"), help="how the network runs (ser.serve.inference)")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("SER_TORCH_THREADS", "1")), help="torch intra-op threads per worker")
     parser.add_argument("--workers", type=int, default=int(os.environ.get("SER_WORKERS", "2")), help="server processes, one model copy each (one per core measured best)")
     parser.add_argument("--gpu", default=os.environ.get("SER_GPU_ID"), help="CUDA device index to run on (default: CPU; the KServe image sets 0 when a GPU is requested)")
+    parser.add_argument("--max-batch", type=int, default=int(os.environ.get("SER_MAX_BATCH", "16")),
+                        help="most clips one forward pass takes: requests that queue while the model runs share the next pass (1: no batching)")
     parser.add_argument("--max-seconds", type=float, default=30.0, help="longest clip one request may send (longer -> 413)")
     parser.add_argument("--no-auth", action="store_true", help="no bearer token (the cluster's ingress authenticates); else SER_TOKEN is required")
     args = parser.parse_args(argv)
@@ -366,12 +444,12 @@ def main(argv: list[str] | None = None) -> int:
     token = None if args.no_auth else os.environ.get("SER_TOKEN")
     if not args.no_auth and not token:
         parser.error("set SER_TOKEN (the bearer token clients send) or pass --no-auth")
-    if args.workers < 1 or args.threads < 1:
-        parser.error("--workers and --threads must be at least 1")
+    if args.workers < 1 or args.threads < 1 or args.max_batch < 1:
+        parser.error("--workers, --threads and --max-batch must be at least 1")
     model = Path(args.model)
     model_pt = model_from_archive(model) if model.suffix == ".mar" else resolve_model(model)
     settings = {"model": str(model_pt), "name": args.name, "backend": args.backend, "threads": args.threads,
-                "gpu": args.gpu, "max_seconds": args.max_seconds, "token": token}
+                "gpu": args.gpu, "max_seconds": args.max_seconds, "max_batch": args.max_batch, "token": token}
     os.environ[_SETTINGS_ENV] = json.dumps(settings)
     print(f"ser predictor {args.name}: {args.backend}, {args.workers} workers x {args.threads} threads, http://{args.host}:{args.port}", flush=True)
     if args.workers == 1:
@@ -395,9 +473,9 @@ def _app_from_env():
     settings = json.loads(os.environ[_SETTINGS_ENV])
     torch.set_num_threads(max(1, int(settings["threads"])))
     predictor = serving.Predictor(load_bundle(settings["model"]), name=settings["name"], limits=serving.Limits(max_seconds=settings["max_seconds"]),
-                                  backend=settings["backend"], device=pick_device(settings["gpu"]))
+                                  backend=settings["backend"], device=pick_device(settings["gpu"]), source=settings["model"])
     predictor.predict_many([serving.test_clip(3.0, predictor.spec.sample_rate or 16000)] * 2)  # warm-up before ready
-    return create_app(predictor, token=settings["token"])
+    return create_app(predictor, token=settings["token"], max_batch=int(settings.get("max_batch", 16)))
 
 
 if __name__ == "__main__":

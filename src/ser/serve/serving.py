@@ -39,6 +39,7 @@ import json
 import math
 import struct
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -325,13 +326,15 @@ class Predictor:
         limits: Limits | None = None,
         backend: str = "eager",
         device: Any = None,
+        source: str | Path | None = None,
     ) -> None:
         from ser.serve import inference  # heavy (torch): only where a model is used
 
         self.bundle = bundle
         self.model = bundle.model.eval()
-        #: How the network runs (:mod:`ser.serve.inference`): eager fp32 is the reference.
-        self.engine = inference.prepare(self.model, backend, device)
+        #: How the network runs (:mod:`ser.serve.inference`): eager fp32 is the reference;
+        #: ``source`` (the model.pt) is where an ONNX export made by ``ser package`` lies.
+        self.engine = inference.prepare(self.model, backend, device, feature_spec=bundle.feature_spec, source=source)
         self.labels = tuple(bundle.labels)
         self.spec = FeatureSpec.from_dict(bundle.feature_spec)
         self.name = name or str(bundle.meta.get("name") or "ser")

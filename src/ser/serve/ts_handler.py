@@ -21,9 +21,10 @@ Batches
     itself is broken (model not loaded: PredictionException 503).
 
 Backend and device
-    The network runs as :mod:`ser.serve.inference` says: the .mar's ``ser.backend`` (int8
-    linear layers by default; ``SER_BACKEND`` overrides, ``ser serve --backend``
-    sets it), on ``cuda:<gpu_id>`` when TorchServe gives the worker a GPU.
+    The network runs as :mod:`ser.serve.inference` says: the .mar's ``ser.backend``
+    (onnx-int8 by default, its export packed beside model.pt; ``SER_BACKEND`` overrides,
+    ``ser serve --backend`` sets it), on ``cuda:<gpu_id>`` when TorchServe gives the
+    worker a GPU.
 
 Metric
     ``RejectedRequests`` (counter, dimension ``Reason``): requests refused with a
@@ -137,6 +138,7 @@ class SerHandler(BaseHandler):
             limits=serving.Limits.from_dict(config.get("limits")),
             backend=os.environ.get("SER_BACKEND", config.get("backend", "eager")),
             device=device,
+            source=path,  # ser package put the backend's ONNX export (if any) beside it
         )
         self.context = context
         self.manifest = manifest

@@ -179,6 +179,16 @@ def synthesize(
     return np.clip(out, -1.0, 1.0).astype(np.float32)
 
 
+def utterances(count: int, *, seed: int = 0, sample_rate: int = 16000, speakers: int = 8) -> list[np.ndarray]:
+    """``count`` synthetic utterances (float32 waveforms at ``sample_rate``), every emotion
+    and ``speakers`` voices of both genders in turn: speech-like material where real
+    recordings are not at hand (calibrating a quantised network at packaging time)."""
+    names = tuple(PROSODY)
+    rng = np.random.default_rng([seed, 104729])
+    voices = [_voice(seed, "ravdess", s) for s in range(1, speakers + 1)]
+    return [synthesize(names[i % len(names)], voices[i % speakers], rng, sample_rate) for i in range(count)]
+
+
 def _ravdess_name(emotion: str, speaker: int, j: int) -> str:
     """j-th file of (emotion, speaker): intensity/statement cycle, repetition grows."""
     if emotion == "neutral":  # RAVDESS has no strong neutral

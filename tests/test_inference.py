@@ -92,8 +92,8 @@ def test_agreement_reports_how_far_a_backend_strays(net):
 
 
 def test_onnx_backend_matches_eager_to_1e4(net, batch):
-    engine = inference.prepare(net, "onnx", feature_spec={"size": 60})
-    assert engine.session is not None and engine.description == "onnx on cpu"
+    engine = inference.prepare(net, "onnx")
+    assert engine.session is not None and engine.description == "onnx on cpu (exported at load)"
     ref = inference.prepare(net, "eager")(batch)
     np.testing.assert_allclose(engine(batch), ref, atol=1e-4, rtol=0)
     np.testing.assert_allclose(engine(batch[:1]), ref[:1], atol=1e-4, rtol=0)  # any batch size
@@ -131,20 +131,26 @@ def test_an_export_beside_model_pt_is_used_only_if_made_from_it(net, tmp_path, m
     from ser.data.features import FeatureSpec
 
     path = models.save_bundle(tmp_path / "model.pt", net, labels.ENGLISH, FeatureSpec(size=60).to_dict())
+    beside = tmp_path / "model.fp32.onnx"
+    assert inference.archived_export("onnx", path) is None  # nothing packaged
+    engine = inference.prepare(net, "onnx", source=path)
+    assert engine.description == "onnx on cpu (exported at load)"
     good = inference.export(net, "onnx", stamp=inference.file_sha256(path))
-    (tmp_path / "model.fp32.onnx").write_bytes(good)
+    beside.write_bytes(good)
 
     def refuse(*args, **kwargs):
         raise AssertionError("exported again although a matching export was there")
 
     with monkeypatch.context() as m:
         m.setattr(inference, "export", refuse)
-        assert inference.load_export(net, "onnx", source=path) == good
-    (tmp_path / "model.fp32.onnx").write_bytes(inference.export(net, "onnx", stamp="another model"))
-    with caplog.at_level("WARNING"):
-        fresh = inference.load_export(net, "onnx", source=path)
-    assert "exporting again" in caplog.text
-    assert fresh == good
+        assert inference.archived_export("onnx", path) == good
+        assert inference.prepare(net, "onnx", source=path).description == "onnx on cpu"  # the packaged export
+    for stale in (inference.export(net, "onnx", stamp="another model"), b"not an onnx file"):
+        beside.write_bytes(stale)
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            assert inference.archived_export("onnx", path) is None
+        assert "exporting again" in caplog.text
 
 
 def test_networks_of_any_length_fall_back_from_onnx(tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import shutil
 import subprocess
+import threading
 import time
 
 import pytest
@@ -237,19 +238,36 @@ def test_a_mar_is_served_with_its_onnx_export_and_its_temporary_copy_removed(mod
     assert not copy.exists()
 
 
-def test_batcher_answers_requests_that_queued_with_one_model_call():
-    import threading
+def _queue_in_order(batcher, client, requests_):
+    """Start one client thread per request, each only once the one before has queued."""
+    threads = []
+    for args in requests_:
+        waiting = len(batcher._pending)
+        threads.append(threading.Thread(target=client, args=args))
+        threads[-1].start()
+        deadline = time.monotonic() + 10
+        while len(batcher._pending) == waiting and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert len(batcher._pending) == waiting + 1
+    return threads
 
-    release, started = threading.Event(), threading.Event()
-    seen: list[list[str]] = []
+
+def _blocking_model(answer):
+    """A model whose first call holds the lock until released, so the others queue."""
+    release, started, seen = threading.Event(), threading.Event(), []
 
     def model(bodies):
         seen.append(list(bodies))
-        if len(seen) == 1:  # the first call holds the model while the others queue
+        if len(seen) == 1:
             started.set()
             release.wait(10)
-        return [f"answer to {b}" for b in bodies]
+        return answer(bodies, len(seen))
 
+    return model, release, started, seen
+
+
+def test_batcher_answers_requests_that_queued_with_one_model_call():
+    model, release, started, seen = _blocking_model(lambda bodies, n: [f"answer to {b}" for b in bodies])
     batcher = predictor_server.Batcher(model, max_bodies=4)
     results: dict[str, list[str]] = {}
 
@@ -259,31 +277,41 @@ def test_batcher_answers_requests_that_queued_with_one_model_call():
     first = threading.Thread(target=client, args=("a",))
     first.start()
     assert started.wait(10)
-    others = [threading.Thread(target=client, args=args) for args in (("b",), ("c", "d"), ("e",), ("f",))]
-    for t in others:
-        t.start()
-    deadline = time.monotonic() + 10
-    while len(batcher._pending) < 4 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    others = _queue_in_order(batcher, client, [("b",), ("c", "d"), ("e",), ("f",)])
     release.set()
     for t in [first, *others]:
         t.join(10)
     assert results == {"a": ["answer to a"], "b": ["answer to b"], "c": ["answer to c", "answer to d"], "e": ["answer to e"], "f": ["answer to f"]}
     # a lone first call, then the queue in arrival order, at most 4 clips per call
-    assert seen[0] == ["a"] and sorted(b for call in seen[1:] for b in call) == ["b", "c", "d", "e", "f"]
-    assert all(len(call) <= 4 for call in seen) and len(seen) == 3 and batcher.calls == 3
+    assert seen == [["a"], ["b", "c", "d", "e"], ["f"]] and batcher.calls == 3
 
 
-def test_batcher_hands_a_failure_to_its_batch_and_keeps_serving():
-    calls = []
-
-    def model(bodies):
-        calls.append(bodies)
-        if len(calls) == 1:
+def test_batcher_hands_a_failure_to_every_request_of_its_batch_and_keeps_serving():
+    def answer(bodies, n):
+        if n == 2:
             raise RuntimeError("model fell over")
+        if n == 3:
+            return ["one answer short"][: len(bodies) - 1]
         return [b.upper() for b in bodies]
 
+    model, release, started, seen = _blocking_model(answer)
     batcher = predictor_server.Batcher(model)
-    with pytest.raises(RuntimeError, match="fell over"):
-        batcher(["x"])
-    assert batcher(["y", "z"]) == ["Y", "Z"]
+    outcomes: dict[str, object] = {}
+
+    def client(*bodies):
+        try:
+            outcomes[bodies[0]] = batcher(list(bodies))
+        except RuntimeError as exc:
+            outcomes[bodies[0]] = str(exc)
+
+    first = threading.Thread(target=client, args=("a",))
+    first.start()
+    assert started.wait(10)
+    others = _queue_in_order(batcher, client, [("b",), ("c", "d")])
+    release.set()
+    for t in [first, *others]:
+        t.join(10)
+    assert outcomes == {"a": ["A"], "b": "model fell over", "c": "model fell over"}
+    with pytest.raises(RuntimeError, match="answered 1 of 2 clips"):
+        batcher(["x", "y"])
+    assert batcher(["y", "z"]) == ["Y", "Z"] and not batcher._pending

@@ -120,8 +120,8 @@ def test_good_wav(server):
 
 def test_same_answer_as_in_process(server, built):
     clip = wav_bytes(tone(2.0, 22050), 22050)
-    # The .mar's default backend is onnx-int8 (ser package --backend), exported into the
-    # archive: the same backend in process gives the same answer; eager fp32 stays close.
+    # The .mar's default backend is onnx-int8 (ser package --backend): the same backend in
+    # process gives the same answer; eager fp32 stays close.
     bundle = models.load_bundle(built["model_pt"])
     local = serving.Predictor(bundle, name="ser-tiny", backend="onnx-int8").predict(clip)
     eager = serving.Predictor(bundle, name="ser-tiny", backend="eager").predict(clip)

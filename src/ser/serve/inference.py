@@ -25,7 +25,7 @@ Backends (:data:`BACKENDS`):
 ``onnx-int8``
     the same export quantised statically: int8 weights (per output channel) and uint8
     activations for convolutions and linear layers alike, with activation ranges
-    (percentiles) calibrated on synthetic speech run through the model's own features
+    (a percentile of their magnitudes) calibrated on synthetic speech run through the model's own features
     (so packaging needs no data). CPUs with VNNI (AVX512-VNNI, AVX-VNNI) run it
     fastest; on older x86 cores ONNX Runtime's uint8 x int8 kernels can saturate
     (its documentation), so check agreement there before serving it.
@@ -136,10 +136,11 @@ def prepare(
 ) -> Engine:
     """The trained ``model`` (eval mode) as an :class:`Engine` for ``backend`` on ``device``.
 
-    The model is not modified: int8 works on a copy. For the ONNX backends, ``source``
-    (the model.pt the model came from) is where an export made at packaging time is
-    looked for, and ``feature_spec`` (the model's features) calibrates ``onnx-int8``
-    when there is none to load.
+    The weights are not changed: int8 works on a copy (the module is put in eval mode
+    and, for the CPU backends, on the CPU). For the ONNX backends, ``source`` (the
+    model.pt the model came from) is where an export made at packaging time is looked
+    for, and ``feature_spec`` (the model's features) calibrates ``onnx-int8`` when there
+    is none; an engine that had to export says so in its description.
     """
     check_backend(backend)
     device = torch.device(device) if device is not None else torch.device("cpu")
@@ -155,7 +156,14 @@ def prepare(
         engine.note = f"{backend} takes fixed-size images only"
         return engine
     if backend in EXPORT_FILES:
-        return Engine(model.cpu(), backend, device, session=_session(load_export(model, backend, feature_spec=feature_spec, source=source)))
+        data, note = archived_export(backend, source), ""
+        if data is None:
+            start = time.perf_counter()
+            data = export(model, backend, feature_spec=feature_spec, stamp=file_sha256(source) if source is not None else "")
+            note = "exported at load"
+            logger.warning("no %s export of this model was packaged; exported it now in %.1f s (ser package puts it in the .mar)",
+                           backend, time.perf_counter() - start)
+        return Engine(model.cpu(), backend, device, session=_session(data), note=note)
     if backend == "int8":
         import copy
         import warnings
@@ -178,22 +186,25 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def load_export(model: torch.nn.Module, backend: str, *, feature_spec: Any = None, source: str | Path | None = None) -> bytes:
-    """The ONNX export of ``model`` for ``backend``: the file beside ``source`` when it
-    was made from that very model.pt, else a fresh export (seconds; logged)."""
-    if source is not None:
-        candidate = Path(source).with_name(EXPORT_FILES[backend])
-        if candidate.is_file():
-            import onnx
+def archived_export(backend: str, source: str | Path | None) -> bytes | None:
+    """The export beside ``source`` (model.pt) for ``backend`` if it was made from that
+    very file, else None: missing, unreadable or from another model (the last two logged)."""
+    if source is None:
+        return None
+    candidate = Path(source).with_name(EXPORT_FILES[backend])
+    if not candidate.is_file():
+        return None
+    import onnx
 
-            data = candidate.read_bytes()
-            stamp = {p.key: p.value for p in onnx.load_from_string(data).metadata_props}.get("ser.model_sha256")
-            if stamp == file_sha256(source):
-                return data
-            logger.warning("%s was not exported from %s (stamp %s); exporting again", candidate, source, stamp)
-    start = time.perf_counter()
-    data = export(model, backend, feature_spec=feature_spec, stamp=file_sha256(source) if source is not None else "")
-    logger.info("exported the network for %s in %.1f s (ser package stores the export in the .mar)", backend, time.perf_counter() - start)
+    data = candidate.read_bytes()
+    try:
+        stamp = {p.key: p.value for p in onnx.load_from_string(data).metadata_props}.get("ser.model_sha256")
+    except Exception as exc:  # noqa: BLE001 - a damaged file of any kind: export again instead
+        logger.warning("%s is not a readable ONNX model (%s); exporting again", candidate, exc)
+        return None
+    if stamp != file_sha256(source):
+        logger.warning("%s was not exported from %s (stamp %s); exporting again", candidate, source, stamp)
+        return None
     return data
 
 
@@ -233,9 +244,10 @@ def export(model: torch.nn.Module, backend: str, *, feature_spec: Any = None, st
 
             pre, path = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
             quant_pre_process(str(fp32), str(pre))
-            # Ranges: the 0.001-99.999 percentiles of each activation, not min-max: on the
-            # study's network and real TESS clips, 99.6% top-1 agreement against 98.9%
-            # (RESULTS.md). The calibrator prints its progress; keep it out of server logs.
+            # Ranges: the 99.999th percentile of each activation's magnitude (ONNX Runtime's
+            # percentile calibrator, symmetric by default), not min-max: on the study's
+            # network and real TESS clips, 99.6% top-1 agreement against 98.9% (RESULTS.md).
+            # The calibrator prints its progress; keep it out of server logs.
             with contextlib.redirect_stdout(io.StringIO()):
                 quantize_static(str(pre), str(path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
@@ -264,6 +276,8 @@ def _session(data: bytes) -> Any:
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     options.inter_op_num_threads = 1
+    # idle pool threads sleep instead of spinning: a server runs one worker per core
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
 

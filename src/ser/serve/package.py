@@ -272,7 +272,10 @@ def _stage_export(model_pt: Path, backend: str, folder: Path) -> Path | None:
     bundle = load_bundle(model_pt)
     if not inference.exportable(bundle.model):
         return None
-    data = inference.export(bundle.model, backend, feature_spec=bundle.feature_spec, stamp=inference.file_sha256(model_pt))
+    try:
+        data = inference.export(bundle.model, backend, feature_spec=bundle.feature_spec, stamp=inference.file_sha256(model_pt))
+    except Exception as exc:  # noqa: BLE001 - the exporter and quantiser raise many kinds
+        raise PackageError(f"{model_pt}: the {backend} export failed ({type(exc).__name__}: {exc}); --backend int8 or eager need none") from None
     folder.mkdir(parents=True, exist_ok=True)
     (folder / inference.EXPORT_FILES[backend]).write_bytes(data)
     return folder

@@ -74,7 +74,9 @@ class Batcher:
     a call runs wait for the next one, which takes every queued request (up to
     ``max_bodies`` clips) through one forward pass: no waiting window, so a lone request
     pays nothing, and under load the batches form by themselves (TorchServe needs a batch
-    size and delay for that).
+    size and delay for that). Bad input fails only its own request (``fn`` answers it
+    with a RequestError); an unexpected exception in ``fn`` (a bug) fails every request of
+    that batch, and the next batch runs as usual.
     """
 
     def __init__(self, fn, max_bodies: int = 16) -> None:
@@ -109,13 +111,17 @@ class Batcher:
         self.calls += 1
         try:
             results = self.fn([body for slot in batch for body in slot["bodies"]])
-        except Exception as exc:  # noqa: BLE001 - handed to every request of the batch
+            if len(results) != size:
+                raise RuntimeError(f"the model call answered {len(results)} of {size} clips")
+            at = 0
             for slot in batch:
-                slot["error"] = exc
-            return
-        at = 0
-        for slot in batch:
-            slot["results"], at = results[at : at + len(slot["bodies"])], at + len(slot["bodies"])
+                slot["results"], at = results[at : at + len(slot["bodies"])], at + len(slot["bodies"])
+        except BaseException as exc:  # every request of the batch gets the failure, none hangs
+            for slot in batch:
+                if "results" not in slot:
+                    slot["error"] = exc
+            if not isinstance(exc, Exception):
+                raise
 
 
 class _Gate:

@@ -28,7 +28,7 @@ def synth_logmel(tmp_path_factory):
 
 def test_recipes_load_validate_and_round_trip(tmp_path):
     plus, study = crossval.load_recipe("plus"), crossval.load_recipe("study")
-    assert plus.checkpoint == "validation" and not plus.optimistic and plus.augment is not None
+    assert plus.checkpoint == "last" and not plus.optimistic and plus.augment is not None
     assert study.checkpoint == "test" and study.optimistic and study.model == {"preset": "optimal-english"}
     assert plus.features.kind == "logmel" and plus.features.sample_rate == 16000
     path = tmp_path / "mine.yaml"
@@ -44,7 +44,8 @@ def test_recipes_load_validate_and_round_trip(tmp_path):
 
 def test_the_last_rule_trains_every_training_speaker_and_scores_only_the_test(synth_logmel):
     recipe = crossval.load_recipe("plus")
-    recipe = recipe.with_(checkpoint="last", train=recipe.train.with_(epochs=2))
+    assert recipe.checkpoint == "last"
+    recipe = recipe.with_(train=recipe.train.with_(epochs=2))
     train, test = splits.speaker_folds(synth_logmel)[0]
     run = crossval.train_fold(synth_logmel, train, test, recipe, seed=0)
     assert run.n_val == 0 and run.fit.best_epoch == 2 and np.isnan(run.fit.best_val_loss)
@@ -64,8 +65,8 @@ def test_patience_stops_after_evaluations_without_a_lower_loss():
 
 
 def test_plus_learns_a_held_out_synthetic_speaker_and_resumes(synth_logmel, tmp_path):
-    recipe = crossval.load_recipe("plus")
-    recipe = recipe.with_(train=recipe.train.with_(epochs=20))
+    recipe = crossval.load_recipe("plus")  # the checkpoint chosen on validation speakers here (the recipe: the last epoch)
+    recipe = recipe.with_(checkpoint="validation", train=recipe.train.with_(epochs=20))
     logs = []
     result = crossval.run(synth_logmel, recipe, tmp_path / "cv", seeds=(0,), progress=False, log=logs.append)
     assert len(result.folds) == 3  # leave-one-speaker-out over 3 speakers

@@ -15,8 +15,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "cv",
         help="speaker-independent cross-validation of a recipe: UA, WA, macro F1 (mean +- std) on unseen voices",
         description="Test every speaker once with models that never heard them: leave-one-speaker-out "
-        "(default) or --folds K speaker groups. Inside each fold the checkpoint and the early stop are "
-        "chosen on validation speakers carved from the training speakers, never on test rows (the "
+        "(default) or --folds K speaker groups. Inside each fold the checkpoint is the last epoch (plus, "
+        "whisper: every training speaker trains) or is chosen, with any early stop, on validation speakers "
+        "carved from the training speakers (checkpoint: validation), never on test rows (the "
         "'study' recipe keeps the study's rule, test-loss checkpoints, and says its scores are "
         "optimistic). Recipes: plus (log-mel frames, a time-pooling CNN, crops, speed perturbation, "
         "SpecAugment, mixup, label smoothing), study (the study's optimal SquirtleNET on mel 60x60), "

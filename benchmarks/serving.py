@@ -3,10 +3,10 @@
 (ser.serve.serving), for each inference backend (ser.serve.inference: eager fp32, int8,
 onnx, onnx-int8), in one run. Both servers load the .mar that `ser package` builds.
 
-For each concurrency level (default 1, 4, 16) clients send the same WAV again and
+For each concurrency level (default 1, 16) clients send the same WAV again and
 again over keep-alive HTTP connections (one thread and connection per client, token
 auth on, as a user would run it) and we record every request's latency. The
-in-process rows call ``Predictor.predict(bytes)`` from the same number of threads:
+in-process rows (and, where CUDA is present, in-process GPU rows of the eager backend) call ``Predictor.predict(bytes)`` from the same number of threads:
 the cost of decode + features + model without HTTP, the frontend, or IPC. The
 overhead ratio is TorchServe / in-process (p50 latency at concurrency 1, req/s at
 each level).
@@ -313,6 +313,9 @@ def main() -> int:
                     threadpool_limits(args.threads)
                     predictor = serving.Predictor(load_bundle(model_pt), backend=backend, source=model_pt)
                     measure(f"inprocess/{key}", inprocess_factory(predictor, clip), levels, args.requests, args.warmup, None, results["rows"])
+                    if torch.cuda.is_available() and backend == "eager":  # GPU rows where there is one (every backend is eager there)
+                        predictor = serving.Predictor(load_bundle(model_pt), backend=backend, device=inference.pick_device(0))
+                        measure(f"inprocess-gpu/{key}", inprocess_factory(predictor, clip), levels, args.requests, args.warmup, None, results["rows"])
 
     results["load_average_after"] = os.getloadavg()
     print()

@@ -6,8 +6,9 @@ onnx, onnx-int8), in one run. Both servers load the .mar that `ser package` buil
 For each concurrency level (default 1, 16) clients send the same WAV again and
 again over keep-alive HTTP connections (one thread and connection per client, token
 auth on, as a user would run it) and we record every request's latency. The
-in-process rows (and, where CUDA is present, in-process GPU rows of the eager backend) call ``Predictor.predict(bytes)`` from the same number of threads:
-the cost of decode + features + model without HTTP, the frontend, or IPC. The
+in-process rows (and, where CUDA is present, in-process GPU rows of the eager backend)
+call ``Predictor.predict(bytes)`` from the same number of threads: the cost of
+decode + features + model without HTTP, the frontend, or IPC. The
 overhead ratio is TorchServe / in-process (p50 latency at concurrency 1, req/s at
 each level).
 

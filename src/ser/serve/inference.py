@@ -24,11 +24,11 @@ Backends (:data:`BACKENDS`):
     Exact precision: held to 1e-4 of eager.
 ``onnx-int8``
     the same export quantised statically: int8 weights (per output channel) and uint8
-    activations for convolutions and linear layers alike, with activation ranges
-    (a percentile of their magnitudes) calibrated on synthetic speech run through the model's own features
-    (so packaging needs no data). CPUs with VNNI (AVX512-VNNI, AVX-VNNI) run it
-    fastest; on older x86 cores ONNX Runtime's uint8 x int8 kernels can saturate
-    (its documentation), so check agreement there before serving it.
+    activations for convolutions and linear layers alike, with activation ranges (a
+    percentile of their magnitudes) calibrated on synthetic speech run through the
+    model's own features (so packaging needs no data). CPUs with VNNI (AVX512-VNNI,
+    AVX-VNNI) run it fastest; on older x86 cores ONNX Runtime's uint8 x int8 kernels
+    can saturate (its documentation), so check agreement there before serving it.
     Reduced precision: checked like ``int8``.
 
 ONNX backends take networks with one fixed-size image in and logits out (the study's

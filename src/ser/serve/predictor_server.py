@@ -87,7 +87,7 @@ class Batcher:
         self.lock = threading.Lock()  #: held by whichever thread runs the model
         self._queue_lock = threading.Lock()
         self._pending: list[dict[str, Any]] = []
-        self.calls = 0  #: model calls made (batches), for tests and logs
+        self.calls = 0  #: model calls made (batches)
 
     def __call__(self, bodies: list[Any]) -> list[Any]:
         """Results for ``bodies``, from a call that may answer other requests too."""
@@ -132,21 +132,21 @@ class _Gate:
     """
 
     def __init__(self, app, *, token: str | None, open_paths: set[str]) -> None:
-        self.app, self.token, self.open_paths = app, token, open_paths
+        from fastapi.responses import JSONResponse
+
+        self.app, self.token, self.open_paths, self.refuse = app, token, open_paths, JSONResponse
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http":
-            from fastapi.responses import JSONResponse
-
             headers = dict(scope["headers"])
             refusal = None
             if self.token and scope["path"] not in self.open_paths:
                 given = headers.get(b"authorization", b"").decode("latin-1")
                 if not (given.startswith("Bearer ") and hmac.compare_digest(given[7:].strip(), self.token)):
-                    refusal = JSONResponse({"error": "unauthorized", "status": 401, "message": "send Authorization: Bearer <token>"}, status_code=401)
+                    refusal = self.refuse({"error": "unauthorized", "status": 401, "message": "send Authorization: Bearer <token>"}, status_code=401)
             length = headers.get(b"content-length", b"")
             if refusal is None and length.isdigit() and int(length) > MAX_BODY_BYTES:
-                refusal = JSONResponse({"error": "too_long", "status": 413, "message": f"body over {MAX_BODY_BYTES} bytes"}, status_code=413)
+                refusal = self.refuse({"error": "too_long", "status": 413, "message": f"body over {MAX_BODY_BYTES} bytes"}, status_code=413)
             if refusal is not None:
                 await refusal(scope, receive, send)
                 return
@@ -174,7 +174,6 @@ def create_app(predictor: serving.Predictor, *, token: str | None = None, max_ba
 
     name = predictor.name
     app = FastAPI(title=f"ser predictor {name}", docs_url=None, redoc_url=None)
-    app.state.batcher = batcher
     open_paths = {"/", "/v2/health/live", "/v2/health/ready", "/v2", "/favicon.ico"}
 
     app.add_middleware(_Gate, token=token, open_paths=open_paths)

@@ -95,6 +95,49 @@ def test_plus_learns_a_held_out_synthetic_speaker_and_resumes(synth_logmel, tmp_
     assert keys.size == len(synth_logmel)
 
 
+def test_seed_ensemble_averages_each_folds_seeds_on_its_test_rows():
+    def fold(seed, probs):
+        return crossval.FoldResult(fold=0, seed=seed, test_speakers=["s"], n_train=4, n_val=0, n_test=3, ua=0, wa=0, macro_f1=0,
+                                   best_epoch=1, epochs_run=1, seconds=0, y_true=[0, 1, 2], y_pred=[], y_prob=probs)
+
+    # Each seed alone gets one row wrong; their mean gets all three right.
+    a = fold(0, [[0.6, 0.4, 0.0], [0.5, 0.4, 0.1], [0.0, 0.3, 0.7]])
+    b = fold(1, [[0.6, 0.0, 0.4], [0.0, 0.9, 0.1], [0.0, 0.55, 0.45]])
+    ens = crossval.seed_ensemble([a, b], 3)
+    assert ens["folds"] == [{"fold": 0, "seeds": 2, "ua": 1.0, "wa": 1.0, "macro_f1": 1.0}]
+    assert ens["summary"]["ua"]["mean"] == 1.0 and ens["summary"]["ua"]["n"] == 1
+    assert crossval.seed_ensemble([a], 3) is None
+
+
+def test_seeds_of_a_fold_are_scored_as_one_ensemble_and_old_folds_are_backfilled(synth_logmel, tmp_path):
+    from ser.study import metrics, models
+    from ser.study.training import evaluate
+
+    recipe = crossval.load_recipe("plus")
+    recipe = recipe.with_(train=recipe.train.with_(epochs=2))
+    out = tmp_path / "cv"
+    result = crossval.run(synth_logmel, recipe, out, seeds=(0, 1), progress=False, log=lambda _: None)
+    assert len(result.folds) == 6 and result.seed_ensemble is not None
+    train, test = splits.speaker_folds(synth_logmel)[0]
+    probs = [evaluate(models.load_bundle(out / f"fold-00-seed-{s}" / "model.pt").model, synth_logmel.subset(test)).probabilities
+             for s in (0, 1)]
+    expected = metrics.scores(synth_logmel.labels[test], np.mean(probs, axis=0).argmax(1))
+    assert result.seed_ensemble["folds"][0]["ua"] == pytest.approx(expected.ua)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["seed_ensemble"]["summary"] == result.seed_ensemble["summary"]
+    assert "seeds as one ensemble" in (out / "folds.md").read_text()
+    # A fold finished before results kept probabilities gets them from its saved model, not by retraining.
+    done = out / "fold-00-seed-1" / "result.json"
+    data = json.loads(done.read_text())
+    kept = data.pop("y_prob")
+    done.write_text(json.dumps(data))
+    logs = []
+    again = crossval.run(synth_logmel, recipe, out, seeds=(0, 1), progress=False, log=logs.append)
+    assert sum("done before" in line for line in logs) == 6
+    assert np.allclose(json.loads(done.read_text())["y_prob"], kept, atol=1e-5)
+    assert again.seed_ensemble["summary"] == result.seed_ensemble["summary"]
+
+
 def test_study_recipe_says_its_scores_are_optimistic(tmp_path):
     from tests.helpers import banded_feature_set
 

@@ -961,6 +961,9 @@ def cross_validate(req: CrossValidateRequest, session, log=print) -> CrossValida
         except crossval.CVError as exc:
             raise StepError(str(exc)) from None
         session.log_metrics({f"{name}_{stat}": result.summary[name][stat] for name in result.summary for stat in ("mean", "std")})
+        if result.seed_ensemble:
+            ens = result.seed_ensemble["summary"]
+            session.log_metrics({f"seed_ensemble_{name}_{stat}": ens[name][stat] for name in ens for stat in ("mean", "std")})
         session.log_files(req.out, ("recipe.yaml", "folds.md", "folds.csv", "summary.json", "confusion_matrix.png"))
         ablation = None
         if req.ablation:

@@ -850,7 +850,7 @@ def cross_validate(table_dir: str | Path, out_dir: str | Path, ensemble_dir: str
     shutil.copyfile(out / "ensemble.pt", ensemble / "model.pt")
     data = {"recipe": cv.recipe.name, "protocol": cv.protocol, "runs": len(cv.folds), "rows": result.rows, "speakers": result.speakers,
             "summary": cv.summary, "labels": list(cv.labels), "confusion_matrix": cv.confusion, "optimistic": cv.recipe.optimistic,
-            "problems": len(result.problems)}
+            "problems": len(result.problems), "seed_ensemble": (cv.seed_ensemble or {}).get("summary")}
     write_json(ensemble / "metrics.json", data)
     title = f"{cv.recipe.name} recipe, {cv.protocol}, {result.speakers} speakers"
     images = [p for p in (out / "confusion_matrix.png",) if p.is_file()]

@@ -196,6 +196,7 @@ class FoldResult:
     seconds: float
     y_true: list[int] = field(default_factory=list)
     y_pred: list[int] = field(default_factory=list)
+    y_prob: list[list[float]] = field(default_factory=list)
 
     def row(self) -> dict[str, Any]:
         return {"fold": self.fold, "seed": self.seed, "test_speakers": " ".join(self.test_speakers), "n_test": self.n_test,
@@ -212,12 +213,13 @@ class CVResult:
     confusion: list[list[int]]
     labels: tuple[str, ...]
     out: Path
+    seed_ensemble: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"recipe": self.recipe.name, "protocol": self.protocol, "summary": self.summary, "labels": list(self.labels),
                 "confusion_matrix": self.confusion, "checkpoint": self.recipe.checkpoint,
-                "note": CHECKPOINT_NOTES[self.recipe.checkpoint],
-                "folds": [{k: v for k, v in vars(f).items() if k not in ("y_true", "y_pred")} for f in self.folds]}
+                "note": CHECKPOINT_NOTES[self.recipe.checkpoint], "seed_ensemble": self.seed_ensemble,
+                "folds": [{k: v for k, v in vars(f).items() if k not in ("y_true", "y_pred", "y_prob")} for f in self.folds]}
 
 
 @dataclass
@@ -230,6 +232,7 @@ class FoldRun:
     predictions: np.ndarray
     y_true: np.ndarray
     n_val: int
+    probabilities: np.ndarray
 
 
 def train_fold(fs: FeatureSet, train_idx: np.ndarray, test_idx: np.ndarray, recipe: CVRecipe, seed: int, *,
@@ -262,7 +265,36 @@ def train_fold(fs: FeatureSet, train_idx: np.ndarray, test_idx: np.ndarray, reci
     from ser.study.training import evaluate
 
     ev = evaluate(model, fs.subset(test_idx), device=torch.device(device) if device != "auto" else None)
-    return FoldRun(model, result, metrics.Scores(ev.ua, ev.accuracy, ev.macro_f1), ev.predictions, fs.labels[test_idx], len(val_idx))
+    return FoldRun(model, result, metrics.Scores(ev.ua, ev.accuracy, ev.macro_f1), ev.predictions, fs.labels[test_idx], len(val_idx),
+                   ev.probabilities)
+
+
+def test_probabilities(fs: FeatureSet, test_idx: np.ndarray, model_path: Path, device: str = "cpu") -> np.ndarray:
+    """Class probabilities of a saved fold model on its test rows: for a fold finished
+    before results kept them, so a resumed run can still average its seeds."""
+    from ser.study import models
+    from ser.study.training import evaluate
+
+    return evaluate(models.load_bundle(model_path, device).model, fs.subset(test_idx)).probabilities
+
+
+def seed_ensemble(results: list[FoldResult], n_classes: int) -> dict[str, Any] | None:
+    """Each fold's seeds as one ensemble (mean probabilities), scored on the fold's
+    test speakers: what serving K models trained with K seeds gets on a voice none of
+    them heard. None with one seed. Returns the per-fold scores and their summary."""
+    by_fold: dict[int, list[FoldResult]] = {}
+    for r in results:
+        by_fold.setdefault(r.fold, []).append(r)
+    if max(len(group) for group in by_fold.values()) < 2:
+        return None
+    folds = []
+    for fold, group in sorted(by_fold.items()):
+        probs = np.mean([np.asarray(r.y_prob, dtype=np.float64).reshape(-1, n_classes) for r in group], axis=0)
+        sc = metrics.scores(np.asarray(group[0].y_true), probs.argmax(1))
+        folds.append({"fold": fold, "seeds": len(group), **sc.to_dict()})
+    summary = metrics.summarise(folds)
+    return {"summary": summary, "folds": folds,
+            "note": f"each fold's {len(results) // len(by_fold)} seeds averaged into one model, scored on its test speakers"}
 
 
 def run(fs: FeatureSet, recipe: CVRecipe, out: str | Path, *, folds: int | None = None, seeds: tuple[int, ...] = (0,),
@@ -295,6 +327,9 @@ def run(fs: FeatureSet, recipe: CVRecipe, out: str | Path, *, folds: int | None 
                 data = files.read_json(done)
                 data.pop("recipe_key", None)
                 res = FoldResult(**data)
+                if len(seeds) > 1 and not res.y_prob:
+                    res.y_prob = _rounded(test_probabilities(fs, test_idx, folder / "model.pt", device))
+                    files.write_json(done, {**vars(res), "recipe_key": key})
                 log(f"fold {i} seed {seed} ({' '.join(speakers)}): done before, UA {100 * res.ua:.1f}%")
             else:
                 t0 = time.perf_counter()
@@ -304,7 +339,7 @@ def run(fs: FeatureSet, recipe: CVRecipe, out: str | Path, *, folds: int | None 
                 res = FoldResult(fold=i, seed=seed, test_speakers=speakers, n_train=int(train_idx.size), n_val=done_fold.n_val, n_test=int(test_idx.size),
                                  ua=sc.ua, wa=sc.wa, macro_f1=sc.macro_f1, best_epoch=fitted.best_epoch, epochs_run=fitted.epochs_run,
                                  seconds=round(time.perf_counter() - t0, 2), y_true=[int(v) for v in done_fold.y_true],
-                                 y_pred=[int(v) for v in done_fold.predictions])
+                                 y_pred=[int(v) for v in done_fold.predictions], y_prob=_rounded(done_fold.probabilities))
                 models.save_bundle(folder / "model.pt", done_fold.model, fs.label_names, fs.spec.to_dict(),
                                    {"recipe": recipe.name, "fold": i, "seed": seed, "test_speakers": speakers, "checkpoint": recipe.checkpoint})
                 files.write_json(done, {**vars(res), "recipe_key": key})
@@ -317,9 +352,16 @@ def run(fs: FeatureSet, recipe: CVRecipe, out: str | Path, *, folds: int | None 
     y_true = np.concatenate([np.array(r.y_true, dtype=np.int64) for r in results])
     y_pred = np.concatenate([np.array(r.y_pred, dtype=np.int64) for r in results])
     cm = metrics.confusion(y_true, y_pred, len(fs.label_names)).tolist()
-    result = CVResult(recipe, protocol, results, summary, cm, fs.label_names, out)
+    result = CVResult(recipe, protocol, results, summary, cm, fs.label_names, out,
+                      seed_ensemble(results, len(fs.label_names)) if len(seeds) > 1 else None)
+    if result.seed_ensemble:
+        log(f"{len(seeds)} seeds of each fold as one ensemble: {metrics.format_summary(result.seed_ensemble['summary'])}")
     _write_outputs(result, fs, ensemble_members)
     return result
+
+
+def _rounded(probabilities: np.ndarray) -> list[list[float]]:
+    return [[round(float(p), 6) for p in row] for row in probabilities]
 
 
 def _write_outputs(result: CVResult, fs: FeatureSet, members: list[Path]) -> None:
@@ -329,6 +371,8 @@ def _write_outputs(result: CVResult, fs: FeatureSet, members: list[Path]) -> Non
     title = f"{recipe.name} recipe, {result.protocol}: {metrics.format_summary(result.summary)}"
     if recipe.optimistic:
         title += f" -- {OPTIMISTIC_NOTE}"
+    if result.seed_ensemble:
+        title += f"; each fold's seeds as one ensemble: {metrics.format_summary(result.seed_ensemble['summary'])}"
     rows = [r.row() for r in result.folds]
     report.write_table(rows, out / "folds", ("fold", "seed", "test_speakers", "n_test", "ua", "wa", "macro_f1", "best_epoch", "epochs_run", "seconds"),
                        title=title, digits={"ua": 1, "wa": 1, "macro_f1": 1, "seconds": 0})

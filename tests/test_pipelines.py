@@ -444,17 +444,18 @@ def test_cv_pipeline_cross_validates_a_recipe_and_shows_its_scores(s3_server, ml
     store = s3_server.store()
     corpora = pr.upload_demo_corpora(store, tmp_path / "data", bucket="ser-data-cv", english_per_class=4, greek_per_class=2)
     args = {"data_bucket": corpora["data_bucket"], "corpora": corpora["english_corpora"], "recipe": "plus", "labels": "english",
-            "folds": 2, "epochs": 2, "overrides": "augment.mixup=0;model.pooling=mean", "device": "cpu",
+            "folds": 2, "seeds": 2, "epochs": 2, "overrides": "augment.mixup=0;model.pooling=mean", "device": "cpu",
             "mlflow_uri": mlflow_server.url, "mlflow_experiment": "cv-pipeline-test"}
     run = pr.run_local(pr.build("ser_cv"), args, tmp_path / "out", env={**s3_server.env(), **mlflow_server.env()}, threads_per_task=2,
                        log=tmp_path / "cv.log", echo=False)
     summary = json.loads((run.output("cross-validate", "results") / "summary.json").read_text())
-    assert summary["protocol"] == "2-fold speaker groups" and len(summary["folds"]) == 2
+    assert summary["protocol"] == "2-fold speaker groups" and len(summary["folds"]) == 4  # 2 folds x 2 seeds
     shown = run.metadata["cross-validate"]["metrics"]
     assert shown["ua_mean"] == pytest.approx(summary["summary"]["ua"]["mean"])
     assert shown["macro_f1_std"] == pytest.approx(summary["summary"]["macro_f1"]["std"])
+    assert shown["seed_ensemble_ua_mean"] == pytest.approx(summary["seed_ensemble"]["summary"]["ua"]["mean"])
     matrix = run.metadata["cross-validate"]["confusion"]["confusionMatrix"]
-    assert sum(sum(row["row"]) for row in matrix["rows"]) == 28  # 7 classes x 4 utterances, each tested once
+    assert sum(sum(row["row"]) for row in matrix["rows"]) == 2 * 28  # 7 classes x 4 utterances, each tested once per seed
     saved = yaml.safe_load((run.output("cross-validate", "results") / "recipe.yaml").read_text())
     assert saved["augment"]["mixup"] == 0 and saved["model"]["pooling"] == "mean"
     bundle = models.load_bundle(run.output("cross-validate", "ensemble") / "model.pt")
@@ -463,3 +464,4 @@ def test_cv_pipeline_cross_validates_a_recipe_and_shows_its_scores(s3_server, ml
     experiment = client.get_experiment_by_name("cv-pipeline-test")
     (tracked,) = client.search_runs([experiment.experiment_id], "tags.`ser.kind` = 'cv'")
     assert tracked.data.metrics["ua_mean"] == pytest.approx(summary["summary"]["ua"]["mean"])
+    assert tracked.data.metrics["seed_ensemble_wa_mean"] == pytest.approx(summary["seed_ensemble"]["summary"]["wa"]["mean"])

@@ -171,7 +171,13 @@ def test_ablation_turns_each_switch_off_alone_on_the_same_folds(synth_logmel, tm
     assert [r["switched off"] for r in rows] == ["(none: the recipe)", "mixup", "attention pooling"]
     assert seen[1].augment.mixup == 0.0 and seen[1].model["pooling"] == "attention"
     assert seen[2].model["pooling"] == "mean" and seen[2].augment.mixup == recipe.augment.mixup
-    assert rows[0]["delta_ua"] == "+0.0" and all(r["runs"] == 3 for r in rows)
+    assert rows[0]["delta_ua"] == "+0.0 +- 0.0" and rows[0]["lower_on"] == "0 of 3" and all(r["runs"] == 3 for r in rows)
+    base = json.loads((tmp_path / "variant-01" / "summary.json").read_text())  # mixup off, fold by fold
+    recipe_folds = {f["fold"]: f["ua"] for f in crossval.run(synth_logmel, recipe, tmp_path / "variant-00", folds=3, progress=False,
+                                                              log=lambda _: None).to_dict()["folds"]}
+    paired = [100 * (f["ua"] - recipe_folds[f["fold"]]) for f in base["folds"]]
+    assert rows[1]["delta_ua"] == f"{np.mean(paired):+.1f} +- {np.std(paired):.1f}"
+    assert rows[1]["lower_on"] == f"{sum(d < 0 for d in paired)} of 3"
     assert "Ablation of the plus recipe" in (tmp_path / "ablation.md").read_text()
     with pytest.raises(crossval.CVError, match="no section"):
         crossval.override(recipe, {"nonsense.x": 1})

@@ -148,8 +148,17 @@ def test_study_recipe_says_its_scores_are_optimistic(tmp_path):
                           train=recipe.train.with_(epochs=2))
     result = crossval.run(fs, recipe, tmp_path, folds=3, progress=False, log=lambda _: None)
     assert "optimistic" in (tmp_path / "folds.md").read_text()
-    assert "optimistic" in json.loads((tmp_path / "summary.json").read_text())["note"]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert "optimistic" in summary["note"]
     assert len(result.folds) == 3
+    # Test rows were scored every epoch: the same runs' last epoch is the honest figure beside it.
+    for fold in result.folds:
+        assert [h["epoch"] for h in fold.history] == [1, 2] and fold.best_epoch in (1, 2)
+        best = fold.history[fold.best_epoch - 1]
+        assert best["ua"] == pytest.approx(fold.ua) and best["val_loss"] == min(h["val_loss"] for h in fold.history)
+    last = [f.history[-1]["ua"] for f in result.folds]
+    assert summary["last_epoch"]["summary"]["ua"]["mean"] == pytest.approx(np.mean(last))
+    assert "at their last epoch" in (tmp_path / "folds.md").read_text()
 
 
 def test_feature_spec_mismatch_is_a_clear_error(synth_logmel, tmp_path):

@@ -960,10 +960,9 @@ def cross_validate(req: CrossValidateRequest, session, log=print) -> CrossValida
             result = crossval.run(fs, recipe, req.out, folds=req.folds, seeds=seeds, device=device, progress=req.progress, log=log)
         except crossval.CVError as exc:
             raise StepError(str(exc)) from None
-        session.log_metrics({f"{name}_{stat}": result.summary[name][stat] for name in result.summary for stat in ("mean", "std")})
-        if result.seed_ensemble:
-            ens = result.seed_ensemble["summary"]
-            session.log_metrics({f"seed_ensemble_{name}_{stat}": ens[name][stat] for name in ens for stat in ("mean", "std")})
+        for prefix, summary in (("", result.summary), ("seed_ensemble_", (result.seed_ensemble or {}).get("summary"))):
+            if summary:
+                session.log_metrics({f"{prefix}{name}_{stat}": summary[name][stat] for name in summary for stat in ("mean", "std")})
         session.log_files(req.out, ("recipe.yaml", "folds.md", "folds.csv", "summary.json", "confusion_matrix.png"))
         ablation = None
         if req.ablation:

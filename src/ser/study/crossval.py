@@ -12,8 +12,9 @@ network, the augmentation, the training budget and the checkpoint rule; it is sa
 beside the results. Each (fold, seed) writes its result as soon as it ends, so an
 interrupted run resumes without redoing finished folds. Results: UA, WA and macro F1
 per fold and seed, and their mean and standard deviation (:mod:`ser.study.metrics`), a
-summed confusion matrix, and the fold models of the first seed as one ensemble
-bundle (``ensemble.pt``) that serves as a single model.
+summed confusion matrix, with several seeds each fold's seeds scored as one model
+(:func:`seed_ensemble`), and the fold models of the first seed as one ensemble bundle
+(``ensemble.pt``) that serves as a single model.
 """
 
 from __future__ import annotations
@@ -272,7 +273,7 @@ def train_fold(fs: FeatureSet, train_idx: np.ndarray, test_idx: np.ndarray, reci
                    ev.probabilities)
 
 
-def test_probabilities(fs: FeatureSet, test_idx: np.ndarray, model_path: Path, device: str = "cpu") -> np.ndarray:
+def fold_probabilities(fs: FeatureSet, test_idx: np.ndarray, model_path: Path, device: str = "cpu") -> np.ndarray:
     """Class probabilities of a saved fold model on its test rows: for a fold finished
     before results kept them, so a resumed run can still average its seeds."""
     from ser.study import models
@@ -342,7 +343,7 @@ def run(fs: FeatureSet, recipe: CVRecipe, out: str | Path, *, folds: int | None 
                 data.pop("recipe_key", None)
                 res = FoldResult(**data)
                 if len(seeds) > 1 and not res.y_prob:
-                    res.y_prob = _rounded(test_probabilities(fs, test_idx, folder / "model.pt", device))
+                    res.y_prob = _rounded(fold_probabilities(fs, test_idx, folder / "model.pt", device))
                     files.write_json(done, {**vars(res), "recipe_key": key})
                 log(f"fold {i} seed {seed} ({' '.join(speakers)}): done before, UA {100 * res.ua:.1f}%")
             else:
@@ -368,7 +369,7 @@ def run(fs: FeatureSet, recipe: CVRecipe, out: str | Path, *, folds: int | None 
     y_pred = np.concatenate([np.array(r.y_pred, dtype=np.int64) for r in results])
     cm = metrics.confusion(y_true, y_pred, len(fs.label_names)).tolist()
     result = CVResult(recipe, protocol, results, summary, cm, fs.label_names, out,
-                      seed_ensemble(results, len(fs.label_names)) if len(seeds) > 1 else None,
+                      seed_ensemble(results, len(fs.label_names)),
                       last_epoch_scores(results) if recipe.optimistic else None)
     if result.seed_ensemble:
         log(f"{len(seeds)} seeds of each fold as one ensemble: {metrics.format_summary(result.seed_ensemble['summary'])}")

@@ -37,14 +37,12 @@ def op(base_image: str = GPU_IMAGE):
         steps.configure(mlflow_uri=mlflow_uri, experiment=mlflow_experiment)
         data = steps.cross_validate(table.path, results.path, ensemble.path, recipe=recipe, labels=labels, folds=folds, seeds=seeds,
                                     epochs=epochs, overrides=overrides, device=device)
-        for name, stats in data["summary"].items():
-            for stat in ("mean", "std"):
-                if stats[stat] == stats[stat]:  # NaN (no run scored) is left out: the UI cannot plot it
-                    metrics.log_metric(f"{name}_{stat}", stats[stat])
-        for name, stats in (data.get("seed_ensemble") or {}).items():  # seeds > 1: each fold's seeds as one model
-            for stat in ("mean", "std"):
-                if stats[stat] == stats[stat]:
-                    metrics.log_metric(f"seed_ensemble_{name}_{stat}", stats[stat])
+        # seed_ensemble (seeds > 1): each fold's seeds as one model
+        for prefix, summary in (("", data["summary"]), ("seed_ensemble_", data.get("seed_ensemble") or {})):
+            for name, stats in summary.items():
+                for stat in ("mean", "std"):
+                    if stats[stat] == stats[stat]:  # NaN (no run scored) is left out: the UI cannot plot it
+                        metrics.log_metric(f"{prefix}{name}_{stat}", stats[stat])
         confusion.log_confusion_matrix(data["labels"], data["confusion_matrix"])
         ensemble.metadata.update({"recipe": data["recipe"], "protocol": data["protocol"], "ua_mean": data["summary"]["ua"]["mean"],
                                   "optimistic": data["optimistic"], "framework": "pytorch"})

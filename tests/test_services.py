@@ -6,6 +6,7 @@ import argparse
 import os
 import json
 import socket
+import sys
 from pathlib import Path
 
 import psutil
@@ -13,7 +14,8 @@ import pytest
 
 from ser.cli import UserError
 from ser.cli import services as services_cli
-from ser.ops.services import LocalMLflow, LocalS3, ServiceError, free_ports, port_is_free
+from ser.ops.services import (LocalMLflow, LocalS3, ServiceError, free_ports, port_is_free, recorded_servers,
+                              track_process)
 from tests.servers import mlflow_server, s3_server  # noqa: F401  (fixtures)
 
 
@@ -92,6 +94,30 @@ def test_a_second_server_on_the_same_data_is_refused(s3_server):
     with pytest.raises(ServiceError, match="already runs from"):
         LocalS3(s3_server.data_dir, access_key=s3_server.access_key).start()
     assert s3_server.running()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the boot time psutil adds is a Linux /proc value")
+def test_a_clock_step_does_not_make_a_live_server_look_dead(tmp_path, monkeypatch):
+    """NTP stepping the wall clock moves psutil's create times (boot time is recomputed from
+    it); a live server must stay recognised, listed and stoppable (CI once saw it as dead)."""
+    import subprocess
+
+    import psutil._pslinux
+
+    monkeypatch.setenv("SER_STATE_DIR", str(tmp_path / "state"))
+    proc = subprocess.Popen(["sleep", "120"], start_new_session=True)
+    try:
+        server = track_process("sleeper", proc.pid, "http://127.0.0.1:9", tmp_path)
+        booted = psutil._pslinux.boot_time()
+        monkeypatch.setattr(psutil._pslinux, "boot_time", lambda: booted + 30.0)  # the clock stepped 30 s
+        assert abs(psutil.Process(proc.pid).create_time() - server.started_at) > 2  # what the old check compared
+        assert server.running()
+        assert [e["pid"] for e in recorded_servers()] == [proc.pid]
+        server.stop(timeout=5)
+        assert proc.wait(timeout=5) is not None and recorded_servers() == []
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_a_server_that_dies_at_start_reports_its_log(tmp_path, monkeypatch):

@@ -82,18 +82,43 @@ def pick_port(*candidates: int | None) -> int:
     return free_port()
 
 
-def _create_time(pid: int) -> float | None:
+def _start_stamp(pid: int) -> float | None:
+    """When process ``pid`` started (None if it is gone or a zombie), on :func:`_clock_now`'s clock.
+
+    This stamp tells a server from a later process that reused its pid, so it must not
+    move while the process lives. Wall-clock start times do move on Linux: psutil adds
+    the kernel's boot time, which shifts whenever NTP steps the clock (a freshly booted
+    CI machine did, and live servers were taken for dead). On Linux the stamp is the
+    kernel's own start time, in seconds since boot (/proc/PID/stat); elsewhere psutil's
+    create time, which those kernels record once.
+    """
     import psutil
 
     try:
-        proc = psutil.Process(pid)
-        return None if proc.status() == psutil.STATUS_ZOMBIE else proc.create_time()
-    except psutil.Error:
+        if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+            return None
+        if sys.platform.startswith("linux"):
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, starttime, after pid and (comm)
+            return ticks / os.sysconf("SC_CLK_TCK")
+        return psutil.Process(pid).create_time()
+    except (psutil.Error, OSError, IndexError, ValueError):
         return None
 
 
+def _clock_now() -> float:
+    """Now, on the clock of :func:`_start_stamp`."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME) if sys.platform.startswith("linux") else time.time()
+
+
+def _same_process(pid: int, started_at: float | None) -> bool:
+    """Whether ``pid`` is alive and (when its start stamp was recorded) still the process that was recorded."""
+    stamp = _start_stamp(pid)
+    return stamp is not None and (started_at is None or abs(stamp - started_at) < 0.5)
+
+
 def _group_members(pgid: int, since: float, window: float = 600.0) -> list[int]:
-    """Live processes of process group ``pgid`` created within ``window`` s after ``since``.
+    """Live processes of process group ``pgid`` started within ``window`` s after ``since``.
 
     A server's children start within seconds of it; the window keeps a later,
     unrelated group that reused the number (after the server died) out of reach.
@@ -101,13 +126,15 @@ def _group_members(pgid: int, since: float, window: float = 600.0) -> list[int]:
     import psutil
 
     members = []
-    for proc in psutil.process_iter(["pid", "create_time", "status"]):
+    for pid in psutil.pids():
         try:
-            if (os.getpgid(proc.pid) == pgid and since - 1 <= proc.info["create_time"] <= since + window
-                    and proc.info["status"] != psutil.STATUS_ZOMBIE):
-                members.append(proc.pid)
-        except (ProcessLookupError, PermissionError, psutil.Error):
+            if os.getpgid(pid) != pgid:
+                continue
+        except OSError:
             continue
+        stamp = _start_stamp(pid)
+        if stamp is not None and since - 1 <= stamp <= since + window:
+            members.append(pid)
     return members
 
 
@@ -190,8 +217,7 @@ def recorded_servers() -> list[dict[str, Any]]:
             pid, started_at = int(entry["pid"]), entry.get("started_at")
         except (OSError, ValueError, KeyError, TypeError):
             continue  # half-written or foreign file: leave it alone
-        created = _create_time(pid)
-        if created is None or (started_at is not None and abs(created - started_at) >= 2):
+        if not _same_process(pid, started_at):
             path.unlink(missing_ok=True)  # the process ended (or its pid now belongs to another)
             path.with_suffix(".stopping").unlink(missing_ok=True)
             continue
@@ -204,7 +230,7 @@ def track_process(service: str, pid: int, url: str, data_dir: str | Path, log: s
     `ser serve`, `ser demo`'s TorchServe) and return it as a stoppable process group, so
     that `ser services status|down` see it too. ``pid`` must lead its own process group
     (started with ``start_new_session=True``): `ser services down` signals the group."""
-    path = record_server(service, pid, _create_time(pid), url, data_dir, log)
+    path = record_server(service, pid, _start_stamp(pid), url, data_dir, log)
     return server_from_record(json.loads(path.read_text()))
 
 
@@ -299,8 +325,7 @@ class _Server:
             return False
         if self.proc is not None and self.proc.poll() is not None:
             return False
-        created = _create_time(self.pid)
-        return created is not None and (self.started_at is None or abs(created - self.started_at) < 2)
+        return _same_process(self.pid, self.started_at)
 
     def start(self: S, timeout: float | None = None, record: bool = False) -> S:
         """Start the server and wait until it answers; ServiceError (with its log) if not.
@@ -326,7 +351,7 @@ class _Server:
             self.proc = subprocess.Popen(self.command(), cwd=self.data_dir, env=self.process_env(), stdin=subprocess.DEVNULL,
                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.pid = self.proc.pid
-        self.started_at = _create_time(self.pid)
+        self.started_at = _start_stamp(self.pid)
         limit = timeout or self.start_timeout
         deadline = time.monotonic() + limit
         try:
@@ -349,7 +374,7 @@ class _Server:
     def stop(self, timeout: float = 15.0) -> None:
         """End the process group: SIGTERM, then SIGKILL after ``timeout`` seconds."""
         if self.pid is not None:
-            pgid, since = self.pid, self.started_at or time.time()
+            pgid, since = self.pid, self.started_at or _clock_now()
             leader_alive = self.running()
             if leader_alive or _group_members(pgid, since):
                 mark_stopping(self.name, pgid)

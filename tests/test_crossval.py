@@ -53,6 +53,17 @@ def test_the_last_rule_trains_every_training_speaker_and_scores_only_the_test(sy
     assert "fixed rule" in crossval.CHECKPOINT_NOTES["last"] and "optimistic" in crossval.CHECKPOINT_NOTES["test"]
 
 
+def test_the_validation_rule_holds_out_whole_training_speakers(synth_logmel, tmp_path):
+    recipe = crossval.load_recipe("plus")
+    recipe = recipe.with_(checkpoint="validation", train=recipe.train.with_(epochs=2))
+    result = crossval.run(synth_logmel, recipe, tmp_path, seeds=(0,), progress=False, log=lambda _: None)
+    keys = splits.speaker_keys(synth_logmel)
+    for fold in result.folds:  # two training speakers: one trains, one chooses the epoch, none is tested
+        assert fold.n_val == int((keys != fold.test_speakers[0]).sum()) // 2 and 1 <= fold.best_epoch <= 2
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["checkpoint"] == "validation" and "validation speakers" in summary["note"]
+
+
 def test_patience_stops_after_evaluations_without_a_lower_loss():
     from ser.study.training import EpochRecord
 
@@ -65,21 +76,21 @@ def test_patience_stops_after_evaluations_without_a_lower_loss():
 
 
 def test_plus_learns_a_held_out_synthetic_speaker_and_resumes(synth_logmel, tmp_path):
-    recipe = crossval.load_recipe("plus")  # the checkpoint chosen on validation speakers here (the recipe: the last epoch)
-    recipe = recipe.with_(checkpoint="validation", train=recipe.train.with_(epochs=20))
+    recipe = crossval.load_recipe("plus")  # as shipped (the last epoch kept), a shorter budget
+    recipe = recipe.with_(train=recipe.train.with_(epochs=20))
     logs = []
     result = crossval.run(synth_logmel, recipe, tmp_path / "cv", seeds=(0,), progress=False, log=logs.append)
     assert len(result.folds) == 3  # leave-one-speaker-out over 3 speakers
     keys = splits.speaker_keys(synth_logmel)
     for fold in result.folds:
-        assert len(fold.test_speakers) == 1 and fold.n_val > 0
+        assert len(fold.test_speakers) == 1 and fold.n_val == 0
     chance = 1 / 7
     assert result.summary["ua"]["mean"] > 2.5 * chance, result.summary
     out = tmp_path / "cv"
     for name in ("recipe.yaml", "folds.md", "folds.csv", "summary.json", "confusion_matrix.png", "ensemble.pt"):
         assert (out / name).is_file(), name
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["checkpoint"] == "validation" and "validation speakers" in summary["note"]
+    assert summary["checkpoint"] == "last" and "fixed rule" in summary["note"]
     assert np.sum(summary["confusion_matrix"]) == len(synth_logmel)
     # A second run redoes nothing: every fold is read back.
     logs2 = []
@@ -169,7 +180,7 @@ def test_feature_spec_mismatch_is_a_clear_error(synth_logmel, tmp_path):
 def test_ablation_turns_each_switch_off_alone_on_the_same_folds(synth_logmel, tmp_path):
     recipe = crossval.load_recipe("plus")
     recipe = recipe.with_(train=recipe.train.with_(epochs=2))
-    switches = {"mixup": {"augment.mixup": 0.0}, "attention pooling": {"model.pooling": "mean"}}
+    switches = {"mixup": {"augment.mixup": 0.0}, "mean pooling": {"model.pooling": "attention"}}
     seen = []
 
     def fs_for(variant):
@@ -177,9 +188,9 @@ def test_ablation_turns_each_switch_off_alone_on_the_same_folds(synth_logmel, tm
         return synth_logmel
 
     rows = crossval.ablation(fs_for, recipe, tmp_path, folds=3, switches=switches, progress=False, log=lambda _: None)
-    assert [r["switched off"] for r in rows] == ["(none: the recipe)", "mixup", "attention pooling"]
-    assert seen[1].augment.mixup == 0.0 and seen[1].model["pooling"] == "attention"
-    assert seen[2].model["pooling"] == "mean" and seen[2].augment.mixup == recipe.augment.mixup
+    assert [r["switched off"] for r in rows] == ["(none: the recipe)", "mixup", "mean pooling"]
+    assert seen[1].augment.mixup == 0.0 and seen[1].model["pooling"] == "mean"
+    assert seen[2].model["pooling"] == "attention" and seen[2].augment.mixup == recipe.augment.mixup
     assert rows[0]["delta_ua"] == "+0.0 +- 0.0" and rows[0]["lower_on"] == "0 of 3" and all(r["runs"] == 3 for r in rows)
     base = json.loads((tmp_path / "variant-01" / "summary.json").read_text())  # mixup off, fold by fold
     recipe_folds = {f["fold"]: f["ua"] for f in crossval.run(synth_logmel, recipe, tmp_path / "variant-00", folds=3, progress=False,
@@ -213,12 +224,12 @@ def test_ser_cv_from_a_table_with_overrides_is_one_tracked_run(synth_table, tmp_
 
     out = tmp_path / "cv"
     args = ["cv", "--table", str(synth_table), "--recipe", "plus", "--folds", "3", "--epochs", "2", "--set", "augment.mixup=0",
-            "--set", "model.pooling=mean", "--cache", str(tmp_path / "cache"), "--threads", "1", "--no-progress", "--out", str(out)]
+            "--set", "model.pooling=attention", "--cache", str(tmp_path / "cache"), "--threads", "1", "--no-progress", "--out", str(out)]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "3-fold speaker groups, 3 runs: UA" in printed and "42 rows, 3 speakers" in printed
     saved = yaml.safe_load((out / "recipe.yaml").read_text())
-    assert saved["augment"]["mixup"] == 0 and saved["model"]["pooling"] == "mean" and saved["train"]["epochs"] == 2
+    assert saved["augment"]["mixup"] == 0 and saved["model"]["pooling"] == "attention" and saved["train"]["epochs"] == 2
     summary = json.loads((out / "summary.json").read_text())
     client = MlflowClient()
     experiment = client.get_experiment_by_name(tracking_env["MLFLOW_EXPERIMENT_NAME"])

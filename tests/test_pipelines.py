@@ -444,7 +444,7 @@ def test_cv_pipeline_cross_validates_a_recipe_and_shows_its_scores(s3_server, ml
     store = s3_server.store()
     corpora = pr.upload_demo_corpora(store, tmp_path / "data", bucket="ser-data-cv", english_per_class=4, greek_per_class=2)
     args = {"data_bucket": corpora["data_bucket"], "corpora": corpora["english_corpora"], "recipe": "plus", "labels": "english",
-            "folds": 2, "seeds": 2, "epochs": 2, "overrides": "augment.mixup=0;model.pooling=mean", "device": "cpu",
+            "folds": 2, "seeds": 2, "epochs": 2, "overrides": "augment.mixup=0;model.pooling=attention", "device": "cpu",
             "mlflow_uri": mlflow_server.url, "mlflow_experiment": "cv-pipeline-test"}
     run = pr.run_local(pr.build("ser_cv"), args, tmp_path / "out", env={**s3_server.env(), **mlflow_server.env()}, threads_per_task=2,
                        log=tmp_path / "cv.log", echo=False)
@@ -457,7 +457,7 @@ def test_cv_pipeline_cross_validates_a_recipe_and_shows_its_scores(s3_server, ml
     matrix = run.metadata["cross-validate"]["confusion"]["confusionMatrix"]
     assert sum(sum(row["row"]) for row in matrix["rows"]) == 2 * 28  # 7 classes x 4 utterances, each tested once per seed
     saved = yaml.safe_load((run.output("cross-validate", "results") / "recipe.yaml").read_text())
-    assert saved["augment"]["mixup"] == 0 and saved["model"]["pooling"] == "mean"
+    assert saved["augment"]["mixup"] == 0 and saved["model"]["pooling"] == "attention"
     bundle = models.load_bundle(run.output("cross-validate", "ensemble") / "model.pt")
     assert isinstance(bundle.arch, models.EnsembleSpec) and len(bundle.arch.members) == 2
     client = MlflowClient(mlflow_server.url)

@@ -863,7 +863,7 @@ class CrossValidateRequest(Settings):
     seeds: int = option(1, help="repeat with seeds 0..K-1 (mean/std over folds and seeds; default 1)")
     epochs: int | None = option(None, help="override the recipe's epoch budget")
     overrides: tuple[str, ...] = option((), flag="--set", action="append", metavar="SECTION.FIELD=VALUE",
-                                        help="override one recipe field, e.g. augment.mixup=0 or model.pooling=mean "
+                                        help="override one recipe field, e.g. augment.mixup=0 or model.pooling=attention "
                                         "(repeatable; the ablation switches)")
     ablation: bool = option(False, help="also rerun the recipe with each of its switches off alone, on the same folds and seeds "
                             "(OUT/ablation.md: UA/WA/F1 mean +- std and the UA change per switch)")

@@ -4,8 +4,9 @@ The study's CNNs see a whole utterance squeezed into N x N pixels, so a long and
 short sentence look alike only after being stretched differently, and the fully
 connected layers (most of their 55 M parameters) learn positions in that picture.
 This network sees log-mel frames at a fixed 10 ms hop: four conv blocks, an average
-over frequency, then statistics pooling over time (attention-weighted mean and
-standard deviation), so its answer does not depend on where in the clip an emotion
+over frequency, then statistics pooling over time (the mean and standard deviation of
+every channel; ``pooling="attention"`` weights the frames by a learned score, which
+scored lower on unseen EmoDB voices: docs/QUALITY.md), so its answer does not depend on where in the clip an emotion
 is voiced, and it takes any length.
 
 Training shows it random crops of ``window`` frames (:mod:`ser.study.plus` makes them);
@@ -37,7 +38,7 @@ class PlusSpec(Settings):
     n_classes: int = 7
     channels: tuple[int, ...] = (16, 32, 64, 128)
     dropout: float = 0.3
-    pooling: str = "attention"
+    pooling: str = "mean"
     window: int = 200  #: frames per crop / inference window (2 s at a 10 ms hop)
     hop: int = 100  #: frames between inference windows (50% overlap)
 

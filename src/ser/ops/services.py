@@ -95,13 +95,11 @@ def _start_stamp(pid: int) -> float | None:
     import psutil
 
     try:
-        if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-            return None
-        if sys.platform.startswith("linux"):
-            stat = Path(f"/proc/{pid}/stat").read_text()
-            ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, starttime, after pid and (comm)
-            return ticks / os.sysconf("SC_CLK_TCK")
-        return psutil.Process(pid).create_time()
+        if sys.platform.startswith("linux"):  # fields 3 (state) and 22 (starttime), after pid and (comm)
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return None if fields[0] == "Z" else int(fields[19]) / os.sysconf("SC_CLK_TCK")
+        proc = psutil.Process(pid)
+        return None if proc.status() == psutil.STATUS_ZOMBIE else proc.create_time()
     except (psutil.Error, OSError, IndexError, ValueError):
         return None
 

@@ -6,8 +6,8 @@ connected layers (most of their 55 M parameters) learn positions in that picture
 This network sees log-mel frames at a fixed 10 ms hop: four conv blocks, an average
 over frequency, then statistics pooling over time (the mean and standard deviation of
 every channel; ``pooling="attention"`` weights the frames by a learned score, which
-scored lower on unseen EmoDB voices: docs/QUALITY.md), so its answer does not depend on where in the clip an emotion
-is voiced, and it takes any length.
+scored lower on unseen voices: docs/QUALITY.md), so its answer does not depend on where
+in the clip an emotion is voiced, and it takes any length.
 
 Training shows it random crops of ``window`` frames (:mod:`ser.study.plus` makes them);
 in eval mode it cuts a longer input into overlapping windows of that length, hop

@@ -15,6 +15,12 @@ CUDA (when present): seconds per epoch for 5120 images of 60x60 (the study's fin
   by one fused Adam step over the 55M parameters times 160 steps. The study's figure
   is 3.6 s/epoch on a V100. Each row also trains on a learnable synthetic set and
   reports validation accuracy, so a faster setting that learns worse shows up.
+The plus recipe (``--recipe plus``, what ``ser cv`` trains by default and
+  ``make demo RECIPE=plus`` serves): its network, augmenter and config exactly as ``ser.study.crossval``
+  builds them, on log-mel utterances of 1.5-4.5 s (64 bands, 10 ms hop) in the size of
+  one EmoDB leave-one-speaker-out training side (480 rows); seconds per epoch on the
+  CPU (``--threads``) and, when present, on CUDA in fp32 and bf16, and what a whole
+  fold of the recipe's epochs takes at that speed.
 
 Usage:
     .venv/bin/python benchmarks/training.py [--samples 256] [--threads 2] [--out FILE]
@@ -38,11 +44,13 @@ sys.path.insert(0, str(REPO / "src"))
 
 
 class Arrays:
-    """The two columns fit reads from a FeatureSet (images, labels); a stand-in so the
-    benchmark runs where the audio stack (librosa) is not installed, e.g. a bare GPU box."""
+    """The columns fit reads from a FeatureSet (images, labels, valid frames); a stand-in
+    so the benchmark runs where the audio stack (librosa) is not installed, e.g. a bare
+    GPU box."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
+    def __init__(self, images: np.ndarray, labels: np.ndarray, length: np.ndarray | None = None) -> None:
         self.images, self.labels = images, labels
+        self.length = np.full(len(labels), images.shape[-1], dtype=np.int64) if length is None else length
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -57,6 +65,21 @@ def synthetic(n: int, size: int = 60, n_classes: int = 7, seed: int = 0, noise: 
     for c in range(n_classes):
         images[labels == c, c * band : (c + 1) * band, :] += 1.0 - noise
     return Arrays(images, labels)
+
+
+def utterances(n: int, bands: int = 64, n_classes: int = 7, seed: int = 0) -> Arrays:
+    """Standardised log-mel rows of 150-450 frames (1.5-4.5 s at a 10 ms hop), padded on
+    the right as ``ser.data.dataset`` pads them; each class raises its own mel band."""
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.arange(n) % n_classes).astype(np.int64)
+    length = rng.integers(150, 451, n).astype(np.int64)
+    images = np.zeros((n, bands, int(length.max())), dtype=np.float32)
+    band = bands // n_classes
+    for i in range(n):
+        row = rng.standard_normal((bands, length[i]), dtype=np.float32)
+        row[labels[i] * band : (labels[i] + 1) * band] += 0.5
+        images[i, :, : length[i]] = row
+    return Arrays(images, labels, length)
 
 
 def png_bytes(images: np.ndarray) -> list[bytes]:
@@ -298,6 +321,45 @@ def cuda_section(args) -> dict:
     }
 
 
+def plus_epoch_times(data: Arrays, device: str, precision: str, epochs: int) -> dict:
+    """Seconds per epoch of the plus recipe as ``ser cv`` trains a fold (its network,
+    augmenter and config), the first epoch dropped as warm-up."""
+    import torch
+
+    from ser.study import crossval, models
+    from ser.study.plus import augmenter
+    from ser.study.training import fit
+
+    recipe = crossval.load_recipe("plus")
+    spec = crossval.model_spec(recipe, int(data.images.shape[1]), 7)
+    torch.manual_seed(0)
+    model = models.build(spec)
+    cfg = recipe.train.with_(epochs=epochs, device=device, precision=precision)
+    stamps = [time.perf_counter()]
+    fit(model, data, None, cfg, progress=False, augment=augmenter(recipe.augment, spec.window, spec.n_classes),
+        on_epoch=lambda r: stamps.append(time.perf_counter()))
+    times = np.diff(stamps)[1:]
+    median = float(np.median(times))
+    return {"device": device, "precision": precision, "rows": len(data), "epochs_timed": len(times),
+            "s_per_epoch_median": median, "s_per_epoch_min": float(np.min(times)),
+            "recipe_epochs": recipe.train.epochs, "s_per_fold_estimate": median * recipe.train.epochs,
+            "parameters": sum(p.numel() for p in model.parameters())}
+
+
+def plus_section(args) -> dict:
+    import torch
+
+    data = utterances(args.plus_rows, seed=4)
+    rows = []
+    if not args.skip_cpu:
+        torch.set_num_threads(args.threads)
+        rows.append(plus_epoch_times(data, "cpu", "fp32", args.plus_epochs))
+    if torch.cuda.is_available():
+        rows += [plus_epoch_times(data, "cuda", p, args.plus_epochs) for p in ("fp32", "bf16")]
+    return {"rows": rows, "threads": args.threads, "cpu": cpu_name(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
 def table(rows: list[dict], columns: list[str]) -> str:
     def fmt(v):
         return f"{v:.4g}" if isinstance(v, float) else str(v)
@@ -314,13 +376,31 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2, help="CPU training rounds in alternating order; the best of each path counts (default 2)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--cuda-epochs", type=int, default=5, help="epochs per CUDA variant; the first is warm-up, the last validates (default 5)")
-    parser.add_argument("--skip-cpu", action="store_true", help="only the CUDA section")
+    parser.add_argument("--skip-cpu", action="store_true", help="only the CUDA rows")
+    parser.add_argument("--recipe", choices=("study", "plus", "both"), default="both",
+                        help="which training path to time: the study's SquirtleNET, the plus recipe, or both (default)")
+    parser.add_argument("--plus-rows", type=int, default=480, help="utterances in the plus rows (default 480: one EmoDB LOSO training side)")
+    parser.add_argument("--plus-epochs", type=int, default=4, help="epochs per plus row; the first is warm-up (default 4)")
     parser.add_argument("--out", type=Path, default=REPO / "build" / "bench" / "training.json")
     args = parser.parse_args()
 
     import torch
 
     result: dict = {"benchmark": "training", "model": "SquirtleNET optimal English (ser.study.models.OPTIMAL_ENGLISH), 60x60", "torch": torch.__version__}
+    if args.recipe in ("plus", "both"):
+        plus = plus_section(args)
+        result["plus"] = plus
+        if plus["rows"]:
+            print(f"plus recipe ({plus['rows'][0]['parameters'] / 1e6:.2f}M parameters), {args.plus_rows} log-mel utterances of 1.5-4.5 s, "
+                  f"CPU {plus['cpu']} ({plus['threads']} threads), CUDA {plus['cuda'] or 'none'}:")
+            print(table(plus["rows"], ["device", "precision", "s_per_epoch_median", "s_per_epoch_min", "recipe_epochs", "s_per_fold_estimate"]) + "\n")
+        else:
+            print("plus recipe: no rows (--skip-cpu and no CUDA device)")
+    if args.recipe == "plus":
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.out}")
+        return 0
     if not args.skip_cpu:
         cpu = cpu_section(args)
         result["cpu"] = cpu

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from ser.data import dataset
@@ -104,6 +105,22 @@ def test_plus_learns_a_held_out_synthetic_speaker_and_resumes(synth_logmel, tmp_
     assert isinstance(ens.arch, models.EnsembleSpec) and len(ens.arch.members) == 3
     assert evaluate(ens.model, synth_logmel).accuracy > 2.5 * chance
     assert keys.size == len(synth_logmel)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_plus_trains_on_cuda_and_its_models_load_on_the_cpu(synth_logmel, tmp_path):
+    """What a GPU node pool runs: the same folds on CUDA learn the held-out speaker, and
+    the fold models and the ensemble they make load and serve on a CPU-only machine."""
+    recipe = crossval.load_recipe("plus")
+    recipe = recipe.with_(train=recipe.train.with_(epochs=20))
+    result = crossval.run(synth_logmel, recipe, tmp_path / "cv", seeds=(0,), device="cuda", progress=False, log=lambda _: None)
+    assert result.summary["ua"]["mean"] > 2.5 / 7, result.summary
+    from ser.study import models
+    from ser.study.training import evaluate
+
+    ens = models.load_bundle(tmp_path / "cv" / "ensemble.pt", "cpu")
+    assert next(ens.model.parameters()).device.type == "cpu"
+    assert evaluate(ens.model, synth_logmel, device="cpu").accuracy > 2.5 / 7
 
 
 def test_seed_ensemble_averages_each_folds_seeds_on_its_test_rows():

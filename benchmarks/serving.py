@@ -15,7 +15,9 @@ each level).
 The model has RANDOM weights (speed does not depend on them). Every row names its
 model: ``optimal`` (the default: the study's SquirtleNET, conv 188/156/340, FC
 3634/2816, ~55 M parameters, what users serve) and ``tiny`` (conv 8/8/8, FC 32/32)
-only as a labelled baseline (``--archs optimal,tiny``); ``whisper`` is the whisper
+only as a labelled baseline (``--archs optimal,tiny``); ``plus`` is the plus recipe's
+served model (its network as recipes/cv/plus.yaml declares it, ten fold models averaged
+as ``ser cv`` writes OUT/ensemble.pt; ``plus-single`` one of them); ``whisper`` is the whisper
 recipe's model (whisper-base, every hidden state, random head; ``whisper-nopad`` without
 the 30 s padding; ``whisper-last`` the encoder's output only, CTranslate2 int8), for which one request costs hundreds of ms on a core: run it with
 fewer requests (``--archs whisper --levels 1,4 --requests 20 --warmup 4``). Targets for the optimal
@@ -59,6 +61,11 @@ ARCHS = {
     "whisper": dict(encoder_window=30, encoder_layers="all"),
     "whisper-nopad": dict(encoder_window=0, encoder_layers="all"),
     "whisper-last": dict(encoder_window=30, encoder_layers="last"),
+    # The plus recipe's served model (`ser cv` writes it as OUT/ensemble.pt): its network
+    # as the recipe file declares it, one per fold of a 10-speaker leave-one-speaker-out
+    # pass, logits averaged; plus-single: one fold model alone.
+    "plus": dict(recipe="plus", members=10),
+    "plus-single": dict(recipe="plus", members=1),
 }
 
 
@@ -71,6 +78,17 @@ def make_model(arch: str, folder: Path) -> Path:
     from ser.study.headnet import HeadSpec
 
     torch.manual_seed(0)
+    if arch.startswith("plus"):
+        from ser.study import crossval
+
+        recipe = crossval.load_recipe(ARCHS[arch]["recipe"])
+        feature_spec = recipe.features
+        member = crossval.model_spec(recipe, feature_spec.size, len(labels.ENGLISH))
+        n = ARCHS[arch]["members"]
+        net = models.Ensemble(models.EnsembleSpec((member,) * n), [models.build(member) for _ in range(n)]) if n > 1 else models.build(member)
+        meta = {"name": f"bench-{arch}", "note": "random weights, for timing only"}
+        folder.mkdir(parents=True, exist_ok=True)
+        return models.save_bundle(folder / "model.pt", net, labels.ENGLISH, feature_spec.to_dict(), meta)
     if arch.startswith("whisper"):
         feature_spec = resolve(FeatureSpec(kind="whisper", size=512, preemphasis=0.0, **ARCHS[arch]))
         spec = HeadSpec(in_size=feature_spec.size, n_classes=len(labels.ENGLISH), layers=stacked_layers(feature_spec))

@@ -66,6 +66,8 @@ ARCHS = {
     # pass, logits averaged; plus-single: one fold model alone.
     "plus": dict(recipe="plus", members=10),
     "plus-single": dict(recipe="plus", members=1),
+    # the recipe's network before 2026-12-04 (half the channels), for the ratio
+    "plus-narrow": dict(recipe="plus", members=10, channels=(16, 32, 64, 128)),
 }
 
 
@@ -84,6 +86,8 @@ def make_model(arch: str, folder: Path) -> Path:
         recipe = crossval.load_recipe(ARCHS[arch]["recipe"])
         feature_spec = recipe.features
         member = crossval.model_spec(recipe, feature_spec.size, len(labels.ENGLISH))
+        if "channels" in ARCHS[arch]:
+            member = member.with_(channels=ARCHS[arch]["channels"])
         n = ARCHS[arch]["members"]
         net = models.Ensemble(models.EnsembleSpec((member,) * n), [models.build(member) for _ in range(n)]) if n > 1 else models.build(member)
         meta = {"name": f"bench-{arch}", "note": "random weights, for timing only"}

@@ -36,7 +36,7 @@ class PlusSpec(Settings):
     cnn: str = "plus"
     in_size: int = 64
     n_classes: int = 7
-    channels: tuple[int, ...] = (16, 32, 64, 128)
+    channels: tuple[int, ...] = (32, 64, 128, 256)
     dropout: float = 0.3
     pooling: str = "mean"
     window: int = 200  #: frames per crop / inference window (2 s at a 10 ms hop)

@@ -17,7 +17,8 @@ model: ``optimal`` (the default: the study's SquirtleNET, conv 188/156/340, FC
 3634/2816, ~55 M parameters, what users serve) and ``tiny`` (conv 8/8/8, FC 32/32)
 only as a labelled baseline (``--archs optimal,tiny``); ``plus`` is the plus recipe's
 served model (its network as recipes/cv/plus.yaml declares it, ten fold models averaged
-as ``ser cv`` writes OUT/ensemble.pt; ``plus-single`` one of them); ``whisper`` is the whisper
+as ``ser cv`` writes OUT/ensemble.pt; ``plus-single`` one of them; ``plus-narrow`` the ten
+with the recipe's channels before 2026-12-04, 16-32-64-128); ``whisper`` is the whisper
 recipe's model (whisper-base, every hidden state, random head; ``whisper-nopad`` without
 the 30 s padding; ``whisper-last`` the encoder's output only, CTranslate2 int8), for which one request costs hundreds of ms on a core: run it with
 fewer requests (``--archs whisper --levels 1,4 --requests 20 --warmup 4``). Targets for the optimal
@@ -307,6 +308,7 @@ def main() -> int:
         tmp = Path(tmp)
         for arch in archs:
             model_pt = make_model(arch, tmp / arch)
+            results["models"][arch]["parameters"] = sum(p.numel() for p in load_bundle(model_pt).model.parameters())
             for backend in backends:
                 key = f"{arch}/{backend}"
                 runtime = Runtime(workers=args.workers, batch_size=args.batch_size, max_batch_delay_ms=args.max_delay_ms, backend=backend, torch_threads=args.worker_threads)

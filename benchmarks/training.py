@@ -1,4 +1,5 @@
-"""Benchmark: training throughput of the study's optimal SquirtleNET (mel 60x60).
+"""Benchmark: training throughput of the study's optimal SquirtleNET (mel 60x60) and of
+the plus recipe's network (log-mel frames), ``--recipe study|plus|both``.
 
 CPU, same run, same model, same batches of 32, Adam LR 6e-5:
   (a) naive: the images kept as PNG bytes (the study saved its spectrograms as
@@ -23,7 +24,8 @@ The plus recipe (``--recipe plus``, what ``ser cv`` trains by default and
   fold of the recipe's epochs takes at that speed.
 
 Usage:
-    .venv/bin/python benchmarks/training.py [--samples 256] [--threads 2] [--out FILE]
+    .venv/bin/python benchmarks/training.py [--recipe both] [--samples 256] [--threads 2]
+        [--plus-rows 480] [--plus-epochs 4] [--skip-cpu] [--out FILE]
 """
 
 from __future__ import annotations
@@ -356,7 +358,7 @@ def plus_section(args) -> dict:
         rows.append(plus_epoch_times(data, "cpu", "fp32", args.plus_epochs))
     if torch.cuda.is_available():
         rows += [plus_epoch_times(data, "cuda", p, args.plus_epochs) for p in ("fp32", "bf16")]
-    return {"rows": rows, "threads": args.threads, "cpu": cpu_name(),
+    return {"rows": rows, "threads": None if args.skip_cpu else args.threads, "cpu": None if args.skip_cpu else cpu_name(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
@@ -380,19 +382,24 @@ def main() -> int:
     parser.add_argument("--recipe", choices=("study", "plus", "both"), default="both",
                         help="which training path to time: the study's SquirtleNET, the plus recipe, or both (default)")
     parser.add_argument("--plus-rows", type=int, default=480, help="utterances in the plus rows (default 480: one EmoDB LOSO training side)")
-    parser.add_argument("--plus-epochs", type=int, default=4, help="epochs per plus row; the first is warm-up (default 4)")
+    parser.add_argument("--plus-epochs", type=int, default=4, help="epochs per plus row, at least 2; the first is warm-up (default 4)")
     parser.add_argument("--out", type=Path, default=REPO / "build" / "bench" / "training.json")
     args = parser.parse_args()
+    if args.plus_epochs < 2:
+        parser.error("--plus-epochs must be at least 2 (the first epoch is warm-up, not timed)")
 
     import torch
 
-    result: dict = {"benchmark": "training", "model": "SquirtleNET optimal English (ser.study.models.OPTIMAL_ENGLISH), 60x60", "torch": torch.__version__}
+    result: dict = {"benchmark": "training", "torch": torch.__version__,
+                    "model": {"study": "SquirtleNET optimal English (ser.study.models.OPTIMAL_ENGLISH), 60x60",
+                              "plus": "the plus recipe's network as recipes/cv/plus.yaml declares it"}}
     if args.recipe in ("plus", "both"):
         plus = plus_section(args)
         result["plus"] = plus
         if plus["rows"]:
+            cpu = f"CPU {plus['cpu']} ({plus['threads']} threads)" if plus["cpu"] else "no CPU row (--skip-cpu)"
             print(f"plus recipe ({plus['rows'][0]['parameters'] / 1e6:.2f}M parameters), {args.plus_rows} log-mel utterances of 1.5-4.5 s, "
-                  f"CPU {plus['cpu']} ({plus['threads']} threads), CUDA {plus['cuda'] or 'none'}:")
+                  f"{cpu}, CUDA {plus['cuda'] or 'none'}:")
             print(table(plus["rows"], ["device", "precision", "s_per_epoch_median", "s_per_epoch_min", "recipe_epochs", "s_per_fold_estimate"]) + "\n")
         else:
             print("plus recipe: no rows (--skip-cpu and no CUDA device)")

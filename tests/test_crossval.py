@@ -52,7 +52,7 @@ def test_recipes_load_validate_and_round_trip(tmp_path):
 def test_the_last_rule_trains_every_training_speaker_and_scores_only_the_test(synth_logmel):
     recipe = crossval.load_recipe("plus")
     assert recipe.checkpoint == "last"
-    recipe = recipe.with_(train=recipe.train.with_(epochs=2))
+    recipe = narrow(recipe, epochs=2)
     train, test = splits.speaker_folds(synth_logmel)[0]
     run = crossval.train_fold(synth_logmel, train, test, recipe, seed=0)
     assert run.n_val == 0 and run.fit.best_epoch == 2 and np.isnan(run.fit.best_val_loss)
@@ -61,8 +61,7 @@ def test_the_last_rule_trains_every_training_speaker_and_scores_only_the_test(sy
 
 
 def test_the_validation_rule_holds_out_whole_training_speakers(synth_logmel, tmp_path):
-    recipe = crossval.load_recipe("plus")
-    recipe = recipe.with_(checkpoint="validation", train=recipe.train.with_(epochs=2))
+    recipe = narrow(crossval.load_recipe("plus"), epochs=2).with_(checkpoint="validation")
     result = crossval.run(synth_logmel, recipe, tmp_path, seeds=(0,), progress=False, log=lambda _: None)
     keys = splits.speaker_keys(synth_logmel)
     for fold in result.folds:  # two training speakers: one trains, one chooses the epoch, none is tested

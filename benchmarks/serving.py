@@ -72,7 +72,8 @@ ARCHS = {
 }
 
 
-def make_model(arch: str, folder: Path) -> Path:
+def make_model(arch: str, folder: Path) -> tuple[Path, int]:
+    """The arch's model with random weights, saved as model.pt; and its parameter count."""
     import torch
 
     from ser.data import labels
@@ -91,19 +92,18 @@ def make_model(arch: str, folder: Path) -> Path:
             member = member.with_(channels=ARCHS[arch]["channels"])
         n = ARCHS[arch]["members"]
         net = models.Ensemble(models.EnsembleSpec((member,) * n), [models.build(member) for _ in range(n)]) if n > 1 else models.build(member)
-        meta = {"name": f"bench-{arch}", "note": "random weights, for timing only"}
-        folder.mkdir(parents=True, exist_ok=True)
-        return models.save_bundle(folder / "model.pt", net, labels.ENGLISH, feature_spec.to_dict(), meta)
-    if arch.startswith("whisper"):
-        feature_spec = resolve(FeatureSpec(kind="whisper", size=512, preemphasis=0.0, **ARCHS[arch]))
-        spec = HeadSpec(in_size=feature_spec.size, n_classes=len(labels.ENGLISH), layers=stacked_layers(feature_spec))
     else:
-        spec = models.OPTIMAL_ENGLISH.with_(**ARCHS[arch])
-        feature_spec = FeatureSpec(kind="mel", size=spec.in_size)
-    net = models.build(spec)
+        if arch.startswith("whisper"):
+            feature_spec = resolve(FeatureSpec(kind="whisper", size=512, preemphasis=0.0, **ARCHS[arch]))
+            spec = HeadSpec(in_size=feature_spec.size, n_classes=len(labels.ENGLISH), layers=stacked_layers(feature_spec))
+        else:
+            spec = models.OPTIMAL_ENGLISH.with_(**ARCHS[arch])
+            feature_spec = FeatureSpec(kind="mel", size=spec.in_size)
+        net = models.build(spec)
     meta = {"name": f"bench-{arch}", "note": "random weights, for timing only"}
     folder.mkdir(parents=True, exist_ok=True)
-    return models.save_bundle(folder / "model.pt", net, labels.ENGLISH, feature_spec.to_dict(), meta)
+    path = models.save_bundle(folder / "model.pt", net, labels.ENGLISH, feature_spec.to_dict(), meta)
+    return path, sum(p.numel() for p in net.parameters())
 
 
 def cpu_seconds(pid: int) -> dict[str, float]:
@@ -307,8 +307,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="ser-bench-") as tmp:
         tmp = Path(tmp)
         for arch in archs:
-            model_pt = make_model(arch, tmp / arch)
-            results["models"][arch]["parameters"] = sum(p.numel() for p in load_bundle(model_pt).model.parameters())
+            model_pt, results["models"][arch]["parameters"] = make_model(arch, tmp / arch)
             for backend in backends:
                 key = f"{arch}/{backend}"
                 runtime = Runtime(workers=args.workers, batch_size=args.batch_size, max_batch_delay_ms=args.max_delay_ms, backend=backend, torch_threads=args.worker_threads)

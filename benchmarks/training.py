@@ -403,29 +403,25 @@ def main() -> int:
             print(table(plus["rows"], ["device", "precision", "s_per_epoch_median", "s_per_epoch_min", "recipe_epochs", "s_per_fold_estimate"]) + "\n")
         else:
             print("plus recipe: no rows (--skip-cpu and no CUDA device)")
-    if args.recipe == "plus":
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.out}")
-        return 0
-    if not args.skip_cpu:
-        cpu = cpu_section(args)
-        result["cpu"] = cpu
-        print(f"CPU {cpu['device']} ({cpu['threads']} threads, {cpu['samples']} images 60x60, batch 32):")
-        print(table(cpu["rows"], ["path", "train_samples_per_s", "input_only_samples_per_s"]))
-        print(f"input-only rows: {cpu['input_samples']} images, per epoch (ours also pays {cpu['ours_one_off_tensor_s']:.3f} s once to build the tensor)")
-        print(f"speed-up: training x{cpu['train_speedup']:.2f}, input pipeline x{cpu['input_speedup']:.0f}\n")
-    if torch.cuda.is_available():
-        gpu = cuda_section(args)
-        result["cuda"] = gpu
-        print(f"CUDA {gpu['device']}: {gpu['images']} images 60x60, batch 32 (study: 3.6 s/epoch on a V100; target < 0.1 s)")
-        print(table(gpu["rows"], ["batch_size", "precision", "channels_last", "tf32_matmul", "s_per_epoch_median", "s_per_epoch_min", "val_accuracy", "val_loss"]))
-        print(f"naive per-sample PNG DataLoader, fp32, batch 32: {gpu['naive_dataloader_s_per_epoch_fp32']:.3f} s/epoch")
-        print(f"Adam alone: {gpu['adam_step_ms']:.3f} ms per step over {gpu['parameters'] / 1e6:.1f}M parameters = "
-              f"{gpu['adam_floor_s_per_epoch_batch32']:.3f} s per epoch at batch 32 (a floor no input pipeline can beat)")
-    else:
-        result["cuda"] = None
-        print("no CUDA device: GPU epoch time not measured")
+    if args.recipe in ("study", "both"):
+        if not args.skip_cpu:
+            cpu = cpu_section(args)
+            result["cpu"] = cpu
+            print(f"CPU {cpu['device']} ({cpu['threads']} threads, {cpu['samples']} images 60x60, batch 32):")
+            print(table(cpu["rows"], ["path", "train_samples_per_s", "input_only_samples_per_s"]))
+            print(f"input-only rows: {cpu['input_samples']} images, per epoch (ours also pays {cpu['ours_one_off_tensor_s']:.3f} s once to build the tensor)")
+            print(f"speed-up: training x{cpu['train_speedup']:.2f}, input pipeline x{cpu['input_speedup']:.0f}\n")
+        if torch.cuda.is_available():
+            gpu = cuda_section(args)
+            result["cuda"] = gpu
+            print(f"CUDA {gpu['device']}: {gpu['images']} images 60x60, batch 32 (study: 3.6 s/epoch on a V100; target < 0.1 s)")
+            print(table(gpu["rows"], ["batch_size", "precision", "channels_last", "tf32_matmul", "s_per_epoch_median", "s_per_epoch_min", "val_accuracy", "val_loss"]))
+            print(f"naive per-sample PNG DataLoader, fp32, batch 32: {gpu['naive_dataloader_s_per_epoch_fp32']:.3f} s/epoch")
+            print(f"Adam alone: {gpu['adam_step_ms']:.3f} ms per step over {gpu['parameters'] / 1e6:.1f}M parameters = "
+                  f"{gpu['adam_floor_s_per_epoch_batch32']:.3f} s per epoch at batch 32 (a floor no input pipeline can beat)")
+        else:
+            result["cuda"] = None
+            print("no CUDA device: GPU epoch time not measured")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")

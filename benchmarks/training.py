@@ -1,5 +1,6 @@
 """Benchmark: training throughput of the study's optimal SquirtleNET (mel 60x60) and of
-the plus recipe's network (log-mel frames), ``--recipe study|plus|both``.
+the plus recipe's network (log-mel frames), ``--recipe study|plus|both``, and of the
+whisper recipe's head (``--recipe whisper``).
 
 CPU, same run, same model, same batches of 32, Adam LR 6e-5:
   (a) naive: the images kept as PNG bytes (the study saved its spectrograms as
@@ -22,10 +23,15 @@ The plus recipe (``--recipe plus``, what ``ser cv`` trains by default and
   one EmoDB leave-one-speaker-out training side (480 rows); seconds per epoch on the
   CPU (``--threads``) and, when present, on CUDA in fp32 and bf16, and what a whole
   fold of the recipe's epochs takes at that speed.
+The whisper recipe's head (``--recipe whisper``): built and trained as ``ser cv``
+  does, on stacked encoder states (7 x 512 per 20 ms, utterances of 1.5-5 s) in the
+  size of one TESS speaker (1400 rows), held in float16 as feature sets hold encoder
+  features, and in float32 for contrast (twice the memory); seconds per epoch.
 
 Usage:
-    .venv/bin/python benchmarks/training.py [--recipe both] [--samples 256] [--threads 2]
-        [--plus-rows 480] [--plus-epochs 4] [--skip-cpu] [--out FILE]
+    .venv/bin/python benchmarks/training.py [--recipe both|study|plus|whisper] [--samples 256]
+        [--threads 2] [--plus-rows 480] [--plus-epochs 4] [--head-rows 1400] [--head-epochs 3]
+        [--skip-cpu] [--out FILE]
 """
 
 from __future__ import annotations
@@ -80,6 +86,23 @@ def utterances(n: int, bands: int = 64, n_classes: int = 7, seed: int = 0) -> Ar
     for i in range(n):
         row = rng.standard_normal((bands, length[i]), dtype=np.float32)
         row[labels[i] * band : (labels[i] + 1) * band] += 0.5
+        images[i, :, : length[i]] = row
+    return Arrays(images, labels, length)
+
+
+def encoder_frames(n: int, width: int = 7 * 512, n_classes: int = 7, seed: int = 0, dtype=np.float16) -> Arrays:
+    """Stacked hidden states of a speech encoder (whisper-base: 7 x 512 per 20 ms) for
+    utterances of 1.5-5 s (75-250 frames, TESS's range), zero-padded on the right and
+    held in ``dtype`` as ``ser.data.dataset`` holds encoder features (float16); each
+    class raises its own block of dimensions."""
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.arange(n) % n_classes).astype(np.int64)
+    length = rng.integers(75, 251, n).astype(np.int64)
+    images = np.zeros((n, width, int(length.max())), dtype=dtype)
+    block = width // n_classes
+    for i in range(n):
+        row = rng.standard_normal((width, length[i]), dtype=np.float32)
+        row[labels[i] * block : (labels[i] + 1) * block] += 0.5
         images[i, :, : length[i]] = row
     return Arrays(images, labels, length)
 
@@ -323,17 +346,18 @@ def cuda_section(args) -> dict:
     }
 
 
-def plus_epoch_times(data: Arrays, device: str, precision: str, epochs: int) -> dict:
-    """Seconds per epoch of the plus recipe as ``ser cv`` trains a fold (its network,
-    augmenter and config), the first epoch dropped as warm-up."""
+def recipe_epoch_times(name: str, data: Arrays, device: str, precision: str, epochs: int) -> dict:
+    """Seconds per epoch of recipe ``name`` (plus or whisper) as ``ser cv`` trains a fold
+    (its network, augmenter and config), the first epoch dropped as warm-up."""
     import torch
 
     from ser.study import crossval, models
     from ser.study.plus import augmenter
     from ser.study.training import fit
 
-    recipe = crossval.load_recipe("plus")
-    spec = crossval.model_spec(recipe, int(data.images.shape[1]), 7)
+    recipe = crossval.load_recipe(name)
+    layers = 7 if recipe.features.kind == "whisper" else 1
+    spec = crossval.model_spec(recipe, int(data.images.shape[1]), 7, layers)
     torch.manual_seed(0)
     model = models.build(spec)
     cfg = recipe.train.with_(epochs=epochs, device=device, precision=precision)
@@ -342,7 +366,8 @@ def plus_epoch_times(data: Arrays, device: str, precision: str, epochs: int) -> 
         on_epoch=lambda r: stamps.append(time.perf_counter()))
     times = np.diff(stamps)[1:]
     median = float(np.median(times))
-    return {"device": device, "precision": precision, "rows": len(data), "epochs_timed": len(times),
+    return {"device": device, "precision": precision, "rows": len(data), "storage": str(data.images.dtype),
+            "set_gb": data.images.nbytes / 1e9, "epochs_timed": len(times),
             "s_per_epoch_median": median, "s_per_epoch_min": float(np.min(times)),
             "recipe_epochs": recipe.train.epochs, "s_per_fold_estimate": median * recipe.train.epochs,
             "parameters": sum(p.numel() for p in model.parameters())}
@@ -355,9 +380,27 @@ def plus_section(args) -> dict:
     rows = []
     if not args.skip_cpu:
         torch.set_num_threads(args.threads)
-        rows.append(plus_epoch_times(data, "cpu", "fp32", args.plus_epochs))
+        rows.append(recipe_epoch_times("plus", data, "cpu", "fp32", args.plus_epochs))
     if torch.cuda.is_available():
-        rows += [plus_epoch_times(data, "cuda", p, args.plus_epochs) for p in ("fp32", "bf16")]
+        rows += [recipe_epoch_times("plus", data, "cuda", p, args.plus_epochs) for p in ("fp32", "bf16")]
+    return {"rows": rows, "threads": None if args.skip_cpu else args.threads, "cpu": None if args.skip_cpu else cpu_name(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def whisper_section(args) -> dict:
+    """The whisper recipe's head on encoder features held as feature sets hold them
+    (float16) and, for contrast, in float32 (twice the memory)."""
+    import torch
+
+    rows = []
+    for dtype in (np.float16, np.float32):
+        data = encoder_frames(args.head_rows, seed=5, dtype=dtype)
+        if not args.skip_cpu:
+            torch.set_num_threads(args.threads)
+            rows.append(recipe_epoch_times("whisper", data, "cpu", "fp32", args.head_epochs))
+        if torch.cuda.is_available():
+            rows.append(recipe_epoch_times("whisper", data, "cuda", "fp32", args.head_epochs))
+        del data
     return {"rows": rows, "threads": None if args.skip_cpu else args.threads, "cpu": None if args.skip_cpu else cpu_name(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
@@ -379,20 +422,24 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--cuda-epochs", type=int, default=5, help="epochs per CUDA variant; the first is warm-up, the last validates (default 5)")
     parser.add_argument("--skip-cpu", action="store_true", help="only the CUDA rows")
-    parser.add_argument("--recipe", choices=("study", "plus", "both"), default="both",
-                        help="which training path to time: the study's SquirtleNET, the plus recipe, or both (default)")
+    parser.add_argument("--recipe", choices=("study", "plus", "both", "whisper"), default="both",
+                        help="which training path to time: the study's SquirtleNET, the plus recipe, both (default), "
+                             "or the whisper recipe's head on encoder features")
     parser.add_argument("--plus-rows", type=int, default=480, help="utterances in the plus rows (default 480: one EmoDB LOSO training side)")
     parser.add_argument("--plus-epochs", type=int, default=4, help="epochs per plus row, at least 2; the first is warm-up (default 4)")
+    parser.add_argument("--head-rows", type=int, default=1400, help="utterances in the whisper rows (default 1400: one TESS speaker)")
+    parser.add_argument("--head-epochs", type=int, default=3, help="epochs per whisper row, at least 2; the first is warm-up (default 3)")
     parser.add_argument("--out", type=Path, default=REPO / "build" / "bench" / "training.json")
     args = parser.parse_args()
-    if args.plus_epochs < 2:
-        parser.error("--plus-epochs must be at least 2 (the first epoch is warm-up, not timed)")
+    if min(args.plus_epochs, args.head_epochs) < 2:
+        parser.error("--plus-epochs and --head-epochs must be at least 2 (the first epoch is warm-up, not timed)")
 
     import torch
 
     result: dict = {"benchmark": "training", "torch": torch.__version__,
                     "model": {"study": "SquirtleNET optimal English (ser.study.models.OPTIMAL_ENGLISH), 60x60",
-                              "plus": "the plus recipe's network as recipes/cv/plus.yaml declares it"}}
+                              "plus": "the plus recipe's network as recipes/cv/plus.yaml declares it",
+                              "whisper": "the whisper recipe's head as recipes/cv/whisper.yaml declares it, on 7 x 512 stacked encoder states"}}
     if args.recipe in ("plus", "both"):
         plus = plus_section(args)
         result["plus"] = plus
@@ -403,6 +450,13 @@ def main() -> int:
             print(table(plus["rows"], ["device", "precision", "s_per_epoch_median", "s_per_epoch_min", "recipe_epochs", "s_per_fold_estimate"]) + "\n")
         else:
             print("plus recipe: no rows (--skip-cpu and no CUDA device)")
+    if args.recipe == "whisper":
+        head = whisper_section(args)
+        result["whisper"] = head
+        cpu = f"CPU {head['cpu']} ({head['threads']} threads)" if head["cpu"] else "no CPU row (--skip-cpu)"
+        print(f"whisper recipe's head ({head['rows'][0]['parameters'] / 1e6:.2f}M parameters), {args.head_rows} utterances of 1.5-5 s "
+              f"as 7 x 512 encoder states per 20 ms, {cpu}, CUDA {head['cuda'] or 'none'}:" if head["rows"] else "whisper: no rows")
+        print(table(head["rows"], ["device", "storage", "set_gb", "s_per_epoch_median", "s_per_epoch_min", "recipe_epochs", "s_per_fold_estimate"]) + "\n")
     if args.recipe in ("study", "both"):
         if not args.skip_cpu:
             cpu = cpu_section(args)

@@ -96,3 +96,69 @@ def test_specaugment_masks_bands_with_zeros():
     cfg = plus.PlusConfig(time_masks=1, time_width=10, freq_masks=1, freq_width=6)
     y = plus.spec_augment(x, cfg, torch.Generator().manual_seed(3))
     assert (y == 0).any() and (y[:, :, :, :] <= 1).all() and float((y == 0).float().mean()) < 0.5
+
+
+# The per-row loops the batch-at-once augmentation replaced, kept here as the oracle:
+# the same generator must give the same crops, the same speed factors and the same masks.
+def _crops_by_row(images, lengths, window, gen):
+    out = torch.zeros(images.shape[0], 1, images.shape[-2], window)
+    room = (lengths - window).clamp_min(0)
+    starts = (torch.rand(images.shape[0], generator=gen) * (room + 1).float()).long().clamp(max=room)
+    for i in range(images.shape[0]):
+        valid = int(min(window, int(lengths[i])))
+        out[i, 0, :, :valid] = images[i, 0, :, int(starts[i]) : int(starts[i]) + valid]
+    return out
+
+
+def _speed_by_row(x, amount, gen):
+    out = torch.empty_like(x)
+    _, _, m, w = x.shape
+    for i in range(x.shape[0]):
+        factor = 1.0 + (2 * float(torch.rand(1, generator=gen)) - 1) * amount
+        y = torch.nn.functional.interpolate(x[i : i + 1], size=(max(2, round(m * factor)), max(2, round(w / factor))),
+                                            mode="bilinear", align_corners=False)[..., :m, :w]
+        out[i] = torch.nn.functional.pad(y, (0, w - y.shape[-1], 0, m - y.shape[-2]))[0]
+    return out
+
+
+def _masks_by_row(x, cfg, gen):
+    x = x.clone()
+    _, _, m, w = x.shape
+    for i in range(x.shape[0]):
+        for masks, widest, size, axis in ((cfg.time_masks, cfg.time_width, w, 3), (cfg.freq_masks, cfg.freq_width, m, 2)):
+            for _ in range(masks):
+                width = int(float(torch.rand(1, generator=gen)) * (widest + 1))
+                start = int(float(torch.rand(1, generator=gen)) * max(1, size - width))
+                x[i].narrow(axis - 1, start, width).zero_()
+    return x
+
+
+def test_batch_augmentation_draws_what_the_per_row_loops_drew():
+    images, _, lengths = _batch()
+    for seed in range(5):
+        a, b = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        assert torch.equal(plus.crops(images, lengths, 40, a), _crops_by_row(images, lengths, 40, b))
+        x = torch.randn(6, 1, 32, 40)
+        assert torch.allclose(plus.speed_perturb(x, 0.3, a), _speed_by_row(x, 0.3, b), atol=1e-4)  # float rounding of the grid
+        cfg = plus.PlusConfig(time_masks=2, time_width=20, freq_masks=3, freq_width=8)
+        assert torch.equal(plus.spec_augment(x, cfg, a), _masks_by_row(x, cfg, b))
+        assert torch.equal(torch.rand(3, generator=a), torch.rand(3, generator=b))  # the stream is left where the loops left it
+
+
+def test_half_precision_rows_are_cropped_then_widened():
+    images, _, lengths = _batch()
+    x = plus.crops(images.half(), lengths, 40, torch.Generator().manual_seed(2))
+    assert x.dtype == torch.float32
+    assert torch.equal(x, plus.crops(images.half().float(), lengths, 40, torch.Generator().manual_seed(2)))
+    short = plus.crops(images[:, :, :, :30], torch.full((6,), 30), 40, torch.Generator().manual_seed(2))
+    assert short.shape == (6, 1, 32, 40) and (short[..., 30:] == 0).all()  # rows all shorter than a window
+
+
+def test_crops_from_a_whole_set_pick_the_batch_rows():
+    images, _, lengths = _batch()
+    rows = torch.tensor([4, 0, 2])
+    direct = plus.crops(images, lengths[rows], 40, torch.Generator().manual_seed(7), rows=rows)
+    assert torch.equal(direct, plus.crops(images[rows], lengths[rows], 40, torch.Generator().manual_seed(7)))
+    short = images[:, :, :, :30]
+    assert torch.equal(plus.crops(short, torch.full((3,), 30), 40, torch.Generator().manual_seed(7), rows=rows),
+                       plus.crops(short[rows], torch.full((3,), 30), 40, torch.Generator().manual_seed(7)))

@@ -57,52 +57,82 @@ def _uniform(gen: torch.Generator, n: int = 1) -> torch.Tensor:
     return torch.rand(n, generator=gen)
 
 
-def crops(images: torch.Tensor, lengths: torch.Tensor, window: int, gen: torch.Generator, random: bool = True) -> torch.Tensor:
-    """(B, 1, M, T) padded rows -> (B, 1, M, window) crops of each row's valid frames
-    (zero-padded on the right where a row is shorter than the window)."""
-    out = torch.zeros(images.shape[0], 1, images.shape[-2], window, dtype=images.dtype, device=images.device)
-    room = (lengths.cpu() - window).clamp_min(0)
-    starts = (_uniform(gen, images.shape[0]) * (room + 1).float()).long().clamp(max=room) if random else torch.zeros_like(room)
-    for i in range(images.shape[0]):
-        start, valid = int(starts[i]), int(min(window, int(lengths[i])))
-        out[i, 0, :, :valid] = images[i, 0, :, start : start + valid]
-    return out
+def crops(images: torch.Tensor, lengths: torch.Tensor, window: int, gen: torch.Generator, random: bool = True,
+          rows: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, 1, M, T) padded rows -> (B, 1, M, window) float32 crops of each row's valid
+    frames (zero-padded on the right where a row is shorter than the window). With
+    ``rows``, ``images`` is a whole set (N, 1, M, T) and ``rows`` the B it crops from.
+
+    One gather for the whole batch: each row's window is a view of ``images.unfold``
+    picked by its start, so only the crops are copied out of the set and widened to
+    float32 (rows held in float16, encoder features, are never copied or widened whole)."""
+    rows = torch.arange(images.shape[0], device=images.device) if rows is None else rows.to(images.device)
+    lengths = lengths.cpu()
+    room = (lengths - window).clamp_min(0)
+    starts = (_uniform(gen, rows.shape[0]) * (room + 1).float()).long().clamp(max=room) if random else torch.zeros_like(room)
+    if images.shape[-1] < window:  # every row shorter than a window: pad the batch, not the set
+        images, rows = F.pad(images[rows], (0, window - images.shape[-1])), torch.arange(rows.shape[0], device=images.device)
+    out = images.unfold(-1, window, 1)[rows, :, :, starts.to(images.device)].float()
+    valid = torch.arange(window) < lengths.clamp(max=window).unsqueeze(1)  # (B, window)
+    return out.masked_fill_(~valid.to(images.device)[:, None, None, :], 0.0)
 
 
 def speed_perturb(x: torch.Tensor, amount: float, gen: torch.Generator) -> torch.Tensor:
-    """Resample each (1, M, W) crop by a random factor along time and its inverse along mel."""
-    out = torch.empty_like(x)
-    _, _, m, w = x.shape
-    for i in range(x.shape[0]):
-        factor = 1.0 + (2 * float(_uniform(gen)) - 1) * amount
-        t_len, f_len = max(2, round(w / factor)), max(2, round(m * factor))
-        y = F.interpolate(x[i : i + 1], size=(f_len, t_len), mode="bilinear", align_corners=False)
-        y = y[..., :m, :w]
-        out[i] = F.pad(y, (0, w - y.shape[-1], 0, m - y.shape[-2]))[0]
-    return out
+    """Resample each (1, M, W) crop by a random factor along time and its inverse along
+    mel, keeping the first W frames and M bands (zeros where the resampled crop is
+    shorter). What ``F.interpolate(size=(round(M x f), round(W / f)))`` does to each row,
+    done for the whole batch by one ``grid_sample`` (edges clamped as interpolate
+    clamps them)."""
+    n, _, m, w = x.shape
+    factor = 1.0 + (2 * _uniform(gen, n).double() - 1) * amount
+    t_len = torch.round(w / factor).clamp_min(2)
+    f_len = torch.round(m * factor).clamp_min(2)
+
+    def axis(size: int, length: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # output position j reads the source at (j + 0.5) / length in [-1, 1] units
+        j = torch.arange(size, dtype=torch.float64)
+        return ((j + 0.5) / length[:, None] * 2 - 1).float(), j < length[:, None]
+
+    gx, keep_t = axis(w, t_len)
+    gy, keep_f = axis(m, f_len)
+    grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1).to(x.device)
+    y = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    keep = (keep_f[:, :, None] & keep_t[:, None, :]).to(x.device)
+    return y * keep[:, None]
+
+
+def _bands(u: torch.Tensor, widest: int, size: int) -> torch.Tensor:
+    """(B, 2k) draws (a width then a start for each of k masks) -> (B, size) True
+    where any of a row's k masks falls: widths 0..widest, starts anywhere they fit."""
+    width = (u[:, 0::2] * (widest + 1)).long()
+    start = (u[:, 1::2] * (size - width).clamp_min(1)).long()
+    pos = torch.arange(size)[None, None, :]
+    return ((pos >= start[..., None]) & (pos < (start + width)[..., None])).any(dim=1)
 
 
 def spec_augment(x: torch.Tensor, cfg: PlusConfig, gen: torch.Generator) -> torch.Tensor:
-    """Zero (the utterance mean, after standardisation) random time and mel bands."""
-    x = x.clone()
-    _, _, m, w = x.shape
-    for i in range(x.shape[0]):
-        for _ in range(cfg.time_masks):
-            width = int(_uniform(gen) * (cfg.time_width + 1))
-            start = int(_uniform(gen) * max(1, w - width))
-            x[i, :, :, start : start + width] = 0.0
-        for _ in range(cfg.freq_masks):
-            width = int(_uniform(gen) * (cfg.freq_width + 1))
-            start = int(_uniform(gen) * max(1, m - width))
-            x[i, :, start : start + width, :] = 0.0
-    return x
+    """Zero (the utterance mean, after standardisation) random time and mel bands, all
+    rows at once: each row draws its masks' widths and starts in turn (time masks
+    first), then one fill applies them."""
+    n, _, m, w = x.shape
+    k_t, k_f = 2 * cfg.time_masks, 2 * cfg.freq_masks
+    if not k_t + k_f:
+        return x
+    u = _uniform(gen, n * (k_t + k_f)).double().view(n, k_t + k_f)
+    masked = torch.zeros(n, 1, m, w, dtype=torch.bool)
+    if k_t:
+        masked |= _bands(u[:, :k_t], cfg.time_width, w)[:, None, None, :]
+    if k_f:
+        masked |= _bands(u[:, k_t:], cfg.freq_width, m)[:, None, :, None]
+    return x.masked_fill(masked.to(x.device), 0.0)
 
 
 def augmenter(cfg: PlusConfig, window: int, n_classes: int):
     """The ``augment`` callable :func:`ser.study.training.fit` takes for the plus recipe."""
 
-    def make(images: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        x = crops(images, lengths, window, gen, random=cfg.crop)
+    def make(images: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor, gen: torch.Generator,
+             rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        x = crops(images, lengths, window, gen, random=cfg.crop, rows=rows)
         if cfg.speed > 0:
             x = speed_perturb(x, cfg.speed, gen)
         if cfg.specaugment:

@@ -162,3 +162,14 @@ def test_crops_from_a_whole_set_pick_the_batch_rows():
     short = images[:, :, :, :30]
     assert torch.equal(plus.crops(short, torch.full((3,), 30), 40, torch.Generator().manual_seed(7), rows=rows),
                        plus.crops(short[rows], torch.full((3,), 30), 40, torch.Generator().manual_seed(7)))
+
+
+def test_flattened_frequency_keeps_the_bands_apart():
+    flat, mean = net(frequency="flatten"), net()
+    assert mean.head.in_features == 2 * 8
+    assert flat.head.in_features == 2 * 8 * (32 // 4)  # channels x the bands two max-pools leave, mean and deviation
+    x = torch.randn(2, 1, 32, 97)
+    assert flat(x).shape == (2, 3) and flat(x[:1]).shape == (1, 3)
+    assert flat.embed(x).shape == (2, 2 * 8 * 8)
+    with pytest.raises(ValueError, match="frequency"):
+        PlusSpec(frequency="max")

@@ -4,7 +4,8 @@ The study's CNNs see a whole utterance squeezed into N x N pixels, so a long and
 short sentence look alike only after being stretched differently, and the fully
 connected layers (most of their 55 M parameters) learn positions in that picture.
 This network sees log-mel frames at a fixed 10 ms hop: four conv blocks, an average
-over frequency, then statistics pooling over time (the mean and standard deviation of
+over frequency (``frequency="flatten"`` keeps the remaining bands side by side instead,
+so the embedding says where in the spectrum a pattern sits), then statistics pooling over time (the mean and standard deviation of
 every channel; ``pooling="attention"`` weights the frames by a learned score, which
 scored lower on unseen voices: docs/QUALITY.md), so its answer does not depend on where
 in the clip an emotion is voiced, and it takes any length.
@@ -27,6 +28,7 @@ from torch import nn
 from ser.settings import Settings
 
 POOLINGS: tuple[str, ...] = ("attention", "mean")
+FREQUENCY: tuple[str, ...] = ("mean", "flatten")
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class PlusSpec(Settings):
     channels: tuple[int, ...] = (32, 64, 128, 256)
     dropout: float = 0.3
     pooling: str = "mean"
+    frequency: str = "mean"  #: after the conv blocks: "mean" over the remaining mel bands, or "flatten" (channels x bands per frame)
     window: int = 200  #: frames per crop / inference window (2 s at a 10 ms hop)
     hop: int = 100  #: frames between inference windows (50% overlap)
 
@@ -58,6 +61,8 @@ class PlusSpec(Settings):
             raise ValueError(f"{self.in_size} mel bands are too few for {len(self.channels)} pooling blocks")
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.frequency not in FREQUENCY:
+            raise ValueError(f"frequency must be one of {FREQUENCY}, got {self.frequency!r}")
         if not 0 < self.hop <= self.window or self.window < 2 ** len(self.channels):
             raise ValueError("need 0 < hop <= window, and a window long enough for every pooling block")
         if not 0.0 <= self.dropout < 1.0:
@@ -77,13 +82,16 @@ class PlusNet(nn.Module):
             blocks += [nn.Conv2d(cin, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
             cin = c
         self.features = nn.Sequential(*blocks)
+        if spec.frequency == "flatten":
+            cin *= spec.in_size >> len(spec.channels)  # the mel bands the max-pools leave
         self.attention = nn.Conv1d(cin, 1, 1) if spec.pooling == "attention" else None
         self.dropout = nn.Dropout(spec.dropout)
         self.head = nn.Linear(2 * cin, spec.n_classes)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Frames -> one 2C vector per input: mean and deviation over time."""
-        h = self.features(x).mean(dim=2)  # (B, C, T')
+        """Frames -> one vector per input: the mean and deviation over time of every channel (x band with flatten)."""
+        h = self.features(x)  # (B, C, F', T')
+        h = h.flatten(1, 2) if self.spec.frequency == "flatten" else h.mean(dim=2)  # (B, C or C x F', T')
         if self.attention is not None:
             w = torch.softmax(self.attention(h), dim=-1)
         else:

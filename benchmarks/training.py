@@ -21,8 +21,9 @@ The plus recipe (``--recipe plus``, what ``ser cv`` trains by default and
   ``make demo RECIPE=plus`` serves): its network, augmenter and config exactly as ``ser.study.crossval``
   builds them, on log-mel utterances of 1.5-4.5 s (64 bands, 10 ms hop) in the size of
   one EmoDB leave-one-speaker-out training side (480 rows); seconds per epoch on the
-  CPU (``--threads``) and, when present, on CUDA in fp32 and bf16, and what a whole
-  fold of the recipe's epochs takes at that speed.
+  CPU (``--threads``) and, when present, on CUDA in fp32 and bf16, what a whole
+  fold of the recipe's epochs takes at that speed, and the seconds of an epoch that the
+  augmentation alone (crops, speed, SpecAugment, mixup) takes.
 The whisper recipe's head (``--recipe whisper``): built and trained as ``ser cv``
   does, on stacked encoder states (7 x 512 per 20 ms, utterances of 1.5-5 s) in the
   size of one TESS speaker (1400 rows), held in float16 as feature sets hold encoder
@@ -369,8 +370,29 @@ def recipe_epoch_times(name: str, data: Arrays, device: str, precision: str, epo
     return {"device": device, "precision": precision, "rows": len(data), "storage": str(data.images.dtype),
             "set_gb": data.images.nbytes / 1e9, "epochs_timed": len(times),
             "s_per_epoch_median": median, "s_per_epoch_min": float(np.min(times)),
+            "augment_s_per_epoch": augment_epoch_time(data, augmenter(recipe.augment, spec.window, spec.n_classes), device, cfg.batch_size),
             "recipe_epochs": recipe.train.epochs, "s_per_fold_estimate": median * recipe.train.epochs,
             "parameters": sum(p.numel() for p in model.parameters())}
+
+
+def augment_epoch_time(data: Arrays, augment, device: str, batch_size: int, passes: int = 3) -> float:
+    """Seconds the augmenter alone takes over one epoch's batches, called as ``fit``
+    calls it (the set as held, the batch's labels, valid frames and row indices); the
+    median of ``passes`` epochs after a warm-up one."""
+    import torch
+
+    images = torch.from_numpy(np.ascontiguousarray(data.images)).unsqueeze(1).to(device)
+    labels, lengths = torch.from_numpy(data.labels).to(device), torch.from_numpy(data.length).to(device)
+    gen = torch.Generator().manual_seed(0)
+    times = []
+    for _ in range(passes + 1):
+        t0 = time.perf_counter()
+        for batch in torch.randperm(len(data), generator=gen).to(device).split(batch_size):
+            augment(images, labels[batch], lengths[batch], gen, batch)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times[1:]))
 
 
 def plus_section(args) -> dict:
@@ -447,7 +469,8 @@ def main() -> int:
             cpu = f"CPU {plus['cpu']} ({plus['threads']} threads)" if plus["cpu"] else "no CPU row (--skip-cpu)"
             print(f"plus recipe ({plus['rows'][0]['parameters'] / 1e6:.2f}M parameters), {args.plus_rows} log-mel utterances of 1.5-4.5 s, "
                   f"{cpu}, CUDA {plus['cuda'] or 'none'}:")
-            print(table(plus["rows"], ["device", "precision", "s_per_epoch_median", "s_per_epoch_min", "recipe_epochs", "s_per_fold_estimate"]) + "\n")
+            print(table(plus["rows"], ["device", "precision", "s_per_epoch_median", "s_per_epoch_min", "augment_s_per_epoch", "recipe_epochs",
+                                       "s_per_fold_estimate"]) + "\n")
         else:
             print("plus recipe: no rows (--skip-cpu and no CUDA device)")
     if args.recipe == "whisper":
@@ -456,7 +479,8 @@ def main() -> int:
         cpu = f"CPU {head['cpu']} ({head['threads']} threads)" if head["cpu"] else "no CPU row (--skip-cpu)"
         print(f"whisper recipe's head ({head['rows'][0]['parameters'] / 1e6:.2f}M parameters), {args.head_rows} utterances of 1.5-5 s "
               f"as 7 x 512 encoder states per 20 ms, {cpu}, CUDA {head['cuda'] or 'none'}:" if head["rows"] else "whisper: no rows")
-        print(table(head["rows"], ["device", "storage", "set_gb", "s_per_epoch_median", "s_per_epoch_min", "recipe_epochs", "s_per_fold_estimate"]) + "\n")
+        print(table(head["rows"], ["device", "storage", "set_gb", "s_per_epoch_median", "s_per_epoch_min", "augment_s_per_epoch", "recipe_epochs",
+                                   "s_per_fold_estimate"]) + "\n")
     if args.recipe in ("study", "both"):
         if not args.skip_cpu:
             cpu = cpu_section(args)

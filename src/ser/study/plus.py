@@ -63,18 +63,22 @@ def crops(images: torch.Tensor, lengths: torch.Tensor, window: int, gen: torch.G
     frames (zero-padded on the right where a row is shorter than the window). With
     ``rows``, ``images`` is a whole set (N, 1, M, T) and ``rows`` the B it crops from.
 
-    One gather for the whole batch: each row's window is a view of ``images.unfold``
-    picked by its start, so only the crops are copied out of the set and widened to
-    float32 (rows held in float16, encoder features, are never copied or widened whole)."""
-    rows = torch.arange(images.shape[0], device=images.device) if rows is None else rows.to(images.device)
+    Each crop is copied straight out of the set into a float32 batch, gathered and
+    widened in one pass: rows held in float16 (encoder features) are never copied or
+    widened whole, and one copy per row beat a single strided gather plus a widening
+    pass by 2x on the CPU (benchmarks/RESULTS.md)."""
+    n = images.shape[0] if rows is None else int(rows.shape[0])
+    rows = list(range(n)) if rows is None else rows.tolist()
     lengths = lengths.cpu()
     room = (lengths - window).clamp_min(0)
-    starts = (_uniform(gen, rows.shape[0]) * (room + 1).float()).long().clamp(max=room) if random else torch.zeros_like(room)
-    if images.shape[-1] < window:  # every row shorter than a window: pad the batch, not the set
-        images, rows = F.pad(images[rows], (0, window - images.shape[-1])), torch.arange(rows.shape[0], device=images.device)
-    out = images.unfold(-1, window, 1)[rows, :, :, starts.to(images.device)].float()
-    valid = torch.arange(window) < lengths.clamp(max=window).unsqueeze(1)  # (B, window)
-    return out.masked_fill_(~valid.to(images.device)[:, None, None, :], 0.0)
+    starts = (_uniform(gen, n) * (room + 1).float()).long().clamp(max=room) if random else torch.zeros_like(room)
+    out = torch.empty(n, 1, images.shape[-2], window, dtype=torch.float32, device=images.device)
+    for i, (row, start, length) in enumerate(zip(rows, starts.tolist(), lengths.tolist())):
+        valid = min(window, length)
+        out[i, :, :, :valid].copy_(images[row, :, :, start : start + valid])
+        if valid < window:
+            out[i, :, :, valid:].zero_()
+    return out
 
 
 def speed_perturb(x: torch.Tensor, amount: float, gen: torch.Generator) -> torch.Tensor:
@@ -142,8 +146,8 @@ def augmenter(cfg: PlusConfig, window: int, n_classes: int):
         if cfg.mixup > 0 and x.shape[0] > 1:
             lam = _beta(cfg.mixup, gen)
             perm = torch.randperm(x.shape[0], generator=gen)
-            x = lam * x + (1 - lam) * x[perm]
-            target = lam * target + (1 - lam) * target[perm]
+            x = torch.lerp(x[perm], x, lam)  # lam x + (1 - lam) x[perm] in one pass
+            target = torch.lerp(target[perm], target, lam)
         return x, target
 
     return make

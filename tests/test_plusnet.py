@@ -139,7 +139,7 @@ def test_batch_augmentation_draws_what_the_per_row_loops_drew():
         a, b = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
         assert torch.equal(plus.crops(images, lengths, 40, a), _crops_by_row(images, lengths, 40, b))
         x = torch.randn(6, 1, 32, 40)
-        assert torch.allclose(plus.speed_perturb(x, 0.3, a), _speed_by_row(x, 0.3, b), atol=1e-4)  # float rounding of the grid
+        assert torch.allclose(plus.speed_perturb(x, 0.3, a), _speed_by_row(x, 0.3, b), atol=1e-3)  # float rounding of the grid
         cfg = plus.PlusConfig(time_masks=2, time_width=20, freq_masks=3, freq_width=8)
         assert torch.equal(plus.spec_augment(x, cfg, a), _masks_by_row(x, cfg, b))
         assert torch.equal(torch.rand(3, generator=a), torch.rand(3, generator=b))  # the stream is left where the loops left it

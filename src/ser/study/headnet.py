@@ -71,7 +71,7 @@ class LayerMix(nn.Module):
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         stacked = frames.unflatten(-1, (self.weights.numel(), -1))
         stacked = nn.functional.layer_norm(stacked, stacked.shape[-1:])
-        return torch.matmul(torch.softmax(self.weights, 0), stacked)  # (L) x (..., L, W): one weighted sum over layers
+        return torch.matmul(torch.softmax(self.weights, 0).to(stacked.dtype), stacked)  # (L) x (..., L, W): one weighted sum over layers
 
 
 class HeadNet(nn.Module):

@@ -1,7 +1,8 @@
 """The ``plus`` recipe's training-time augmentation, every element a switch.
 
-A batch of rows (log-mel arrays padded to a common width, with their valid frame
-counts) becomes network inputs and target distributions:
+A batch of rows (log-mel arrays or encoder states padded to a common width, with their
+valid frame counts; in training, the whole set and the batch's row indices) becomes
+float32 network inputs and target distributions, each step done for the whole batch:
 
 - ``crop``: a random window of ``window`` frames inside each row's valid frames
   (off: the first window), so the network learns from every part of an utterance
@@ -69,7 +70,7 @@ def crops(images: torch.Tensor, lengths: torch.Tensor, window: int, gen: torch.G
     pass by 2x on the CPU (benchmarks/RESULTS.md)."""
     n = images.shape[0] if rows is None else int(rows.shape[0])
     rows = list(range(n)) if rows is None else rows.tolist()
-    lengths = lengths.cpu()
+    lengths = lengths.cpu().long()
     room = (lengths - window).clamp_min(0)
     starts = (_uniform(gen, n) * (room + 1).float()).long().clamp(max=room) if random else torch.zeros_like(room)
     out = torch.empty(n, 1, images.shape[-2], window, dtype=torch.float32, device=images.device)
@@ -99,7 +100,7 @@ def speed_perturb(x: torch.Tensor, amount: float, gen: torch.Generator) -> torch
 
     gx, keep_t = axis(w, t_len)
     gy, keep_f = axis(m, f_len)
-    grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1).to(x.device)
+    grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1).to(x.device, x.dtype)
     y = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     keep = (keep_f[:, :, None] & keep_t[:, None, :]).to(x.device)
     return y * keep[:, None]
@@ -117,18 +118,18 @@ def _bands(u: torch.Tensor, widest: int, size: int) -> torch.Tensor:
 def spec_augment(x: torch.Tensor, cfg: PlusConfig, gen: torch.Generator) -> torch.Tensor:
     """Zero (the utterance mean, after standardisation) random time and mel bands, all
     rows at once: each row draws its masks' widths and starts in turn (time masks
-    first), then one fill applies them."""
+    first), then one fill applies them (``x`` itself comes back when there are no masks)."""
     n, _, m, w = x.shape
     k_t, k_f = 2 * cfg.time_masks, 2 * cfg.freq_masks
     if not k_t + k_f:
         return x
     u = _uniform(gen, n * (k_t + k_f)).double().view(n, k_t + k_f)
-    masked = torch.zeros(n, 1, m, w, dtype=torch.bool)
+    masks = []  # small (B, 1, 1, W) and (B, 1, M, 1) masks, broadcast by the fill
     if k_t:
-        masked |= _bands(u[:, :k_t], cfg.time_width, w)[:, None, None, :]
+        masks.append(_bands(u[:, :k_t], cfg.time_width, w)[:, None, None, :].to(x.device))
     if k_f:
-        masked |= _bands(u[:, k_t:], cfg.freq_width, m)[:, None, :, None]
-    return x.masked_fill(masked.to(x.device), 0.0)
+        masks.append(_bands(u[:, k_t:], cfg.freq_width, m)[:, None, :, None].to(x.device))
+    return x.masked_fill(masks[0] | masks[1] if len(masks) == 2 else masks[0], 0.0)
 
 
 def augmenter(cfg: PlusConfig, window: int, n_classes: int):

@@ -76,29 +76,13 @@ def synthetic(n: int, size: int = 60, n_classes: int = 7, seed: int = 0, noise: 
     return Arrays(images, labels)
 
 
-def utterances(n: int, bands: int = 64, n_classes: int = 7, seed: int = 0) -> Arrays:
-    """Standardised log-mel rows of 150-450 frames (1.5-4.5 s at a 10 ms hop), padded on
-    the right as ``ser.data.dataset`` pads them; each class raises its own mel band."""
+def padded_rows(n: int, width: int, frames: tuple[int, int], n_classes: int = 7, seed: int = 0, dtype=np.float32) -> Arrays:
+    """n rows of ``width`` features by ``frames`` (lowest, highest) frames, standard
+    normal, zero-padded on the right to the longest as ``ser.data.dataset`` pads them and
+    held in ``dtype``; each class raises its own block of features by 0.5."""
     rng = np.random.default_rng(seed)
     labels = rng.permutation(np.arange(n) % n_classes).astype(np.int64)
-    length = rng.integers(150, 451, n).astype(np.int64)
-    images = np.zeros((n, bands, int(length.max())), dtype=np.float32)
-    band = bands // n_classes
-    for i in range(n):
-        row = rng.standard_normal((bands, length[i]), dtype=np.float32)
-        row[labels[i] * band : (labels[i] + 1) * band] += 0.5
-        images[i, :, : length[i]] = row
-    return Arrays(images, labels, length)
-
-
-def encoder_frames(n: int, width: int = 7 * 512, n_classes: int = 7, seed: int = 0, dtype=np.float16) -> Arrays:
-    """Stacked hidden states of a speech encoder (whisper-base: 7 x 512 per 20 ms) for
-    utterances of 1.5-5 s (75-250 frames, TESS's range), zero-padded on the right and
-    held in ``dtype`` as ``ser.data.dataset`` holds encoder features (float16); each
-    class raises its own block of dimensions."""
-    rng = np.random.default_rng(seed)
-    labels = rng.permutation(np.arange(n) % n_classes).astype(np.int64)
-    length = rng.integers(75, 251, n).astype(np.int64)
+    length = rng.integers(frames[0], frames[1] + 1, n).astype(np.int64)
     images = np.zeros((n, width, int(length.max())), dtype=dtype)
     block = width // n_classes
     for i in range(n):
@@ -106,6 +90,17 @@ def encoder_frames(n: int, width: int = 7 * 512, n_classes: int = 7, seed: int =
         row[labels[i] * block : (labels[i] + 1) * block] += 0.5
         images[i, :, : length[i]] = row
     return Arrays(images, labels, length)
+
+
+def utterances(n: int, seed: int = 0) -> Arrays:
+    """Standardised log-mel rows (64 bands) of 1.5-4.5 s at a 10 ms hop."""
+    return padded_rows(n, 64, (150, 450), seed=seed)
+
+
+def encoder_frames(n: int, seed: int = 0, dtype=np.float16) -> Arrays:
+    """Stacked hidden states of whisper-base (7 x 512 per 20 ms) for utterances of
+    1.5-5 s (TESS's range), held in float16 as ``ser.data.dataset`` holds encoder features."""
+    return padded_rows(n, 7 * 512, (75, 250), seed=seed, dtype=dtype)
 
 
 def png_bytes(images: np.ndarray) -> list[bytes]:

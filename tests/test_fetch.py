@@ -79,9 +79,10 @@ class CorpusServer:
                 if cut is not None:
                     payload = payload[:cut]
                     self.close_connection = True
+                # logged before the body goes out: the client can finish reading before this thread runs again
+                entry.update(status=206 if rng else 200, sent=len(payload))
                 self.wfile.write(payload)
                 self.wfile.flush()
-                entry.update(status=206 if rng else 200, sent=len(payload))
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},

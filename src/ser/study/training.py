@@ -61,7 +61,12 @@ class TrainConfig(Settings):
     ``precision``: "fp32", or "bf16" autocast on CUDA (ignored on CPU);
     ``schedule``: "constant" LR (the study), or "cosine" from ``lr`` down to zero over
     ``epochs`` (set per epoch from the epoch number, so a resumed fit follows it
-    exactly); ``weight_decay``: decoupled (AdamW) weight decay, 0 = plain Adam (the study).
+    exactly); ``weight_decay``: decoupled (AdamW) weight decay, 0 = plain Adam (the study);
+    ``logit_adjust``: tau of logit adjustment (Menon et al., ICLR 2021), 0 = off (the
+    study): the training loss sees the logits plus tau x log(each class's share of the
+    training rows), so the plain logits the model serves aim at the mean per-class recall
+    (UA) instead of accuracy, whatever the class balance of the training corpus. Nothing
+    changes at inference, and a balanced corpus trains exactly as without it.
     """
 
     epochs: int = 300
@@ -73,10 +78,14 @@ class TrainConfig(Settings):
     precision: str = "fp32"
     schedule: str = "constant"
     weight_decay: float = 0.0
+    logit_adjust: float = 0.0
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
         set_(self, "weight_decay", float(self.weight_decay))
+        set_(self, "logit_adjust", float(self.logit_adjust))
+        if self.logit_adjust < 0:
+            raise ValueError(f"logit_adjust must be >= 0, got {self.logit_adjust}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.weight_decay < 0:
@@ -295,7 +304,7 @@ def _atomic_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-_RESUME_KEYS = ("batch_size", "lr", "seed", "eval_every", "precision", "schedule", "weight_decay")
+_RESUME_KEYS = ("batch_size", "lr", "seed", "eval_every", "precision", "schedule", "weight_decay", "logit_adjust")
 
 
 def _load_checkpoint(path: Path, cfg: TrainConfig, n_train: int, n_val: int) -> dict[str, Any]:
@@ -315,6 +324,16 @@ def _load_checkpoint(path: Path, cfg: TrainConfig, n_train: int, n_val: int) -> 
 
 
 # --------------------------------------------------------------------------- fit
+
+
+def class_log_prior(labels: torch.Tensor, n_classes: int, tau: float) -> torch.Tensor | float:
+    """tau x log(share of each class among ``labels``), added to the logits in the
+    training loss (logit adjustment); 0.0 when tau is 0. A class with no training row
+    counts as one row, so its offset stays finite."""
+    if tau == 0:
+        return 0.0
+    counts = torch.bincount(labels.long(), minlength=n_classes).float().clamp_min(1.0)
+    return tau * torch.log(counts / counts.sum())
 
 
 #: (the set's images, the batch's labels and valid frames, generator, the batch's row indices) -> (inputs, target distributions).
@@ -386,6 +405,8 @@ def fit(
     else:
         optimizer = torch.optim.Adam(params, lr=cfg.lr, fused=device.type == "cuda")
     shuffle = torch.Generator().manual_seed(cfg.seed)
+    n_classes = int(getattr(getattr(model, "spec", None), "n_classes", 0)) or len(train.label_names)
+    adjust = class_log_prior(labels, n_classes, cfg.logit_adjust)
 
     history: list[EpochRecord] = []
     best_epoch, best_val, best_state = 0, math.inf, None
@@ -458,12 +479,12 @@ def fit(
             if augment is None:
                 with _autocast(device, cfg.precision):
                     logits = model(images[batch].float())
-                loss = F.cross_entropy(logits.float(), labels[batch])
+                loss = F.cross_entropy(logits.float() + adjust, labels[batch])
             else:
                 inputs, targets = augment(images, labels[batch], lengths[batch], shuffle, batch)  # crops straight from the set
                 with _autocast(device, cfg.precision):
                     logits = model(inputs)
-                loss = F.cross_entropy(logits.float(), targets)
+                loss = F.cross_entropy(logits.float() + adjust, targets)
             loss.backward()
             optimizer.step()
             total += loss.detach() * batch.shape[0]

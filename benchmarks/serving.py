@@ -69,6 +69,9 @@ ARCHS = {
     "plus-single": dict(recipe="plus", members=1),
     # the recipe's network before 2026-12-04 (half the channels), for the ratio
     "plus-narrow": dict(recipe="plus", members=10, channels=(16, 32, 64, 128)),
+    # the plus ensemble seeing every window at 3 or 5 speed factors (PlusSpec.speeds)
+    "plus-speeds3": dict(recipe="plus", members=10, speeds=(0.95, 1.0, 1.05)),
+    "plus-speeds5": dict(recipe="plus", members=10, speeds=(0.9, 0.95, 1.0, 1.05, 1.1)),
 }
 
 
@@ -88,8 +91,7 @@ def make_model(arch: str, folder: Path) -> tuple[Path, int]:
         recipe = crossval.load_recipe(ARCHS[arch]["recipe"])
         feature_spec = recipe.features
         member = crossval.model_spec(recipe, feature_spec.size, len(labels.ENGLISH))
-        if "channels" in ARCHS[arch]:
-            member = member.with_(channels=ARCHS[arch]["channels"])
+        member = member.with_(**{k: v for k, v in ARCHS[arch].items() if k in ("channels", "speeds")})
         n = ARCHS[arch]["members"]
         net = models.Ensemble(models.EnsembleSpec((member,) * n), [models.build(member) for _ in range(n)]) if n > 1 else models.build(member)
     else:

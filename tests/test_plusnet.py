@@ -48,6 +48,40 @@ def test_ensemble_is_the_mean_of_its_members_and_round_trips(tmp_path):
     assert torch.allclose(bundle.model(x), ens(x), atol=1e-6)
 
 
+def _interpolated(x, factor):
+    """One window resampled as the training speed perturbation does it, row by row."""
+    _, _, m, w = x.shape
+    y = torch.nn.functional.interpolate(x, size=(max(2, round(m * factor)), max(2, round(w / factor))),
+                                        mode="bilinear", align_corners=False)[..., :m, :w]
+    return torch.nn.functional.pad(y, (0, w - y.shape[-1], 0, m - y.shape[-2]))
+
+
+def test_speed_copies_average_every_window_at_every_factor():
+    model = net(speeds=(0.9, 1.0, 1.1))
+    x = torch.randn(1, 1, 32, 100)
+    windows = [x[..., s : s + 40] for s in window_starts(100, 40, 20)]
+    expected = torch.stack([model.classify(_interpolated(w, f)) for w in windows for f in (0.9, 1.0, 1.1)]).mean(0)
+    assert torch.allclose(model(x), expected, atol=1e-4)
+    plain = net()
+    assert not torch.allclose(model(x), plain(x), atol=1e-3)  # the copies change the answer
+    # rows of a padded batch still get their own answer, padding never reaching the copies
+    padded = torch.cat([x[..., :70], torch.full((1, 1, 32, 30), 9.0)], dim=-1)
+    both = model(torch.cat([x, padded]), torch.tensor([100, 70]))
+    assert torch.allclose(both[0], model(x)[0], atol=1e-5) and torch.allclose(both[1], model(x[..., :70])[0], atol=1e-5)
+
+
+def test_speed_copies_travel_in_the_bundle(tmp_path):
+    model = net(speeds=(0.95, 1.0, 1.05))
+    models.save_bundle(tmp_path / "m.pt", model, ("x", "y", "z"), {"kind": "logmel", "size": 32}, {})
+    bundle = models.load_bundle(tmp_path / "m.pt")
+    assert bundle.arch.speeds == (0.95, 1.0, 1.05)
+    x = torch.randn(2, 1, 32, 90)
+    assert torch.allclose(bundle.model(x), model(x), atol=1e-6)
+    spec = net().spec.to_dict()
+    del spec["speeds"]  # a model saved before the switch existed answers as it did
+    assert PlusSpec.from_dict(spec).speeds == (1.0,)
+
+
 def test_spec_refuses_what_cannot_be_built():
     with pytest.raises(ValueError, match="too few"):
         PlusSpec(in_size=8, channels=(4, 4, 4, 4))
@@ -55,6 +89,10 @@ def test_spec_refuses_what_cannot_be_built():
         PlusSpec(pooling="max")
     with pytest.raises(ValueError, match="hop"):
         PlusSpec(window=100, hop=150)
+    with pytest.raises(ValueError, match="speeds"):
+        PlusSpec(speeds=(0.95, 2.0))
+    with pytest.raises(ValueError, match="speeds"):
+        PlusSpec(speeds=())
 
 
 def _batch(n=6, m=32, t=120):

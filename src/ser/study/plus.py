@@ -83,13 +83,21 @@ def crops(images: torch.Tensor, lengths: torch.Tensor, window: int, gen: torch.G
 
 
 def speed_perturb(x: torch.Tensor, amount: float, gen: torch.Generator) -> torch.Tensor:
-    """Resample each (1, M, W) crop by a random factor along time and its inverse along
-    mel, keeping the first W frames and M bands (zeros where the resampled crop is
-    shorter). What ``F.interpolate(size=(round(M x f), round(W / f)))`` does to each row,
-    done for the whole batch by one ``grid_sample`` (edges clamped as interpolate
-    clamps them)."""
+    """Each (1, M, W) crop resampled by its own random factor in [1 - amount, 1 + amount]
+    (see :func:`speed_warp`)."""
+    return speed_warp(x, 1.0 + (2 * _uniform(gen, x.shape[0]).double() - 1) * amount)
+
+
+def speed_warp(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Resample each (1, M, W) crop by its ``factor`` along time and the inverse along
+    mel (a faster voice is shorter and higher), keeping the first W frames and M bands
+    (zeros where the resampled crop is shorter). What ``F.interpolate(size=(round(M x f),
+    round(W / f)))`` does to each row, done for the whole batch by one ``grid_sample``
+    (edges clamped as interpolate clamps them). Training draws the factors
+    (:func:`speed_perturb`); the plus network's inference can see each window at fixed
+    factors too (``PlusSpec.speeds``)."""
     n, _, m, w = x.shape
-    factor = 1.0 + (2 * _uniform(gen, n).double() - 1) * amount
+    factor = factor.double().cpu().expand(n)
     t_len = torch.round(w / factor).clamp_min(2)
     f_len = torch.round(m * factor).clamp_min(2)
 

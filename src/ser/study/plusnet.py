@@ -13,7 +13,11 @@ in the clip an emotion is voiced, and it takes any length.
 Training shows it random crops of ``window`` frames (:mod:`ser.study.plus` makes them);
 in eval mode it cuts a longer input into overlapping windows of that length, hop
 ``hop``, and averages their logits, so the serving handler, ``ser predict`` and
-``ser predict --timeline`` get exactly what evaluation measured by calling it.
+``ser predict --timeline`` get exactly what evaluation measured by calling it. With
+``speeds`` it also sees every window resampled by each of those factors, as the
+training speed perturbation resamples a crop, and averages over them all: a voice
+faster or slower than the training voices meets copies nearer to what was trained on,
+at the price of one forward pass per factor (docs/QUALITY.md, benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ser.settings import Settings
+from ser.study.plus import speed_warp
 
 POOLINGS: tuple[str, ...] = ("attention", "mean")
 FREQUENCY: tuple[str, ...] = ("mean", "flatten")
@@ -44,6 +49,9 @@ class PlusSpec(Settings):
     frequency: str = "mean"  #: after the conv blocks: "mean" over the remaining mel bands, or "flatten" (channels x bands per frame)
     window: int = 200  #: frames per crop / inference window (2 s at a 10 ms hop)
     hop: int = 100  #: frames between inference windows (50% overlap)
+    #: speed factors each inference window is also seen at (the training speed perturbation
+    #: at fixed factors), logits averaged over windows and factors; (1.0,): as it is
+    speeds: tuple[float, ...] = (1.0,)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -53,6 +61,8 @@ class PlusSpec(Settings):
         set_(self, "window", int(self.window))
         set_(self, "hop", int(self.hop))
         set_(self, "dropout", float(self.dropout))
+        speeds = self.speeds if isinstance(self.speeds, (list, tuple)) else (self.speeds,)  # a lone "--set model.speeds=1"
+        set_(self, "speeds", tuple(float(f) for f in speeds))
         if self.cnn != "plus":
             raise ValueError(f"PlusSpec is for cnn 'plus', got {self.cnn!r}")
         if self.n_classes < 2 or not self.channels or min(self.channels) < 1:
@@ -65,6 +75,8 @@ class PlusSpec(Settings):
             raise ValueError(f"frequency must be one of {FREQUENCY}, got {self.frequency!r}")
         if not 0 < self.hop <= self.window or self.window < 2 ** len(self.channels):
             raise ValueError("need 0 < hop <= window, and a window long enough for every pooling block")
+        if not self.speeds or not all(0.5 <= f <= 1.5 for f in self.speeds):
+            raise ValueError(f"speeds must be one or more factors in [0.5, 1.5], got {self.speeds}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
@@ -104,7 +116,7 @@ class PlusNet(nn.Module):
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         if self.training:
             return self.classify(x)
-        return window_logits(self.classify, x, lengths, self.spec.window, self.spec.hop)
+        return window_logits(self.classify, x, lengths, self.spec.window, self.spec.hop, self.spec.speeds)
 
 
 def weighted_stats(h: torch.Tensor, w: torch.Tensor, dim: int) -> torch.Tensor:
@@ -126,9 +138,11 @@ def window_starts(length: int, window: int, hop: int) -> list[int]:
     return starts
 
 
-def window_logits(classify, x: torch.Tensor, lengths: torch.Tensor | None, window: int, hop: int) -> torch.Tensor:
+def window_logits(classify, x: torch.Tensor, lengths: torch.Tensor | None, window: int, hop: int,
+                  speeds: tuple[float, ...] = (1.0,)) -> torch.Tensor:
     """Mean logits over the overlapping windows of each row's valid frames (a row
-    shorter than a window is zero-padded to one)."""
+    shorter than a window is zero-padded to one), each window seen at every factor of
+    ``speeds`` (:func:`ser.study.plus.speed_warp`, as training perturbs a crop)."""
     n, width = x.shape[0], x.shape[-1]
     lengths_list = [width] * n if lengths is None else [max(1, min(width, int(v))) for v in lengths]
     crops, owner = [], []
@@ -139,7 +153,11 @@ def window_logits(classify, x: torch.Tensor, lengths: torch.Tensor | None, windo
                 crop = F.pad(crop, (0, window - crop.shape[-1]))
             crops.append(crop)
             owner.append(i)
-    logits = classify(torch.stack(crops))
+    batch = torch.stack(crops)
+    if tuple(speeds) != (1.0,):
+        batch = torch.cat([batch if f == 1.0 else speed_warp(batch, torch.tensor(f)) for f in speeds])
+        owner = owner * len(speeds)
+    logits = classify(batch)
     index = torch.tensor(owner, device=logits.device)
     total = torch.zeros(n, logits.shape[1], device=logits.device, dtype=logits.dtype).index_add_(0, index, logits)
     counts = torch.bincount(index, minlength=n).to(logits.dtype).unsqueeze(1)

@@ -154,11 +154,8 @@ def window_logits(classify, x: torch.Tensor, lengths: torch.Tensor | None, windo
             crops.append(crop)
             owner.append(i)
     batch = torch.stack(crops)
-    if tuple(speeds) != (1.0,):
-        batch = torch.cat([batch if f == 1.0 else speed_warp(batch, torch.tensor(f)) for f in speeds])
-        owner = owner * len(speeds)
-    logits = classify(batch)
-    index = torch.tensor(owner, device=logits.device)
+    logits = classify(torch.cat([batch if f == 1.0 else speed_warp(batch, torch.tensor(f)) for f in speeds]))
+    index = torch.tensor(owner * len(speeds), device=logits.device)
     total = torch.zeros(n, logits.shape[1], device=logits.device, dtype=logits.dtype).index_add_(0, index, logits)
     counts = torch.bincount(index, minlength=n).to(logits.dtype).unsqueeze(1)
     return total / counts

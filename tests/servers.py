@@ -81,3 +81,23 @@ def tracking_env(mlflow_server: LocalMLflow, monkeypatch: pytest.MonkeyPatch, tm
     yield env
     while mlflow.active_run() is not None:
         mlflow.end_run()
+
+
+def nothing_listens(port: int, within: float = 10.0) -> bool:
+    """Whether no socket listens on ``port`` (waiting up to ``within`` seconds for one to close).
+
+    This is what "the server stopped" means to a user. A bind test would also fail on a
+    connection of another process that happens to use the port as its local end (ports
+    the tests pick lie in the kernel's ephemeral range), which says nothing about the server.
+    """
+    import time
+
+    import psutil
+
+    deadline = time.monotonic() + within
+    while True:
+        listening = [c for c in psutil.net_connections("tcp")
+                     if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port]
+        if not listening or time.monotonic() > deadline:
+            return not listening
+        time.sleep(0.1)

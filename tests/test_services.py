@@ -16,7 +16,7 @@ from ser.cli import UserError
 from ser.cli import services as services_cli
 from ser.ops.services import (LocalMLflow, LocalS3, ServiceError, free_ports, port_is_free, recorded_servers,
                               track_process)
-from tests.servers import mlflow_server, s3_server  # noqa: F401  (fixtures)
+from tests.servers import mlflow_server, nothing_listens, s3_server  # noqa: F401  (fixtures)
 
 
 def _listening_ips(pid: int) -> set[str]:
@@ -158,7 +158,7 @@ def test_cli_up_status_env_down_across_commands(tmp_path, capsys):
         assert ser("services", "--dir", str(root), "down") == 0
     assert "stopped s3" in capsys.readouterr().out
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    assert port_is_free(port)
+    assert nothing_listens(port)
     assert not (root / "s3" / "state.json").exists()
     assert not any(Path(p).exists() for p in tmp_sockets)  # weed's gRPC sockets in /tmp are removed too
     assert ser("services", "--dir", str(root), "down") == 0
@@ -212,7 +212,7 @@ def test_status_and_down_find_servers_started_with_data_elsewhere(tmp_path, caps
         assert s3.url in out and f"export S3_ENDPOINT_URL={s3.url}" in out
         assert ser("services", "--dir", str(tmp_path / "elsewhere"), "down") == 0
         assert f"stopped s3 (pid {s3.pid})" in capsys.readouterr().out
-        assert _gone(s3.pid) and port_is_free(s3.port)
+        assert _gone(s3.pid) and nothing_listens(s3.port)
         assert recorded_servers() == []
         assert ser("services", "--dir", str(tmp_path / "elsewhere"), "status") == 3
     finally:
@@ -342,7 +342,7 @@ def test_ser_serve_is_listed_by_status_and_stopped_by_down(tiny_model, tmp_path,
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert _gone(entry["pid"]) and port_is_free(port)
+    assert _gone(entry["pid"]) and nothing_listens(port)
     assert recorded_servers() == []
 
 
@@ -361,6 +361,6 @@ def test_ser_serve_drops_its_record_when_stopped_with_sigterm(tiny_model, tmp_pa
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert _gone(entry["pid"]) and port_is_free(port)
+    assert _gone(entry["pid"]) and nothing_listens(port)
     assert recorded_servers() == []
     assert not list(Path(os.environ["SER_STATE_DIR"]).rglob("kserve-predictor-*.json"))  # the file itself is gone

@@ -28,6 +28,7 @@ from ser.study import models
 from ser.cli import main as ser_main
 from ser.data.features import FeatureSpec
 from tests.helpers import tone, wav_bytes
+from tests.servers import nothing_listens
 
 pytestmark = pytest.mark.integration
 
@@ -289,7 +290,7 @@ def test_hard_killed_ser_serve_takes_torchserve_down(built):
     """kill -9 of `ser serve` cannot run its cleanup: TorchServe must still go, ports freed."""
     import psutil
 
-    from ser.ops.services import free_port, port_is_free
+    from ser.ops.services import free_port
     from ser.serve.torchserve import _die_with_parent
 
     if not _die_with_parent():
@@ -309,7 +310,7 @@ def test_hard_killed_ser_serve_takes_torchserve_down(built):
         proc.wait(timeout=10)
         gone, alive = psutil.wait_procs(family, timeout=60)
         assert not alive, f"left running after kill -9 of ser serve: {[p.pid for p in alive]}"
-        assert port_is_free(port)
+        assert nothing_listens(port)
     finally:
         if proc.poll() is None:
             proc.kill()

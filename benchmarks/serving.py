@@ -17,8 +17,10 @@ model: ``optimal`` (the default: the study's SquirtleNET, conv 188/156/340, FC
 3634/2816, ~55 M parameters, what users serve) and ``tiny`` (conv 8/8/8, FC 32/32)
 only as a labelled baseline (``--archs optimal,tiny``); ``plus`` is the plus recipe's
 served model (its network as recipes/cv/plus.yaml declares it, ten fold models averaged
-as ``ser cv`` writes OUT/ensemble.pt; ``plus-single`` one of them; ``plus-narrow`` the ten
-with the recipe's channels before 2026-12-04, 16-32-64-128); ``whisper`` is the whisper
+as ``ser cv`` writes OUT/ensemble.pt, every window also seen at 0.95x and 1.05x speed;
+``plus-single`` one of them; ``plus-1x`` the ten without speed copies, as ``ser package
+--speeds 1`` serves them; ``plus-speeds5`` with five; ``plus-narrow`` the ten with the
+recipe's channels before 2026-12-04, 16-32-64-128); ``whisper`` is the whisper
 recipe's model (whisper-base, every hidden state, random head; ``whisper-nopad`` without
 the 30 s padding; ``whisper-last`` the encoder's output only, CTranslate2 int8), for which one request costs hundreds of ms on a core: run it with
 fewer requests (``--archs whisper --levels 1,4 --requests 20 --warmup 4``). Targets for the optimal
@@ -63,15 +65,17 @@ ARCHS = {
     "whisper-nopad": dict(encoder_window=0, encoder_layers="all"),
     "whisper-last": dict(encoder_window=30, encoder_layers="last"),
     # The plus recipe's served model (`ser cv` writes it as OUT/ensemble.pt): its network
-    # as the recipe file declares it, one per fold of a 10-speaker leave-one-speaker-out
-    # pass, logits averaged; plus-single: one fold model alone.
+    # as the recipe file declares it (every window also at 0.95x and 1.05x speed), one per
+    # fold of a 10-speaker leave-one-speaker-out pass, logits averaged; plus-single: one
+    # fold model alone.
     "plus": dict(recipe="plus", members=10),
     "plus-single": dict(recipe="plus", members=1),
-    # the recipe's network before 2026-12-04 (half the channels), for the ratio
-    "plus-narrow": dict(recipe="plus", members=10, channels=(16, 32, 64, 128)),
-    # the plus ensemble seeing every window at 3 or 5 speed factors (PlusSpec.speeds)
-    "plus-speeds3": dict(recipe="plus", members=10, speeds=(0.95, 1.0, 1.05)),
+    # the same ensemble without speed copies (`ser package --speeds 1`; the recipe until
+    # 2026-12-05) and with five (0.9 to 1.1), for the ratios
+    "plus-1x": dict(recipe="plus", members=10, speeds=(1.0,)),
     "plus-speeds5": dict(recipe="plus", members=10, speeds=(0.9, 0.95, 1.0, 1.05, 1.1)),
+    # the recipe's network before 2026-12-04 (half the channels, no speed copies)
+    "plus-narrow": dict(recipe="plus", members=10, channels=(16, 32, 64, 128), speeds=(1.0,)),
 }
 
 

@@ -108,6 +108,7 @@ def test_plus_learns_a_held_out_synthetic_speaker_and_resumes(synth_logmel, tmp_
 
     ens = models.load_bundle(out / "ensemble.pt")
     assert isinstance(ens.arch, models.EnsembleSpec) and len(ens.arch.members) == 3
+    assert all(m.speeds == (0.95, 1.0, 1.05) for m in ens.arch.members)  # the recipe's speed copies are served too
     assert evaluate(ens.model, synth_logmel).accuracy > 2.5 * chance
     assert keys.size == len(synth_logmel)
 
@@ -221,7 +222,10 @@ def test_ablation_turns_each_switch_off_alone_on_the_same_folds(synth_logmel, tm
     assert "Ablation of the plus recipe" in (tmp_path / "ablation.md").read_text()
     with pytest.raises(crossval.CVError, match="no section"):
         crossval.override(recipe, {"nonsense.x": 1})
-    assert set(crossval.ABLATION) >= {"SpecAugment", "mixup", "speed perturbation", "label smoothing", "per-utterance normalisation"}
+    assert set(crossval.ABLATION) >= {"SpecAugment", "mixup", "speed perturbation", "label smoothing", "per-utterance normalisation",
+                                      "test-time speed copies"}
+    no_copies = crossval.override(recipe, crossval.ABLATION["test-time speed copies"])
+    assert crossval.model_spec(no_copies, 64, 7).speeds == (1.0,) and crossval.model_spec(recipe, 64, 7).speeds == (0.95, 1.0, 1.05)
 
 
 @pytest.fixture(scope="module")

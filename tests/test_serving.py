@@ -387,3 +387,38 @@ def test_a_plus_ensemble_serves_whole_utterances_like_evaluation(tmp_path, backe
         assert np.allclose(got, want, atol=1e-6 if backend == "eager" else 1e-2), (seconds, got, want)
     many = pred.predict_many([wav_bytes(tone(s), 16000) for s in (0.6, 2.5)])
     assert all(isinstance(r, dict) and abs(sum(r["probabilities"].values()) - 1) < 1e-5 for r in many)
+
+
+def test_package_can_serve_a_plus_model_with_other_speed_copies(tmp_path, capsys):
+    """`ser package --speeds 1` archives the plus ensemble without its test-time speed
+    copies (a third of the serving work): the same weights, the factors changed, the
+    trained model.pt untouched; a network without the switch is refused with a reason."""
+    import zipfile
+
+    from ser.cli import main
+    from ser.study.plusnet import PlusNet, PlusSpec
+
+    spec = F.FeatureSpec(kind="logmel", size=32, n_fft=512, hop=160)
+    members = [PlusNet(PlusSpec(in_size=32, n_classes=len(labels.ENGLISH), channels=(4, 8), window=60, hop=30,
+                                speeds=(0.95, 1.0, 1.05))) for _ in range(2)]
+    ensemble = models.Ensemble(models.EnsembleSpec(members=tuple(m.spec for m in members)), members).eval()
+    trained = models.save_bundle(tmp_path / "e.pt", ensemble, labels.ENGLISH, spec.to_dict(), {})
+    before = trained.read_bytes()
+    assert main(["package", "--model", str(trained), "--out", str(tmp_path / "fast.mar"), "--speeds", "1", "--backend", "eager"]) == 0
+    assert trained.read_bytes() == before
+    with zipfile.ZipFile(tmp_path / "fast.mar") as mar:
+        (tmp_path / "served.pt").write_bytes(mar.read("model.pt"))
+    served = models.load_bundle(tmp_path / "served.pt")
+    assert [m.speeds for m in served.arch.members] == [(1.0,), (1.0,)]
+    x = torch.randn(1, 1, 32, 150)
+    plain = models.build(models.EnsembleSpec(members=tuple(m.spec.with_(speeds=(1.0,)) for m in members)))
+    plain.load_state_dict(ensemble.state_dict())
+    plain.eval()
+    with torch.no_grad():
+        assert torch.allclose(served.model(x), plain(x), atol=1e-6)
+        assert not torch.allclose(served.model(x), ensemble(x), atol=1e-6)  # the copies did change the answer
+    study = models.save_bundle(tmp_path / "s.pt", models.build(TINY), labels.ENGLISH, F.FeatureSpec(size=60).to_dict(), {})
+    assert main(["package", "--model", str(study), "--out", str(tmp_path / "s.mar"), "--speeds", "1"]) == 2
+    assert "speed copies are a switch of the plus network" in capsys.readouterr().err
+    assert main(["package", "--model", str(trained), "--out", str(tmp_path / "bad.mar"), "--speeds", "3"]) == 2
+    assert "speeds must be one or more factors" in capsys.readouterr().err

@@ -188,8 +188,12 @@ def build_mar(
     version: str = "1.0",
     runtime: Runtime | None = None,
     handler: str | Path | None = None,
+    speeds: tuple[float, ...] | None = None,
 ) -> Path:
-    """Write ``out`` (a .mar) from a training output folder or model.pt. Returns its path."""
+    """Write ``out`` (a .mar) from a training output folder or model.pt. Returns its path.
+
+    ``speeds``: archive the model with these test-time speed factors instead of the ones
+    it was trained with (plus networks only; ``(1.0,)``: none, the fastest)."""
     from model_archiver.model_archiver_config import ModelArchiverConfig
     from model_archiver.model_packaging import generate_model_archive
     import yaml
@@ -211,7 +215,16 @@ def build_mar(
         tmp_dir = Path(tmp)
         staged = tmp_dir / "in"
         staged.mkdir()
-        shutil.copyfile(model_pt, staged / SERIALIZED)
+        if speeds is None:
+            shutil.copyfile(model_pt, staged / SERIALIZED)
+        else:
+            from ser.study.models import save_with_speeds
+
+            try:
+                save_with_speeds(model_pt, staged / SERIALIZED, speeds)
+            except ValueError as exc:
+                raise PackageError(f"--speeds: {exc}") from None
+            model_pt = staged / SERIALIZED
         shutil.copyfile(handler, staged / "handler.py")
         (staged / "model-config.yaml").write_text(yaml.safe_dump(runtime.model_config(), sort_keys=False))
         extra = _stage_encoder(checked["feature_spec"], tmp_dir / "extra")

@@ -418,6 +418,7 @@ ABLATION: dict[str, dict[str, Any]] = {
     "label smoothing": {"augment.label_smoothing": 0.0},
     "plain mean pooling (attention weights instead)": {"model.pooling": "attention"},
     "cosine LR + weight decay (constant LR, Adam)": {"train.schedule": "constant", "train.weight_decay": 0.0},
+    "test-time speed copies": {"model.speeds": [1.0]},
 }
 
 

@@ -326,6 +326,22 @@ def save_bundle(path: str | Path, model: _Net, labels: tuple[str, ...] | list[st
     return path
 
 
+def save_with_speeds(src: str | Path, dst: str | Path, speeds: tuple[float, ...]) -> Path:
+    """Copy model.pt ``src`` to ``dst`` with the plus networks' test-time speed factors
+    (``PlusSpec.speeds``) set to ``speeds``: serving can trade those copies for time
+    without retraining, since they change inference only, never the weights."""
+    payload = torch.load(src, map_location="cpu", weights_only=True)
+    arch = spec_from_dict(payload["arch"])
+    members = arch.members if isinstance(arch, EnsembleSpec) else (arch,)
+    if any(getattr(m, "cnn", "") != "plus" for m in members):
+        raise SpecError(f"{src}: speed copies are a switch of the plus network; this model has none")
+    changed = tuple(m.with_(speeds=tuple(speeds)) for m in members)
+    payload["arch"] = (EnsembleSpec(changed) if isinstance(arch, EnsembleSpec) else changed[0]).to_dict()
+    dst = Path(dst)
+    torch.save(payload, dst)
+    return dst
+
+
 def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> ModelBundle:
     """Load model.pt written by :func:`save_bundle`, in eval mode on ``device``."""
     try:

@@ -363,21 +363,24 @@ def test_config_template_parses():
     assert (entry["batchSize"], entry["maxBatchDelay"], entry["minWorkers"]) == (4, 1, 2)
 
 
+@pytest.mark.parametrize("speeds", [(1.0,), (0.95, 1.0, 1.05)])
 @pytest.mark.parametrize("backend", ["eager", "int8"])
-def test_a_plus_ensemble_serves_whole_utterances_like_evaluation(tmp_path, backend):
-    """The plus recipe's model (logmel frames, windows averaged inside the network) and an
-    ensemble of two: the served probabilities of a file equal what evaluation computes
-    from the same features (exactly for eager, to 1e-2 for int8), at any length."""
+def test_a_plus_ensemble_serves_whole_utterances_like_evaluation(tmp_path, backend, speeds):
+    """The plus recipe's model (logmel frames, windows averaged inside the network, with or
+    without speed copies) and an ensemble of two: the served probabilities of a file equal
+    what evaluation computes from the same features (exactly for eager, to 1e-2 for int8),
+    at any length."""
     from ser.study.plusnet import PlusNet, PlusSpec
 
     spec = F.FeatureSpec(kind="logmel", size=32, n_fft=512, hop=160)
     members = []
     for seed in (0, 1):
         torch.manual_seed(seed)
-        members.append(PlusNet(PlusSpec(in_size=32, n_classes=len(labels.ENGLISH), channels=(4, 8), window=60, hop=30)))
+        members.append(PlusNet(PlusSpec(in_size=32, n_classes=len(labels.ENGLISH), channels=(4, 8), window=60, hop=30, speeds=speeds)))
     ensemble = models.Ensemble(models.EnsembleSpec(members=tuple(m.spec for m in members)), members).eval()
     models.save_bundle(tmp_path / "e.pt", ensemble, labels.ENGLISH, spec.to_dict(), {})
     pred = serving.Predictor(models.load_bundle(tmp_path / "e.pt"), backend=backend)
+    assert all(m.speeds == speeds for m in pred.bundle.arch.members)
     for seconds in (0.5, 1.3, 3.7):  # shorter than one window, a few windows, many
         data = wav_bytes(tone(seconds, freq=180 + 40 * seconds), 22050)
         got = np.array(list(pred.predict(data)["probabilities"].values()))
@@ -410,6 +413,7 @@ def test_package_can_serve_a_plus_model_with_other_speed_copies(tmp_path, capsys
         (tmp_path / "served.pt").write_bytes(mar.read("model.pt"))
     served = models.load_bundle(tmp_path / "served.pt")
     assert [m.speeds for m in served.arch.members] == [(1.0,), (1.0,)]
+    assert served.meta["speeds_override"] == {"from": [0.95, 1.0, 1.05], "to": [1.0]}  # the archive says what it serves
     x = torch.randn(1, 1, 32, 150)
     plain = models.build(models.EnsembleSpec(members=tuple(m.spec.with_(speeds=(1.0,)) for m in members)))
     plain.load_state_dict(ensemble.state_dict())
@@ -422,3 +426,8 @@ def test_package_can_serve_a_plus_model_with_other_speed_copies(tmp_path, capsys
     assert "speed copies are a switch of the plus network" in capsys.readouterr().err
     assert main(["package", "--model", str(trained), "--out", str(tmp_path / "bad.mar"), "--speeds", "3"]) == 2
     assert "speeds must be one or more factors" in capsys.readouterr().err
+    assert main(["serve", "--model", str(tmp_path / "fast.mar"), "--speeds", "1"]) == 2  # a .mar is packaged already
+    assert "ser package --speeds" in capsys.readouterr().err
+    single = models.save_bundle(tmp_path / "one.pt", members[0], labels.ENGLISH, spec.to_dict(), {})  # one network, no ensemble
+    assert models.load_bundle(models.save_with_speeds(single, tmp_path / "one-5.pt", (0.9, 0.95, 1.0, 1.05, 1.1))).arch.speeds \
+        == (0.9, 0.95, 1.0, 1.05, 1.1)

@@ -70,10 +70,7 @@ def _register_package(sub) -> None:
     p.add_argument("--version", default="1.0", help="model version reported in every response")
     p.add_argument("--max-seconds", type=float, default=30.0, help="longest clip one request may send (longer -> 413 too_long)")
     p.add_argument("--handler", metavar="PATH", help="handler file (default: ser/serve/ts_handler.py of the installed package; serving/handler.py is the same)")
-    p.add_argument("--speeds", type=_factors, metavar="F[,F...]",
-                   help="plus models: serve with these test-time speed factors instead of the trained model's (its model.pt is "
-                        "rewritten in the .mar, weights unchanged). 1 = no copies: a third of the plus recipe's serving time, "
-                        "2.3 UA points lower on EmoDB's unseen speakers (docs/QUALITY.md)")
+    _speeds_option(p)
     _runtime_options(p, defaults=True)
     p.set_defaults(func=run_package)
 
@@ -111,8 +108,17 @@ def _register_serve(sub) -> None:
     p.add_argument("--token-minutes", type=int, default=60, help="lifetime of the printed token (TorchServe's token_expiration_min)")
     p.add_argument("--run-dir", metavar="DIR", help="keep config, logs and key_file.json here (default: a temporary folder, removed on exit)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the workers to be ready")
+    _speeds_option(p)
     _runtime_options(p, defaults=False)
     p.set_defaults(func=run_serve)
+
+
+def _speeds_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--speeds", type=_factors, metavar="F[,F...]",
+                   help="plus models: serve with these test-time speed factors instead of the trained model's (a copy of "
+                        "model.pt is rewritten, weights unchanged; ser serve: a training folder or model.pt, not a .mar). "
+                        "1 = no copies: about a third of the plus recipe's serving time through TorchServe, 2.3 UA points "
+                        "lower on EmoDB's unseen speakers (docs/QUALITY.md)")
 
 
 def _factors(text: str) -> tuple[float, ...]:
@@ -159,12 +165,29 @@ def run_package(args) -> int:
 
 
 def run_serve(args) -> int:
-    from ser.serve.package import PackageError
-    from ser.serve.torchserve import ServeError, start
-
     model = Path(args.model)
     if not model.exists():
         raise UserError(f"{model}: no such .mar, folder or model file")
+    if args.speeds is None:
+        return _run_serve(args, model)
+    if model.suffix == ".mar":
+        raise UserError(f"--speeds: {model} is already packaged; build it again with `ser package --speeds ...`, or serve the training folder")
+    import tempfile
+
+    from ser.serve.package import PackageError, resolve_model
+    from ser.study.models import save_with_speeds
+
+    with tempfile.TemporaryDirectory(prefix="ser-speeds-") as tmp:
+        try:
+            model = save_with_speeds(resolve_model(model), Path(tmp) / "model.pt", args.speeds)
+        except (PackageError, ValueError) as exc:
+            raise UserError(f"--speeds: {exc}") from None
+        return _run_serve(args, model)
+
+
+def _run_serve(args, model: Path) -> int:
+    from ser.serve.package import PackageError
+    from ser.serve.torchserve import ServeError, start
     from ser.serve.package import Runtime, read_runtime
 
     try:

@@ -3,7 +3,9 @@
 The .mar holds:
 
 - ``model.pt`` exactly as training wrote it (weights, ArchSpec, labels, and the
-  FeatureSpec, so serving extracts the very features the model was trained on);
+  FeatureSpec, so serving extracts the very features the model was trained on), or
+  with other test-time speed factors when ``speeds`` is given (the weights unchanged,
+  the change recorded in its meta as ``speeds_override``);
 - the handler, ``ser/serve/ts_handler.py`` (``serving/handler.py`` subclasses it); it
   imports :mod:`ser.serve.serving`, so the serving image needs ``ser`` installed;
 - ``model-config.yaml``: worker count, batch size, max batch delay, response

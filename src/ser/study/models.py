@@ -337,6 +337,7 @@ def save_with_speeds(src: str | Path, dst: str | Path, speeds: tuple[float, ...]
         raise SpecError(f"{src}: speed copies are a switch of the plus network; this model has none")
     changed = tuple(m.with_(speeds=tuple(speeds)) for m in members)
     payload["arch"] = (EnsembleSpec(changed) if isinstance(arch, EnsembleSpec) else changed[0]).to_dict()
+    payload["meta"] = {**payload.get("meta", {}), "speeds_override": {"from": list(members[0].speeds), "to": list(changed[0].speeds)}}
     dst = Path(dst)
     torch.save(payload, dst)
     return dst

@@ -165,6 +165,7 @@ def run_package(args) -> int:
 
 
 def run_serve(args) -> int:
+    """``ser serve``; with --speeds, a copy of the model with those factors is served (removed on exit)."""
     model = Path(args.model)
     if not model.exists():
         raise UserError(f"{model}: no such .mar, folder or model file")
@@ -186,9 +187,9 @@ def run_serve(args) -> int:
 
 
 def _run_serve(args, model: Path) -> int:
-    from ser.serve.package import PackageError
+    """Serve ``model`` (a .mar, a training folder or a model.pt) until stopped."""
+    from ser.serve.package import PackageError, Runtime, read_runtime
     from ser.serve.torchserve import ServeError, start
-    from ser.serve.package import Runtime, read_runtime
 
     try:
         base = read_runtime(model) if model.suffix == ".mar" else Runtime()

@@ -228,6 +228,36 @@ def test_ablation_turns_each_switch_off_alone_on_the_same_folds(synth_logmel, tm
     assert crossval.model_spec(no_copies, 64, 7).speeds == (1.0,) and crossval.model_spec(recipe, 64, 7).speeds == (0.95, 1.0, 1.05)
 
 
+def test_an_inference_switch_rescores_the_trained_folds_instead_of_training_them_again(synth_logmel, tmp_path):
+    """The ablation's "test-time speed copies" row changes how the network infers, not what
+    it learns: its folds are the recipe's own weights scored again, not retrained."""
+    from ser.study import models
+    from ser.study.training import evaluate
+
+    recipe = narrow(crossval.load_recipe("plus"), epochs=2)
+    switches = {"test-time speed copies": crossval.ABLATION["test-time speed copies"], "mixup": {"augment.mixup": 0.0}}
+    lines = []
+    rows = crossval.ablation(lambda _: synth_logmel, recipe, tmp_path, folds=3, switches=switches, progress=False, log=lines.append)
+    assert len(rows) == 3 and sum("rescored" in line for line in lines) == 3  # three folds of the copies row, none of mixup's
+    outer = splits.speaker_folds(synth_logmel, 3, seed=0)
+    for i, (_, test_idx) in enumerate(outer):
+        base = json.loads((tmp_path / "variant-00" / f"fold-{i:02d}-seed-0" / "result.json").read_text())
+        copies = json.loads((tmp_path / "variant-01" / f"fold-{i:02d}-seed-0" / "result.json").read_text())
+        assert copies["history"] == base["history"] and copies["recipe_key"] != base["recipe_key"]
+        bundle = models.load_bundle(tmp_path / "variant-01" / f"fold-{i:02d}-seed-0" / "model.pt")
+        trained = models.load_bundle(tmp_path / "variant-00" / f"fold-{i:02d}-seed-0" / "model.pt")
+        assert bundle.arch.speeds == (1.0,) and trained.arch.speeds == (0.95, 1.0, 1.05)
+        assert all(torch.equal(a, b) for a, b in zip(bundle.model.state_dict().values(), trained.model.state_dict().values()))
+        assert copies["ua"] == pytest.approx(evaluate(bundle.model, synth_logmel.subset(test_idx)).ua)
+    again = crossval.run(synth_logmel, crossval.override(recipe, switches["test-time speed copies"]), tmp_path / "variant-01", folds=3,
+                         progress=False, log=lines.append)
+    assert all("done before" in line for line in lines[-3:]) and len(again.folds) == 3
+    # under a rule that evaluates while training, the copies choose the epoch: no rescoring then
+    chosen = recipe.with_(checkpoint="validation")
+    assert chosen.key(training_only=True) != crossval.override(chosen, switches["test-time speed copies"]).key(training_only=True)
+    assert recipe.key(training_only=True) == crossval.override(recipe, switches["test-time speed copies"]).key(training_only=True)
+
+
 @pytest.fixture(scope="module")
 def synth_table(tmp_path_factory):
     """The utterance table `ser ingest` writes for a synthetic corpus of three speakers."""
@@ -262,6 +292,10 @@ def test_ser_cv_from_a_table_with_overrides_is_one_tracked_run(synth_table, tmp_
     assert run.data.metrics["ua_mean"] == pytest.approx(summary["summary"]["ua"]["mean"])
     assert run.data.metrics["macro_f1_std"] == pytest.approx(summary["summary"]["macro_f1"]["std"])
     assert {"folds.md", "summary.json", "recipe.yaml", "confusion_matrix.png"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+    # the same folds without the speed copies (--trained): the weights above rescored, none trained again
+    assert main(args[:-1] + [str(tmp_path / "cv-1x"), "--set", "model.speeds=[1]", "--trained", str(out)]) == 0
+    assert capsys.readouterr().out.count("rescored in") == 3
+    assert yaml.safe_load((tmp_path / "cv-1x" / "recipe.yaml").read_text())["model"]["speeds"] == [1]
 
 
 def test_ser_cv_refuses_bad_requests_with_one_line(synth_table, tmp_path, capsys):

@@ -867,6 +867,9 @@ class CrossValidateRequest(Settings):
                                         "(repeatable; the ablation switches)")
     ablation: bool = option(False, help="also rerun the recipe with each of its switches off alone, on the same folds and seeds "
                             "(OUT/ablation.md: UA/WA/F1 mean +- std and the UA change per switch)")
+    trained: Path | None = option(None, help="a finished `ser cv` OUT on the same folds and seeds: where this recipe differs from "
+                                  "its only in how the network infers (e.g. --set 'model.speeds=[1]'), its fold weights are "
+                                  "rescored, not retrained")
     cache: Path = option(Path(".ser/cache/features"), help="feature cache folder (with --table)")
     device: str = option("cpu", choices=("cpu", "cuda", "auto"), help="where to train (default cpu; auto: a GPU when torch sees one)")
     threads: int | None = option(None, help="torch CPU threads (default: torch's choice)")
@@ -874,7 +877,7 @@ class CrossValidateRequest(Settings):
     progress: bool = option(True, cli=False)
 
     def __post_init__(self) -> None:
-        _as_paths(self, "out", "table", "features", "cache")
+        _as_paths(self, "out", "table", "features", "cache", "trained")
         object.__setattr__(self, "overrides", tuple(self.overrides or ()))
         object.__setattr__(self, "roots", tuple(Path(r) for r in self.roots))
         if (self.table is None) == (self.features is None):
@@ -957,7 +960,8 @@ def cross_validate(req: CrossValidateRequest, session, log=print) -> CrossValida
     with session.run(f"cv {recipe.name} on {(req.table or req.features).name}", "cv", params=params,
                      tags={"ser.optimistic": str(recipe.optimistic).lower()}):
         try:
-            result = crossval.run(fs, recipe, req.out, folds=req.folds, seeds=seeds, device=device, progress=req.progress, log=log)
+            result = crossval.run(fs, recipe, req.out, folds=req.folds, seeds=seeds, device=device, progress=req.progress,
+                                  trained=req.trained, log=log)
         except crossval.CVError as exc:
             raise StepError(str(exc)) from None
         for prefix, summary in (("", result.summary), ("seed_ensemble_", (result.seed_ensemble or {}).get("summary"))):

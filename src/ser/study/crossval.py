@@ -115,13 +115,26 @@ class CVRecipe:
     def with_(self, **changes: Any) -> "CVRecipe":
         return replace(self, **changes)
 
-    def key(self) -> str:
-        """Stable hash of what decides a fold's result (not its name, not the device)."""
+    def key(self, training_only: bool = False) -> str:
+        """Stable hash of what decides a fold's result (not its name, not the device);
+        ``training_only``: of what decides its trained weights (the settings in
+        :data:`INFERENCE_ONLY` left out where the last epoch is kept: under any other
+        rule, the chosen epoch depends on how the network infers), so a fold can be
+        rescored, not retrained."""
         data = self.to_dict()
         data["train"] = {k: v for k, v in data["train"].items() if k != "device"}
         data.pop("description", None)
         data.pop("name", None)
+        if training_only and self.checkpoint == "last":
+            for name in INFERENCE_ONLY:
+                section, _, fld = name.partition(".")
+                (data.get(section) or {}).pop(fld, None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+
+
+#: Recipe settings that change how a trained network infers, never what it learns: a fold
+#: trained without them is rescored with them (``run(trained=...)``), as the ablation does.
+INFERENCE_ONLY: tuple[str, ...] = ("model.speeds",)
 
 
 RECIPES: tuple[str, ...] = ("plus", "study", "whisper")
@@ -313,9 +326,13 @@ def last_epoch_scores(results: list[FoldResult]) -> dict[str, Any] | None:
 
 
 def run(fs: FeatureSet, recipe: CVRecipe, out: str | Path, *, folds: int | None = None, seeds: tuple[int, ...] = (0,),
-        device: str = "cpu", progress: bool = True, log: Callable[[str], None] = print) -> CVResult:
+        device: str = "cpu", progress: bool = True, trained: str | Path | None = None,
+        log: Callable[[str], None] = print) -> CVResult:
     """Cross-validate ``recipe`` on ``fs`` over speaker folds (``folds=None``: one per
-    speaker), for each seed; write everything under ``out`` and return the result."""
+    speaker), for each seed; write everything under ``out`` and return the result.
+    ``trained``: another run's folder on the same folds; where its fold was trained by a
+    recipe differing from this one in :data:`INFERENCE_ONLY` settings alone, that
+    fold's weights are rescored here instead of trained again."""
     from ser.study import models
 
     out = Path(out)
@@ -340,12 +357,17 @@ def run(fs: FeatureSet, recipe: CVRecipe, out: str | Path, *, folds: int | None 
             speakers = sorted(set(keys[test_idx].tolist()))
             if done.is_file() and files.read_json(done).get("recipe_key") == key and (folder / "model.pt").is_file():
                 data = files.read_json(done)
-                data.pop("recipe_key", None)
+                keys_of = {name: data.pop(name) for name in ("recipe_key", "training_key") if name in data}
                 res = FoldResult(**data)
                 if len(seeds) > 1 and not res.y_prob:
                     res.y_prob = _rounded(fold_probabilities(fs, test_idx, folder / "model.pt", device))
-                    files.write_json(done, {**vars(res), "recipe_key": key})
+                    files.write_json(done, {**vars(res), **keys_of})
                 log(f"fold {i} seed {seed} ({' '.join(speakers)}): done before, UA {100 * res.ua:.1f}%")
+            elif (source := _trained_fold(trained, folder.name, recipe.key(training_only=True), fs)) is not None:
+                res = rescore_fold(fs, test_idx, recipe, source, folder, device)
+                files.write_json(done, {**vars(res), "recipe_key": key, "training_key": recipe.key(training_only=True)})
+                log(f"fold {i} seed {seed} ({' '.join(speakers)}): UA {100 * res.ua:.1f}%, WA {100 * res.wa:.1f}%, "
+                    f"macro F1 {100 * res.macro_f1:.1f}% (the weights of {source}, rescored in {res.seconds:.0f} s)")
             else:
                 t0 = time.perf_counter()
                 done_fold = train_fold(fs, train_idx, test_idx, recipe, seed, device=device, progress=progress,
@@ -358,7 +380,7 @@ def run(fs: FeatureSet, recipe: CVRecipe, out: str | Path, *, folds: int | None 
                                  history=[r.to_dict() for r in fitted.history])
                 models.save_bundle(folder / "model.pt", done_fold.model, fs.label_names, fs.spec.to_dict(),
                                    {"recipe": recipe.name, "fold": i, "seed": seed, "test_speakers": speakers, "checkpoint": recipe.checkpoint})
-                files.write_json(done, {**vars(res), "recipe_key": key})
+                files.write_json(done, {**vars(res), "recipe_key": key, "training_key": recipe.key(training_only=True)})
                 log(f"fold {i} seed {seed} ({' '.join(speakers)}): UA {100 * sc.ua:.1f}%, WA {100 * sc.wa:.1f}%, "
                     f"macro F1 {100 * sc.macro_f1:.1f}% (epoch {fitted.best_epoch} of {fitted.epochs_run}, {res.seconds:.0f} s)")
             results.append(res)
@@ -377,6 +399,45 @@ def run(fs: FeatureSet, recipe: CVRecipe, out: str | Path, *, folds: int | None 
         log(f"the same runs at their last epoch (no rows looked at): {metrics.format_summary(result.last_epoch['summary'])}")
     _write_outputs(result, fs, ensemble_members)
     return result
+
+
+def _trained_fold(trained: str | Path | None, name: str, training_key: str, fs: FeatureSet) -> Path | None:
+    """``trained``'s fold folder ``name`` when its weights are what this recipe would train."""
+    if trained is None:
+        return None
+    folder = Path(trained) / name
+    done = folder / "result.json"
+    if not (done.is_file() and (folder / "model.pt").is_file()):
+        return None
+    data = files.read_json(done)
+    if data.get("training_key") != training_key or not str(data.get("recipe_key", "")).endswith(f"-{fs.spec.key()}"):
+        return None
+    return folder
+
+
+def rescore_fold(fs: FeatureSet, test_idx: np.ndarray, recipe: CVRecipe, source: Path, folder: Path,
+                 device: str = "cpu") -> FoldResult:
+    """A fold trained before (``source``), its weights put in the network ``recipe``
+    infers with and scored again on ``test_idx``; saved under ``folder`` like a trained fold."""
+    import torch
+
+    from ser.study import models
+    from ser.study.training import evaluate
+
+    t0 = time.perf_counter()
+    bundle = models.load_bundle(source / "model.pt")
+    model = models.build(model_spec(recipe, int(fs.images.shape[1]), len(fs.label_names), stacked_layers(fs.spec)))
+    model.load_state_dict(bundle.model.state_dict())
+    model.eval()
+    ev = evaluate(model, fs.subset(test_idx), device=None if device == "auto" else torch.device(device))
+    data = files.read_json(source / "result.json")
+    for extra in ("recipe_key", "training_key"):
+        data.pop(extra, None)
+    res = FoldResult(**{**data, "ua": ev.ua, "wa": ev.accuracy, "macro_f1": ev.macro_f1, "seconds": round(time.perf_counter() - t0, 2),
+                        "y_pred": [int(v) for v in ev.predictions], "y_prob": _rounded(ev.probabilities)})
+    models.save_bundle(folder / "model.pt", model, fs.label_names, fs.spec.to_dict(),
+                       {**bundle.meta, "recipe": recipe.name, "rescored_from": str(source)})
+    return res
 
 
 def _rounded(probabilities: np.ndarray) -> list[list[float]]:
@@ -449,7 +510,8 @@ def ablation(fs_for: Callable[[CVRecipe], FeatureSet], recipe: CVRecipe, out: st
     and one sub-folder per variant (each resumable); returns the table rows, each with
     the paired UA difference from the recipe (fold by fold and seed by seed: the folds
     differ far more than the switches, so only paired differences say much). ``base``:
-    the recipe's own result on the same folds and seeds, if already run."""
+    the recipe's own result on the same folds and seeds, if already run. A switch of
+    inference alone (:data:`INFERENCE_ONLY`) rescores the recipe's own fold models."""
     from ser.study import report
 
     out = Path(out)
@@ -462,7 +524,8 @@ def ablation(fs_for: Callable[[CVRecipe], FeatureSet], recipe: CVRecipe, out: st
             result = base
         else:
             log(f"ablation {i}/{len(variants) - 1}: {name} off")
-            result = run(fs_for(variant), variant, out / f"variant-{i:02d}", folds=folds, seeds=seeds, device=device, progress=progress, log=log)
+            result = run(fs_for(variant), variant, out / f"variant-{i:02d}", folds=folds, seeds=seeds, device=device, progress=progress,
+                         trained=base.out if base is not None else out / "variant-00", log=log)
         s = result.summary
         if i == 0:
             base_ua = {(f.fold, f.seed): f.ua for f in result.folds}

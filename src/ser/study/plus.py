@@ -11,6 +11,10 @@ float32 network inputs and target distributions, each step done for the whole ba
   random factor in [1 - speed, 1 + speed] along time and the inverse along the mel
   axis (a faster voice is shorter and higher), a cheap stand-in for resampling the
   waveform, which would need features recomputed every epoch;
+- ``vtlp``: vocal tract length perturbation (Jaitly and Hinton 2013): the crop's mel
+  axis alone is stretched by a random factor in [1 - vtlp, 1 + vtlp], time untouched,
+  so one training voice is also heard as shorter and longer vocal tracts speaking at the
+  same tempo (0 turns it off; it joins the speed warp in the same resampling);
 - ``specaugment``: ``time_masks`` time masks of up to ``time_width`` frames and
   ``freq_masks`` frequency masks of up to ``freq_width`` bands (Park et al. 2019);
 - ``mixup``: pairs of inputs and their targets blended with a Beta(alpha, alpha)
@@ -37,6 +41,7 @@ class PlusConfig(Settings):
 
     crop: bool = True
     speed: float = 0.1
+    vtlp: float = 0.0
     specaugment: bool = True
     time_masks: int = 2
     time_width: int = 20
@@ -46,8 +51,8 @@ class PlusConfig(Settings):
     label_smoothing: float = 0.1
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.speed < 0.5:
-            raise ValueError(f"speed must be in [0, 0.5), got {self.speed}")
+        if not 0.0 <= self.speed < 0.5 or not 0.0 <= self.vtlp < 0.5:
+            raise ValueError(f"speed and vtlp must be in [0, 0.5), got {self.speed} and {self.vtlp}")
         if self.mixup < 0 or not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError("mixup must be >= 0 and label_smoothing in [0, 1)")
         if min(self.time_masks, self.time_width, self.freq_masks, self.freq_width) < 0:
@@ -82,24 +87,29 @@ def crops(images: torch.Tensor, lengths: torch.Tensor, window: int, gen: torch.G
     return out
 
 
-def speed_perturb(x: torch.Tensor, amount: float, gen: torch.Generator) -> torch.Tensor:
+def speed_perturb(x: torch.Tensor, amount: float, gen: torch.Generator, vtlp: float = 0.0) -> torch.Tensor:
     """Each (1, M, W) crop resampled by its own random factor in [1 - amount, 1 + amount]
-    (see :func:`speed_warp`)."""
-    return speed_warp(x, 1.0 + (2 * _uniform(gen, x.shape[0]).double() - 1) * amount)
+    (see :func:`speed_warp`); with ``vtlp``, its mel axis then by a second factor in
+    [1 - vtlp, 1 + vtlp] (drawn after all the speed factors), in the same resampling."""
+    speed = 1.0 + (2 * _uniform(gen, x.shape[0]).double() - 1) * amount
+    tract = 1.0 + (2 * _uniform(gen, x.shape[0]).double() - 1) * vtlp if vtlp > 0 else None
+    return speed_warp(x, speed, None if tract is None else speed * tract)
 
 
-def speed_warp(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+def speed_warp(x: torch.Tensor, factor: torch.Tensor, mel: torch.Tensor | None = None) -> torch.Tensor:
     """Resample each (1, M, W) crop by its ``factor`` along time and the inverse along
     mel (a faster voice is shorter and higher), keeping the first W frames and M bands
     (zeros where the resampled crop is shorter). What ``F.interpolate(size=(round(M x f),
     round(W / f)))`` does to each row, done for the whole batch by one ``grid_sample``
     (edges clamped as interpolate clamps them). Training draws the factors
     (:func:`speed_perturb`); the plus network's inference can see each window at fixed
-    factors too (``PlusSpec.speeds``)."""
+    factors too (``PlusSpec.speeds``). ``mel``, when given, is the mel axis's own factor
+    (vocal tract length perturbation: :func:`speed_perturb`)."""
     n, _, m, w = x.shape
     factor = factor.double().cpu().expand(n)
+    mel = factor if mel is None else mel.double().cpu().expand(n)
     t_len = torch.round(w / factor).clamp_min(2)
-    f_len = torch.round(m * factor).clamp_min(2)
+    f_len = torch.round(m * mel).clamp_min(2)
 
     def axis(size: int, length: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # output position j reads the source at (j + 0.5) / length in [-1, 1] units
@@ -146,8 +156,8 @@ def augmenter(cfg: PlusConfig, window: int, n_classes: int):
     def make(images: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor, gen: torch.Generator,
              rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         x = crops(images, lengths, window, gen, random=cfg.crop, rows=rows)
-        if cfg.speed > 0:
-            x = speed_perturb(x, cfg.speed, gen)
+        if cfg.speed > 0 or cfg.vtlp > 0:
+            x = speed_perturb(x, cfg.speed, gen, vtlp=cfg.vtlp)
         if cfg.specaugment:
             x = spec_augment(x, cfg, gen)
         eps = cfg.label_smoothing

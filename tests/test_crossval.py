@@ -252,6 +252,13 @@ def test_an_inference_switch_rescores_the_trained_folds_instead_of_training_them
     again = crossval.run(synth_logmel, crossval.override(recipe, switches["test-time speed copies"]), tmp_path / "variant-01", folds=3,
                          progress=False, log=lines.append)
     assert all("done before" in line for line in lines[-3:]) and len(again.folds) == 3
+    # other folds (two speaker groups, not three) share the folder names: only a fold with the same test speakers is rescored
+    lines.clear()
+    two = crossval.run(synth_logmel, crossval.override(recipe, switches["test-time speed copies"]), tmp_path / "two", folds=2,
+                       progress=False, trained=tmp_path / "variant-00", log=lines.append)
+    three = {f.fold: f.test_speakers for f in again.folds}
+    assert [("rescored" in line) for line in lines[:2]] == [f.test_speakers == three[f.fold] for f in two.folds]
+    assert any(f.test_speakers != three[f.fold] for f in two.folds)
     # under a rule that evaluates while training, the copies choose the epoch: no rescoring then
     chosen = recipe.with_(checkpoint="validation")
     assert chosen.key(training_only=True) != crossval.override(chosen, switches["test-time speed copies"]).key(training_only=True)

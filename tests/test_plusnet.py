@@ -183,6 +183,23 @@ def test_batch_augmentation_draws_what_the_per_row_loops_drew():
         assert torch.equal(torch.rand(3, generator=a), torch.rand(3, generator=b))  # the stream is left where the loops left it
 
 
+def test_vocal_tract_perturbation_stretches_the_mel_axis_alone():
+    x = torch.randn(6, 1, 32, 40)
+    a, b = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    y = plus.speed_perturb(x, 0.0, a, vtlp=0.3)
+    torch.rand(6, generator=b)  # the speed factors (all 1 here) are drawn first
+    for i, u in enumerate(torch.rand(6, generator=b).tolist()):
+        tract = 1.0 + (2 * u - 1) * 0.3
+        z = torch.nn.functional.interpolate(x[i : i + 1], size=(max(2, round(32 * tract)), 40), mode="bilinear", align_corners=False)
+        z = torch.nn.functional.pad(z[..., :32, :], (0, 0, 0, 32 - min(32, z.shape[-2])))
+        assert torch.allclose(y[i : i + 1], z, atol=1e-3)
+    assert not torch.allclose(y, x, atol=1e-2)
+    make = plus.augmenter(plus.PlusConfig(vtlp=0.1, specaugment=False, mixup=0.0), 40, 7)
+    assert make(x, torch.zeros(6, dtype=torch.long), torch.full((6,), 40), torch.Generator().manual_seed(0))[0].shape == x.shape
+    with pytest.raises(ValueError, match="vtlp"):
+        plus.PlusConfig(vtlp=0.5)
+
+
 def test_half_precision_rows_are_cropped_then_widened():
     images, _, lengths = _batch()
     x = plus.crops(images.half(), lengths, 40, torch.Generator().manual_seed(2))

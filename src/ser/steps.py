@@ -867,9 +867,9 @@ class CrossValidateRequest(Settings):
                                         "(repeatable; the ablation switches)")
     ablation: bool = option(False, help="also rerun the recipe with each of its switches off alone, on the same folds and seeds "
                             "(OUT/ablation.md: UA/WA/F1 mean +- std and the UA change per switch)")
-    trained: Path | None = option(None, help="a finished `ser cv` OUT on the same folds and seeds: where this recipe differs from "
-                                  "its only in how the network infers (e.g. --set 'model.speeds=[1]'), its fold weights are "
-                                  "rescored, not retrained")
+    trained: Path | None = option(None, metavar="DIR", help="a finished `ser cv` OUT on the same folds: where this recipe differs "
+                                  "from that run's only in how the network infers (e.g. --set 'model.speeds=[1]'), its fold "
+                                  "weights are rescored, not trained again")
     cache: Path = option(Path(".ser/cache/features"), help="feature cache folder (with --table)")
     device: str = option("cpu", choices=("cpu", "cuda", "auto"), help="where to train (default cpu; auto: a GPU when torch sees one)")
     threads: int | None = option(None, help="torch CPU threads (default: torch's choice)")

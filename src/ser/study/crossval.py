@@ -363,7 +363,8 @@ def run(fs: FeatureSet, recipe: CVRecipe, out: str | Path, *, folds: int | None 
                     res.y_prob = _rounded(fold_probabilities(fs, test_idx, folder / "model.pt", device))
                     files.write_json(done, {**vars(res), **keys_of})
                 log(f"fold {i} seed {seed} ({' '.join(speakers)}): done before, UA {100 * res.ua:.1f}%")
-            elif (source := _trained_fold(trained, folder.name, recipe.key(training_only=True), fs)) is not None:
+            elif (source := _trained_fold(trained, folder.name, recipe.key(training_only=True), fs, speakers,
+                                                (int(train_idx.size), int(test_idx.size)))) is not None:
                 res = rescore_fold(fs, test_idx, recipe, source, folder, device)
                 files.write_json(done, {**vars(res), "recipe_key": key, "training_key": recipe.key(training_only=True)})
                 log(f"fold {i} seed {seed} ({' '.join(speakers)}): UA {100 * res.ua:.1f}%, WA {100 * res.wa:.1f}%, "
@@ -401,8 +402,11 @@ def run(fs: FeatureSet, recipe: CVRecipe, out: str | Path, *, folds: int | None 
     return result
 
 
-def _trained_fold(trained: str | Path | None, name: str, training_key: str, fs: FeatureSet) -> Path | None:
-    """``trained``'s fold folder ``name`` when its weights are what this recipe would train."""
+def _trained_fold(trained: str | Path | None, name: str, training_key: str, fs: FeatureSet, speakers: list[str],
+                  rows: tuple[int, int]) -> Path | None:
+    """``trained``'s fold folder ``name`` when its weights are what this recipe would train
+    on the same features, and its test speakers and row counts (training, test) are this
+    fold's: the same fold, not one that shares its folder name."""
     if trained is None:
         return None
     folder = Path(trained) / name
@@ -411,6 +415,8 @@ def _trained_fold(trained: str | Path | None, name: str, training_key: str, fs: 
         return None
     data = files.read_json(done)
     if data.get("training_key") != training_key or not str(data.get("recipe_key", "")).endswith(f"-{fs.spec.key()}"):
+        return None
+    if list(data.get("test_speakers", [])) != list(speakers) or (data.get("n_train"), data.get("n_test")) != rows:
         return None
     return folder
 

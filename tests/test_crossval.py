@@ -238,7 +238,8 @@ def test_an_inference_switch_rescores_the_trained_folds_instead_of_training_them
     switches = {"test-time speed copies": crossval.ABLATION["test-time speed copies"], "mixup": {"augment.mixup": 0.0}}
     lines = []
     rows = crossval.ablation(lambda _: synth_logmel, recipe, tmp_path, folds=3, switches=switches, progress=False, log=lines.append)
-    assert len(rows) == 3 and sum("rescored" in line for line in lines) == 3  # three folds of the copies row, none of mixup's
+    assert len(rows) == 3 and sum("rescored in" in line for line in lines) == 3  # three folds of the copies row, none of mixup's
+    assert sum("not rescored, its recipe trains differently" in line for line in lines) == 3  # mixup's: trained
     outer = splits.speaker_folds(synth_logmel, 3, seed=0)
     for i, (_, test_idx) in enumerate(outer):
         base = json.loads((tmp_path / "variant-00" / f"fold-{i:02d}-seed-0" / "result.json").read_text())
@@ -257,12 +258,37 @@ def test_an_inference_switch_rescores_the_trained_folds_instead_of_training_them
     two = crossval.run(synth_logmel, crossval.override(recipe, switches["test-time speed copies"]), tmp_path / "two", folds=2,
                        progress=False, trained=tmp_path / "variant-00", log=lines.append)
     three = {f.fold: f.test_speakers for f in again.folds}
-    assert [("rescored" in line) for line in lines[:2]] == [f.test_speakers == three[f.fold] for f in two.folds]
+    assert [any("rescored in" in line for line in lines if f"fold {f.fold} " in line) for f in two.folds] == \
+        [f.test_speakers == three[f.fold] for f in two.folds]
     assert any(f.test_speakers != three[f.fold] for f in two.folds)
+    # a run made before training keys were recorded is still a source: its key comes from the recipe saved beside it
+    old_fold = tmp_path / "variant-00" / "fold-00-seed-0" / "result.json"
+    data = json.loads(old_fold.read_text())
+    del data["training_key"]
+    old_fold.write_text(json.dumps(data))
+    lines.clear()
+    crossval.run(synth_logmel, crossval.override(recipe, switches["test-time speed copies"]), tmp_path / "older", folds=3,
+                 progress=False, trained=tmp_path / "variant-00", log=lines.append)
+    assert sum("rescored in" in line for line in lines) == 3
+    # a fold that cannot be a source says why before it trains
+    lines.clear()
+    crossval.run(synth_logmel, crossval.override(recipe, {"augment.mixup": 0.0}), tmp_path / "mixup", folds=3, progress=False,
+                 trained=tmp_path / "variant-00", log=lines.append)
+    assert sum("not rescored, its recipe trains differently" in line for line in lines) == 3
+    with pytest.raises(crossval.CVError, match="not a folder"):
+        crossval.run(synth_logmel, recipe, tmp_path / "x", folds=3, progress=False, trained=tmp_path / "nowhere")
     # under a rule that evaluates while training, the copies choose the epoch: no rescoring then
     chosen = recipe.with_(checkpoint="validation")
     assert chosen.key(training_only=True) != crossval.override(chosen, switches["test-time speed copies"]).key(training_only=True)
     assert recipe.key(training_only=True) == crossval.override(recipe, switches["test-time speed copies"]).key(training_only=True)
+
+
+def test_the_recipe_key_survives_a_switch_added_at_its_off_value():
+    """A finished fold is reused only under the same recipe key: a switch added to the
+    code later (vtlp), left off, must not make every user's folds train again."""
+    plus = crossval.load_recipe("plus")
+    assert plus.key() == "77efdf2577ee"  # the plus recipe's key since 2026-12-05 (speed copies on); change it deliberately
+    assert crossval.override(plus, {"augment.vtlp": 0.1}).key() != plus.key()
 
 
 @pytest.fixture(scope="module")

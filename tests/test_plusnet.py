@@ -194,6 +194,15 @@ def test_vocal_tract_perturbation_stretches_the_mel_axis_alone():
         z = torch.nn.functional.pad(z[..., :32, :], (0, 0, 0, 32 - min(32, z.shape[-2])))
         assert torch.allclose(y[i : i + 1], z, atol=1e-3)
     assert not torch.allclose(y, x, atol=1e-2)
+    # with a speed factor too: time resampled by the speed alone, mel by speed x tract
+    a, b = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+    y = plus.speed_perturb(x, 0.2, a, vtlp=0.3)
+    speeds, tracts = 1.0 + (2 * torch.rand(6, generator=b) - 1) * 0.2, 1.0 + (2 * torch.rand(6, generator=b) - 1) * 0.3
+    for i, (s, t) in enumerate(zip(speeds.tolist(), tracts.tolist())):
+        z = torch.nn.functional.interpolate(x[i : i + 1], size=(max(2, round(32 * s * t)), max(2, round(40 / s))), mode="bilinear",
+                                            align_corners=False)[..., :32, :40]
+        z = torch.nn.functional.pad(z, (0, 40 - z.shape[-1], 0, 32 - z.shape[-2]))
+        assert torch.allclose(y[i : i + 1], z, atol=1e-3)
     make = plus.augmenter(plus.PlusConfig(vtlp=0.1, specaugment=False, mixup=0.0), 40, 7)
     assert make(x, torch.zeros(6, dtype=torch.long), torch.full((6,), 40), torch.Generator().manual_seed(0))[0].shape == x.shape
     with pytest.raises(ValueError, match="vtlp"):

@@ -957,6 +957,8 @@ def cross_validate(req: CrossValidateRequest, session, log=print) -> CrossValida
     params = {"recipe": recipe.name, "protocol": f"{req.folds} speaker groups" if req.folds else "leave-one-speaker-out",
               "seeds": req.seeds, "labels": ",".join(fs.label_names), "rows": len(fs), "speakers": speakers,
               "checkpoint": recipe.checkpoint, "epochs": recipe.train.epochs, "overrides": ";".join(req.overrides)}
+    if req.trained is not None:
+        params["trained"] = str(req.trained)  # where rescored folds' weights came from
     with session.run(f"cv {recipe.name} on {(req.table or req.features).name}", "cv", params=params,
                      tags={"ser.optimistic": str(recipe.optimistic).lower()}):
         try:

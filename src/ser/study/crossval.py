@@ -125,6 +125,10 @@ class CVRecipe:
         data["train"] = {k: v for k, v in data["train"].items() if k != "device"}
         data.pop("description", None)
         data.pop("name", None)
+        for name, off in ADDED_OFF.items():  # a switch added later, left off, keeps the folds run before it
+            section, _, fld = name.partition(".")
+            if (data.get(section) or {}).get(fld, off) == off:
+                (data.get(section) or {}).pop(fld, None)
         if training_only and self.checkpoint == "last":
             for name in INFERENCE_ONLY:
                 section, _, fld = name.partition(".")
@@ -135,6 +139,10 @@ class CVRecipe:
 #: Recipe settings that change how a trained network infers, never what it learns: a fold
 #: trained without them is rescored with them (``run(trained=...)``), as the ablation does.
 INFERENCE_ONLY: tuple[str, ...] = ("model.speeds",)
+
+#: Switches added to a recipe section after runs were made, with the value that turns them
+#: off: left off, they stay out of :meth:`CVRecipe.key`, so finished folds are not redone.
+ADDED_OFF: dict[str, Any] = {"augment.vtlp": 0.0}
 
 
 RECIPES: tuple[str, ...] = ("plus", "study", "whisper")
@@ -213,6 +221,7 @@ class FoldResult:
     y_pred: list[int] = field(default_factory=list)
     y_prob: list[list[float]] = field(default_factory=list)
     history: list[dict[str, float]] = field(default_factory=list)  #: every epoch: train loss, and the checked rows' scores
+    rescored_from: str = ""  #: the fold whose weights were rescored here (``seconds``: the rescoring's), if any
 
     def row(self) -> dict[str, Any]:
         return {"fold": self.fold, "seed": self.seed, "test_speakers": " ".join(self.test_speakers), "n_test": self.n_test,
@@ -345,6 +354,8 @@ def run(fs: FeatureSet, recipe: CVRecipe, out: str | Path, *, folds: int | None 
     except ValueError as exc:
         raise CVError(str(exc)) from None
     protocol = "leave-one-speaker-out" if folds is None else f"{folds}-fold speaker groups"
+    if trained is not None and not Path(trained).is_dir():
+        raise CVError(f"{trained}: not a folder of a `ser cv` run (--trained)")
     files.write_text(out / "recipe.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
     keys = splits.speaker_keys(fs)
     key = f"{recipe.key()}-{fs.spec.key()}"  # the features too: a new encoder version retrains every fold
@@ -359,12 +370,14 @@ def run(fs: FeatureSet, recipe: CVRecipe, out: str | Path, *, folds: int | None 
                 data = files.read_json(done)
                 keys_of = {name: data.pop(name) for name in ("recipe_key", "training_key") if name in data}
                 res = FoldResult(**data)
+                older = "training_key" not in keys_of  # a fold run before training keys were recorded
                 if len(seeds) > 1 and not res.y_prob:
-                    res.y_prob = _rounded(fold_probabilities(fs, test_idx, folder / "model.pt", device))
-                    files.write_json(done, {**vars(res), **keys_of})
+                    res.y_prob, older = _rounded(fold_probabilities(fs, test_idx, folder / "model.pt", device)), True
+                if older:
+                    files.write_json(done, {**vars(res), **keys_of, "training_key": recipe.key(training_only=True)})
                 log(f"fold {i} seed {seed} ({' '.join(speakers)}): done before, UA {100 * res.ua:.1f}%")
-            elif (source := _trained_fold(trained, folder.name, recipe.key(training_only=True), fs, speakers,
-                                                (int(train_idx.size), int(test_idx.size)))) is not None:
+            elif trained is not None and (source := _trained_fold(Path(trained) / folder.name, recipe, fs, speakers,
+                                                                  (int(train_idx.size), int(test_idx.size)), log)):
                 res = rescore_fold(fs, test_idx, recipe, source, folder, device)
                 files.write_json(done, {**vars(res), "recipe_key": key, "training_key": recipe.key(training_only=True)})
                 log(f"fold {i} seed {seed} ({' '.join(speakers)}): UA {100 * res.ua:.1f}%, WA {100 * res.wa:.1f}%, "
@@ -402,29 +415,51 @@ def run(fs: FeatureSet, recipe: CVRecipe, out: str | Path, *, folds: int | None 
     return result
 
 
-def _trained_fold(trained: str | Path | None, name: str, training_key: str, fs: FeatureSet, speakers: list[str],
-                  rows: tuple[int, int]) -> Path | None:
-    """``trained``'s fold folder ``name`` when its weights are what this recipe would train
-    on the same features, and its test speakers and row counts (training, test) are this
-    fold's: the same fold, not one that shares its folder name."""
-    if trained is None:
-        return None
-    folder = Path(trained) / name
+def _trained_fold(folder: Path, recipe: CVRecipe, fs: FeatureSet, speakers: list[str], rows: tuple[int, int],
+                  log: Callable[[str], None]) -> Path | None:
+    """``folder`` (another run's fold of the same name) when its weights are what ``recipe``
+    would train on the same features and labels, and its test speakers and row counts
+    (training, test) are this fold's: the same fold, not one that shares its folder name.
+    Otherwise None, and the reason is logged: the fold is then trained."""
+    from ser.study import models
+
     done = folder / "result.json"
     if not (done.is_file() and (folder / "model.pt").is_file()):
-        return None
-    data = files.read_json(done)
-    if data.get("training_key") != training_key or not str(data.get("recipe_key", "")).endswith(f"-{fs.spec.key()}"):
-        return None
-    if list(data.get("test_speakers", [])) != list(speakers) or (data.get("n_train"), data.get("n_test")) != rows:
+        reason = "no finished fold there"
+    else:
+        data = files.read_json(done)
+        reason = ""
+        if _training_key(folder, data) != recipe.key(training_only=True):
+            reason = "its recipe trains differently (only inference settings may differ: " + ", ".join(INFERENCE_ONLY) + ")"
+        elif not str(data.get("recipe_key", "")).endswith(f"-{fs.spec.key()}"):
+            reason = "other features"
+        elif list(data.get("test_speakers", [])) != list(speakers) or (data.get("n_train"), data.get("n_test")) != rows:
+            reason = "other test speakers or rows"
+        elif tuple(models.load_bundle(folder / "model.pt").labels) != tuple(fs.label_names):
+            reason = "other labels"
+    if reason:
+        log(f"{folder}: not rescored, {reason}; trained here")
         return None
     return folder
+
+
+def _training_key(folder: Path, data: dict[str, Any]) -> str | None:
+    """A finished fold's training key: recorded, or (a run from before keys were) worked
+    out from the recipe saved beside it when that is the recipe the fold ran."""
+    if "training_key" in data:
+        return data["training_key"]
+    try:
+        saved = CVRecipe.from_dict(yaml.safe_load((folder.parent / "recipe.yaml").read_text()))
+    except (OSError, CVError, yaml.YAMLError, AttributeError, TypeError):
+        return None
+    return saved.key(training_only=True) if str(data.get("recipe_key", "")).startswith(f"{saved.key()}-") else None
 
 
 def rescore_fold(fs: FeatureSet, test_idx: np.ndarray, recipe: CVRecipe, source: Path, folder: Path,
                  device: str = "cpu") -> FoldResult:
     """A fold trained before (``source``), its weights put in the network ``recipe``
-    infers with and scored again on ``test_idx``; saved under ``folder`` like a trained fold."""
+    infers with and scored again on ``test_idx``; saved under ``folder`` like a trained
+    fold (its ``seconds``: the rescoring's; ``rescored_from``: ``source``)."""
     import torch
 
     from ser.study import models
@@ -440,7 +475,7 @@ def rescore_fold(fs: FeatureSet, test_idx: np.ndarray, recipe: CVRecipe, source:
     for extra in ("recipe_key", "training_key"):
         data.pop(extra, None)
     res = FoldResult(**{**data, "ua": ev.ua, "wa": ev.accuracy, "macro_f1": ev.macro_f1, "seconds": round(time.perf_counter() - t0, 2),
-                        "y_pred": [int(v) for v in ev.predictions], "y_prob": _rounded(ev.probabilities)})
+                        "y_pred": [int(v) for v in ev.predictions], "y_prob": _rounded(ev.probabilities), "rescored_from": str(source)})
     models.save_bundle(folder / "model.pt", model, fs.label_names, fs.spec.to_dict(),
                        {**bundle.meta, "recipe": recipe.name, "rescored_from": str(source)})
     return res
@@ -531,7 +566,7 @@ def ablation(fs_for: Callable[[CVRecipe], FeatureSet], recipe: CVRecipe, out: st
         else:
             log(f"ablation {i}/{len(variants) - 1}: {name} off")
             result = run(fs_for(variant), variant, out / f"variant-{i:02d}", folds=folds, seeds=seeds, device=device, progress=progress,
-                         trained=base.out if base is not None else out / "variant-00", log=log)
+                         trained=None if i == 0 else base.out if base is not None else out / "variant-00", log=log)
         s = result.summary
         if i == 0:
             base_ua = {(f.fold, f.seed): f.ua for f in result.folds}

@@ -57,6 +57,7 @@ bench: setup  ## run the benchmarks (tables on stdout, JSON under build/bench/)
 	$(PY) benchmarks/features.py --out build/bench/features.json
 	$(PY) benchmarks/training.py --out build/bench/training.json
 	$(PY) benchmarks/serving.py --out build/bench/serving.json
+	$(PY) benchmarks/memory.py --out build/bench/memory.json
 
 compile: setup  ## compile the Kubeflow pipelines to build/pipelines/*.yaml
 	$(VENV)/bin/ser pipeline compile --out build/pipelines

@@ -31,24 +31,15 @@ CASES = {"predict-30s": ("predict", 30.0), "timeline-600s": ("timeline", 600.0)}
 
 CHILD = r"""
 import json, resource, sys, time
-import numpy as np, torch
+import torch
 from ser.study import models
-from ser.serve.serving import Predictor
+from ser.serve.serving import Predictor, test_clip
 torch.set_num_threads(int(sys.argv[4]))
 mode, seconds = sys.argv[2], float(sys.argv[3])
 predictor = Predictor(models.load_bundle(sys.argv[1]))
-rng = np.random.default_rng(0)
-def voice(s):  # a voiced tone with noise at 16 kHz: features as real speech gives them, content irrelevant to memory
-    t = np.arange(int(s * 16000)) / 16000
-    return (0.3 * np.sin(2 * np.pi * 180 * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t)) + 0.02 * rng.standard_normal(t.size)).astype(np.float32)
-def wav(s):
-    import io, soundfile
-    buf = io.BytesIO()
-    soundfile.write(buf, voice(s), 16000, format="WAV", subtype="PCM_16")
-    return buf.getvalue()
 call = predictor.timeline if mode == "timeline" else predictor.predict
-call(wav(3.0))
-body = wav(seconds)
+call(test_clip(3.0))
+body = test_clip(seconds)  # the voiced-like WAV the serving benchmark sends, this long
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t0 = time.perf_counter()
 call(body)

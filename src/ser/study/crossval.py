@@ -125,14 +125,12 @@ class CVRecipe:
         data["train"] = {k: v for k, v in data["train"].items() if k != "device"}
         data.pop("description", None)
         data.pop("name", None)
-        for name, off in ADDED_OFF.items():  # a switch added later, left off, keeps the folds run before it
-            section, _, fld = name.partition(".")
-            if (data.get(section) or {}).get(fld, off) == off:
-                (data.get(section) or {}).pop(fld, None)
+        dropped = [name for name, off in ADDED_OFF.items() if _field(data, name, off) == off]  # added later, left off
         if training_only and self.checkpoint == "last":
-            for name in INFERENCE_ONLY:
-                section, _, fld = name.partition(".")
-                (data.get(section) or {}).pop(fld, None)
+            dropped += INFERENCE_ONLY
+        for name in dropped:
+            section, _, fld = name.partition(".")
+            (data.get(section) or {}).pop(fld, None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -143,6 +141,12 @@ INFERENCE_ONLY: tuple[str, ...] = ("model.speeds",)
 #: Switches added to a recipe section after runs were made, with the value that turns them
 #: off: left off, they stay out of :meth:`CVRecipe.key`, so finished folds are not redone.
 ADDED_OFF: dict[str, Any] = {"augment.vtlp": 0.0}
+
+
+def _field(data: dict[str, Any], name: str, default: Any = None) -> Any:
+    """``section.field`` of a recipe's dict."""
+    section, _, fld = name.partition(".")
+    return (data.get(section) or {}).get(fld, default)
 
 
 RECIPES: tuple[str, ...] = ("plus", "study", "whisper")
@@ -359,6 +363,7 @@ def run(fs: FeatureSet, recipe: CVRecipe, out: str | Path, *, folds: int | None 
     files.write_text(out / "recipe.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
     keys = splits.speaker_keys(fs)
     key = f"{recipe.key()}-{fs.spec.key()}"  # the features too: a new encoder version retrains every fold
+    training_key = recipe.key(training_only=True)
     results: list[FoldResult] = []
     ensemble_members: list[tuple[Any, Any]] = []
     for seed in seeds:
@@ -366,22 +371,22 @@ def run(fs: FeatureSet, recipe: CVRecipe, out: str | Path, *, folds: int | None 
             folder = out / f"fold-{i:02d}-seed-{seed}"
             done = folder / "result.json"
             speakers = sorted(set(keys[test_idx].tolist()))
-            if done.is_file() and files.read_json(done).get("recipe_key") == key and (folder / "model.pt").is_file():
-                data = files.read_json(done)
+            data = files.read_json(done) if done.is_file() else {}
+            if data.get("recipe_key") == key and (folder / "model.pt").is_file():
                 keys_of = {name: data.pop(name) for name in ("recipe_key", "training_key") if name in data}
                 res = FoldResult(**data)
                 older = "training_key" not in keys_of  # a fold run before training keys were recorded
                 if len(seeds) > 1 and not res.y_prob:
                     res.y_prob, older = _rounded(fold_probabilities(fs, test_idx, folder / "model.pt", device)), True
                 if older:
-                    files.write_json(done, {**vars(res), **keys_of, "training_key": recipe.key(training_only=True)})
+                    files.write_json(done, {**vars(res), **keys_of, "training_key": training_key})
                 log(f"fold {i} seed {seed} ({' '.join(speakers)}): done before, UA {100 * res.ua:.1f}%")
-            elif trained is not None and (source := _trained_fold(Path(trained) / folder.name, recipe, fs, speakers,
+            elif trained is not None and (source := _trained_fold(Path(trained) / folder.name, training_key, fs, speakers,
                                                                   (int(train_idx.size), int(test_idx.size)), log)):
-                res = rescore_fold(fs, test_idx, recipe, source, folder, device)
-                files.write_json(done, {**vars(res), "recipe_key": key, "training_key": recipe.key(training_only=True)})
+                res = rescore_fold(fs, test_idx, recipe, *source, folder, device)
+                files.write_json(done, {**vars(res), "recipe_key": key, "training_key": training_key})
                 log(f"fold {i} seed {seed} ({' '.join(speakers)}): UA {100 * res.ua:.1f}%, WA {100 * res.wa:.1f}%, "
-                    f"macro F1 {100 * res.macro_f1:.1f}% (the weights of {source}, rescored in {res.seconds:.0f} s)")
+                    f"macro F1 {100 * res.macro_f1:.1f}% (the weights of {res.rescored_from}, rescored in {res.seconds:.0f} s)")
             else:
                 t0 = time.perf_counter()
                 done_fold = train_fold(fs, train_idx, test_idx, recipe, seed, device=device, progress=progress,
@@ -394,7 +399,7 @@ def run(fs: FeatureSet, recipe: CVRecipe, out: str | Path, *, folds: int | None 
                                  history=[r.to_dict() for r in fitted.history])
                 models.save_bundle(folder / "model.pt", done_fold.model, fs.label_names, fs.spec.to_dict(),
                                    {"recipe": recipe.name, "fold": i, "seed": seed, "test_speakers": speakers, "checkpoint": recipe.checkpoint})
-                files.write_json(done, {**vars(res), "recipe_key": key, "training_key": recipe.key(training_only=True)})
+                files.write_json(done, {**vars(res), "recipe_key": key, "training_key": training_key})
                 log(f"fold {i} seed {seed} ({' '.join(speakers)}): UA {100 * sc.ua:.1f}%, WA {100 * sc.wa:.1f}%, "
                     f"macro F1 {100 * sc.macro_f1:.1f}% (epoch {fitted.best_epoch} of {fitted.epochs_run}, {res.seconds:.0f} s)")
             results.append(res)
@@ -415,32 +420,34 @@ def run(fs: FeatureSet, recipe: CVRecipe, out: str | Path, *, folds: int | None 
     return result
 
 
-def _trained_fold(folder: Path, recipe: CVRecipe, fs: FeatureSet, speakers: list[str], rows: tuple[int, int],
-                  log: Callable[[str], None]) -> Path | None:
-    """``folder`` (another run's fold of the same name) when its weights are what ``recipe``
-    would train on the same features and labels, and its test speakers and row counts
-    (training, test) are this fold's: the same fold, not one that shares its folder name.
-    Otherwise None, and the reason is logged: the fold is then trained."""
+def _trained_fold(folder: Path, training_key: str, fs: FeatureSet, speakers: list[str], rows: tuple[int, int],
+                  log: Callable[[str], None]) -> tuple[Path, dict[str, Any], Any] | None:
+    """``folder`` (another run's fold of the same name), its result and its loaded model,
+    when its weights are what this recipe (``training_key``) would train on the same
+    features and labels, and its test speakers and row counts (training, test) are this
+    fold's: the same fold, not one that shares its folder name. Otherwise None, and the
+    reason is logged: the fold is then trained."""
     from ser.study import models
 
     done = folder / "result.json"
+    bundle = None
     if not (done.is_file() and (folder / "model.pt").is_file()):
-        reason = "no finished fold there"
+        reason, data = "no finished fold there", {}
     else:
         data = files.read_json(done)
         reason = ""
-        if _training_key(folder, data) != recipe.key(training_only=True):
+        if _training_key(folder, data) != training_key:
             reason = "its recipe trains differently (only inference settings may differ: " + ", ".join(INFERENCE_ONLY) + ")"
         elif not str(data.get("recipe_key", "")).endswith(f"-{fs.spec.key()}"):
             reason = "other features"
         elif list(data.get("test_speakers", [])) != list(speakers) or (data.get("n_train"), data.get("n_test")) != rows:
             reason = "other test speakers or rows"
-        elif tuple(models.load_bundle(folder / "model.pt").labels) != tuple(fs.label_names):
+        elif tuple((bundle := models.load_bundle(folder / "model.pt")).labels) != tuple(fs.label_names):
             reason = "other labels"
     if reason:
         log(f"{folder}: not rescored, {reason}; trained here")
         return None
-    return folder
+    return folder, data, bundle
 
 
 def _training_key(folder: Path, data: dict[str, Any]) -> str | None:
@@ -455,26 +462,24 @@ def _training_key(folder: Path, data: dict[str, Any]) -> str | None:
     return saved.key(training_only=True) if str(data.get("recipe_key", "")).startswith(f"{saved.key()}-") else None
 
 
-def rescore_fold(fs: FeatureSet, test_idx: np.ndarray, recipe: CVRecipe, source: Path, folder: Path,
-                 device: str = "cpu") -> FoldResult:
-    """A fold trained before (``source``), its weights put in the network ``recipe``
-    infers with and scored again on ``test_idx``; saved under ``folder`` like a trained
-    fold (its ``seconds``: the rescoring's; ``rescored_from``: ``source``)."""
+def rescore_fold(fs: FeatureSet, test_idx: np.ndarray, recipe: CVRecipe, source: Path, data: dict[str, Any], bundle: Any,
+                 folder: Path, device: str = "cpu") -> FoldResult:
+    """A fold trained before (``source``: its ``result.json`` read as ``data``, its model
+    loaded as ``bundle``), its weights put in the network ``recipe`` infers with and
+    scored again on ``test_idx``; saved under ``folder`` like a trained fold (its
+    ``seconds``: the rescoring's; ``rescored_from``: ``source``)."""
     import torch
 
     from ser.study import models
     from ser.study.training import evaluate
 
     t0 = time.perf_counter()
-    bundle = models.load_bundle(source / "model.pt")
     model = models.build(model_spec(recipe, int(fs.images.shape[1]), len(fs.label_names), stacked_layers(fs.spec)))
     model.load_state_dict(bundle.model.state_dict())
     model.eval()
     ev = evaluate(model, fs.subset(test_idx), device=None if device == "auto" else torch.device(device))
-    data = files.read_json(source / "result.json")
-    for extra in ("recipe_key", "training_key"):
-        data.pop(extra, None)
-    res = FoldResult(**{**data, "ua": ev.ua, "wa": ev.accuracy, "macro_f1": ev.macro_f1, "seconds": round(time.perf_counter() - t0, 2),
+    kept = {k: v for k, v in data.items() if k not in ("recipe_key", "training_key")}
+    res = FoldResult(**{**kept, "ua": ev.ua, "wa": ev.accuracy, "macro_f1": ev.macro_f1, "seconds": round(time.perf_counter() - t0, 2),
                         "y_pred": [int(v) for v in ev.predictions], "y_prob": _rounded(ev.probabilities), "rescored_from": str(source)})
     models.save_bundle(folder / "model.pt", model, fs.label_names, fs.spec.to_dict(),
                        {**bundle.meta, "recipe": recipe.name, "rescored_from": str(source)})
@@ -557,6 +562,7 @@ def ablation(fs_for: Callable[[CVRecipe], FeatureSet], recipe: CVRecipe, out: st
 
     out = Path(out)
     variants = {"all switches on": {}, **(switches if switches is not None else ABLATION)}
+    trained = base.out if base is not None else out / "variant-00"  # the recipe's own folds: what inference switches rescore
     rows: list[dict[str, Any]] = []
     base_ua: dict[tuple[int, int], float] = {}
     for i, (name, changes) in enumerate(variants.items()):
@@ -566,7 +572,7 @@ def ablation(fs_for: Callable[[CVRecipe], FeatureSet], recipe: CVRecipe, out: st
         else:
             log(f"ablation {i}/{len(variants) - 1}: {name} off")
             result = run(fs_for(variant), variant, out / f"variant-{i:02d}", folds=folds, seeds=seeds, device=device, progress=progress,
-                         trained=None if i == 0 else base.out if base is not None else out / "variant-00", log=log)
+                         trained=trained if i else None, log=log)
         s = result.summary
         if i == 0:
             base_ua = {(f.fold, f.seed): f.ua for f in result.folds}

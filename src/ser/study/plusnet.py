@@ -154,13 +154,11 @@ def window_logits(classify, x: torch.Tensor, lengths: torch.Tensor | None, windo
             crops.append(crop)
             owner.append(i)
     batch = torch.stack(crops)
-    index = torch.tensor(owner, device=x.device)
-    total = None
-    for f in speeds:  # one factor at a time: the activations of one copy of the windows in memory, not all of them
-        logits = classify(batch if f == 1.0 else speed_warp(batch, torch.tensor(f)))
-        total = logits.new_zeros(n, logits.shape[1]) if total is None else total
-        total.index_add_(0, index, logits)
-    counts = torch.bincount(index, minlength=n).to(total.dtype).unsqueeze(1) * len(speeds)
+    # one classify call per factor: only one copy's activations are in memory at a time
+    logits = torch.cat([classify(batch if f == 1.0 else speed_warp(batch, torch.tensor(f))) for f in speeds])
+    index = torch.tensor(owner * len(speeds), device=logits.device)
+    total = torch.zeros(n, logits.shape[1], device=logits.device, dtype=logits.dtype).index_add_(0, index, logits)
+    counts = torch.bincount(index, minlength=n).to(logits.dtype).unsqueeze(1)
     return total / counts
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import types
 
@@ -171,6 +172,61 @@ def test_evaluate_user_errors(work, tmp_path, capsys, monkeypatch):
     junk.write_bytes(b"junk")
     assert main(["evaluate", "--model", str(junk), "--features", str(work.english), "--out", str(tmp_path), *FAST]) == 2
     assert "cannot load model bundle" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def greek_table(tmp_path_factory):
+    """A small synthetic AESDD-style corpus (5 Greek classes, all in the English set) as a
+    table, one of its files damaged after the scan."""
+    from ser.cli import main as full_main
+    from ser.data.corpora import synthetic
+
+    root = tmp_path_factory.mktemp("greek")
+    files = synthetic.generate(root / "corpus", "aesdd", per_class=4, speakers=2, seed=3)
+    assert full_main(["ingest", "--corpus", f"synthetic={root / 'corpus'}", "--out", str(root / "t.csv"), "--no-progress"]) == 0
+    files[0].write_bytes(b"RIFF....WAVEfmt garbage")
+    return root / "t.csv", files[0]
+
+
+def test_evaluate_on_another_corpus_scores_the_classes_both_know(work, greek_table, tmp_path, capsys):
+    """`ser evaluate --table`: the recordings get the model's own features; --shared-classes
+    scores an English model on a Greek corpus over the five emotions both have: the
+    prediction is the most likely of those five, and the damaged file is named, not fatal."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    table, damaged = greek_table
+    args = ["evaluate", "--model", str(work.model_dir), "--table", str(table), "--cache", str(tmp_path / "cache"), *FAST]
+    assert main([*args, "--out", str(tmp_path / "all")]) == 0
+    err = capsys.readouterr().err
+    assert "left out 1 rows: could not be read" in err and str(damaged) in err
+    whole = json.loads((tmp_path / "all" / "metrics.json").read_text())
+    assert whole["n"] == 19 and whole["labels"] == list(ENGLISH) and "classes" not in whole
+    assert whole["rows_left_out"] == {"could not be read": 1}
+    assert main([*args, "--shared-classes", "--out", str(tmp_path / "shared")]) == 0
+    assert "19 rows over happy, angry, disgust, fearful, sad: UA" in capsys.readouterr().out
+    shared = json.loads((tmp_path / "shared" / "metrics.json").read_text())
+    five = ["happy", "angry", "disgust", "fearful", "sad"]
+    assert shared["classes"] == five and shared["outputs_ignored"] == ["neutral", "surprised"] and shared["labels"] == five
+    rows = list(csv.DictReader((tmp_path / "all" / "predictions.csv").open()))
+    restricted = list(csv.DictReader((tmp_path / "shared" / "predictions.csv").open()))
+    assert [r["source_id"] for r in rows] == [r["source_id"] for r in restricted]
+    expected = [max(five, key=lambda name: float(r[f"p_{name}"])) for r in rows]
+    assert [r["predicted"] for r in restricted] == expected
+    assert shared["ua"] == pytest.approx(balanced_accuracy_score([r["true"] for r in rows], expected))
+    # The table read with the corpus's own label set: the labels differ, so only --shared-classes scores it.
+    assert main([*args, "--labels", "greek", "--out", str(tmp_path / "greek")]) == 2
+    assert "--shared-classes" in capsys.readouterr().err
+    assert main([*args, "--labels", "greek", "--shared-classes", "--out", str(tmp_path / "greek")]) == 0
+    assert json.loads((tmp_path / "greek" / "metrics.json").read_text())["ua"] == pytest.approx(shared["ua"])
+
+
+def test_evaluate_takes_one_source(work, greek_table, tmp_path, capsys):
+    table, _ = greek_table
+    model = ["evaluate", "--model", str(work.model_dir), "--out", str(tmp_path), *FAST]
+    for extra, message in (([], "exactly one"), (["--table", str(table), "--features", str(work.english)], "exactly one"),
+                           (["--features", str(work.english), "--labels", "greek"], "--labels chooses")):
+        assert main([*model, *extra]) == 2, extra
+        assert message in capsys.readouterr().err
 
 
 def test_mlflow_uris_go_through_models_uri(work, tmp_path, monkeypatch, capsys):

@@ -70,6 +70,15 @@ def test_save_load_subset_concat(table, tmp_path):
         dataset.FeatureSet.load(table[4]["path"])
 
 
+def test_keep_classes_relabels_to_the_given_order_and_drops_the_rest(table):
+    fs, _ = dataset.build(table, FeatureSpec(size=30), workers=1, progress=False)  # happy, sad, angry
+    part = fs.keep_classes(("sad", "neutral", "happy"))
+    assert part.label_names == ("sad", "neutral", "happy") and len(part) == 2
+    assert [part.label_names[i] for i in part.labels] == ["happy", "sad"]
+    assert np.array_equal(part.images[1], fs.images[1]) and list(part.source_id) == [fs.source_id[0], fs.source_id[1]]
+    assert len(fs.keep_classes(("fearful",))) == 0
+
+
 def test_augmented_rows_carry_their_group(table):
     src = table[0]
     copy = {**src, "sha256": "copyhash", "augmented_from": src["sha256"], "augment": "replace"}

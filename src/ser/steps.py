@@ -23,11 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from ser.data.labels import LABEL_SETS
 from ser.settings import Settings, option
 
 OPTIMISTIC = "checkpoint chosen on the TEST rows (the study's rule): this score is optimistic, not what a new voice gets"
 VALIDATED = "epoch chosen on validation rows from the training side; test rows only scored"
 SPLITS = ("random", "speaker")
+LABEL_SET_NAMES = tuple(LABEL_SETS)
 TRANSFER_COLUMNS = ("subset", "lr", "batch_size", "epochs", "accuracy", "macro_f1", "test_loss", "best_epoch", "best_accuracy",
                     "best_macro_f1", "best_test_loss", "trainable", "seconds")
 
@@ -202,7 +204,7 @@ class FeaturizeRequest(Settings):
     rate: int | None = option(16000, type=sample_rate,
                               help="resample every file to this rate in Hz (default 16000: a recording then gives the same image at "
                               "any rate it arrives at); 'native' keeps each corpus at its own rate, as the study did")
-    labels: str = option("english", choices=("english", "greek", "emodb", "basic6", "basic4"),
+    labels: str = option("english", choices=LABEL_SET_NAMES,
                          help="label set, i.e. which classes this run keeps (rows outside it are reported and left out): english (the "
                          "study's 7, with surprise), greek (AESDD's 5), emodb (EmoDB's 7, with boredom), basic6 (angry disgust fearful "
                          "happy neutral sad, shared by EmoDB and the English corpora), basic4 (angry happy neutral sad)")
@@ -569,11 +571,18 @@ def train(req: TrainRequest, session) -> TrainResult:
 
 @dataclass(frozen=True)
 class EvaluateRequest(Settings):
-    """Scores of a model bundle on a feature set."""
+    """Scores of a model bundle on a feature set, or on a table of recordings (another corpus, say)."""
 
     model: Path = option(cli=False, help="the model bundle file (model.pt)")
-    features: Path = option(help="feature set (.npz)")
     out: Path = option(help="output folder")
+    features: Path | None = option(None, help="feature set (.npz) to score")
+    table: Path | None = option(None, help="utterance table (from `ser ingest`) to score instead of --features: its recordings "
+                                "get the model's own features (the bundle's spec; cached)")
+    labels: str | None = option(None, choices=LABEL_SET_NAMES, help="label set for --table (default: the one the model predicts)")
+    shared_classes: bool = option(False, help="score on the classes the model knows that occur in the rows: rows of other "
+                                  "classes are left out and the model's other outputs ignored (another corpus: EmoDB's "
+                                  "boredom, English surprise)")
+    cache: Path = option(Path(".ser/cache/features"), help="feature cache folder (with --table)")
     rows: str = option("all", choices=("all", "test", "train"), help="which rows to score (default all)")
     split: str | None = option(None, choices=SPLITS, help="split protocol for --rows test/train (default: the bundle's)")
     seed: int | None = option(None, help="split seed for --rows test/train (default: the bundle's)")
@@ -581,9 +590,14 @@ class EvaluateRequest(Settings):
     batch_size: int = option(256, help="evaluation batch size (default 256)")
     model_ref: str = option("", cli=False, help="how the caller named the model (a path or a models:/ URI), for the record")
     device: str = option("auto", cli=False, help="auto, cpu or cuda")
+    progress: bool = option(True, cli=False)
 
     def __post_init__(self) -> None:
-        _as_paths(self, "model", "features", "out")
+        _as_paths(self, "model", "features", "table", "out", "cache")
+        if (self.table is None) == (self.features is None):
+            raise StepError("evaluate takes exactly one of a feature set (--features) or a table (--table)")
+        if self.labels is not None and self.table is None:
+            raise StepError("--labels chooses the classes of a --table; a feature set keeps its own")
 
 
 @dataclass
@@ -593,6 +607,7 @@ class EvaluateResult:
     rows: int
     warnings: list[str] = field(default_factory=list)
     run_id: str | None = None  # the MLflow run that holds these scores (None untracked)
+    problems: list = field(default_factory=list)  # (path, reason) of --table rows not scored
 
 
 def load_model(path: str | Path, device: Any = "cpu"):
@@ -606,10 +621,12 @@ def load_model(path: str | Path, device: Any = "cpu"):
         raise StepError(f"{path}: cannot load model bundle ({type(exc).__name__}: {first})") from None
 
 
-def check_fits(bundle, fs, model: Path | str, features: Path | str) -> list[str]:
-    """Refuse a feature set the model cannot score (labels, input height); warnings for a different spec."""
-    if tuple(bundle.labels) != tuple(fs.label_names):
-        raise StepError(f"{model} predicts {list(bundle.labels)} but {features} is labelled {list(fs.label_names)}")
+def check_fits(bundle, fs, model: Path | str, features: Path | str, shared: bool = False) -> list[str]:
+    """Refuse a feature set the model cannot score (labels, unless ``shared``; input height);
+    warnings for a different spec."""
+    if tuple(bundle.labels) != tuple(fs.label_names) and not shared:
+        raise StepError(f"{model} predicts {list(bundle.labels)} but {features} is labelled {list(fs.label_names)}; "
+                        "--shared-classes scores the classes both know")
     size = int(fs.images.shape[1])  # N: the image side, or the height of logmel / encoder frames
     if size != bundle.arch.in_size:
         raise StepError(f"{model} takes inputs {bundle.arch.in_size} high, {features} has {size}")
@@ -618,20 +635,58 @@ def check_fits(bundle, fs, model: Path | str, features: Path | str) -> list[str]
     return []
 
 
+def model_label_set(labels: Sequence[str]) -> str:
+    """The name of the label set a model predicts (what a table is read with by default)."""
+    for name, names in LABEL_SETS.items():
+        if tuple(names) == tuple(labels):
+            return name
+    raise StepError(f"the model predicts {list(labels)}, which is none of the label sets {list(LABEL_SETS)}: give --labels")
+
+
+def shared_classes(model, labels: Sequence[str], fs):
+    """(model, rows, classes, ignored outputs): ``model`` scored only on its classes that occur
+    in ``fs``, and ``fs``'s rows of those classes relabelled to them."""
+    from ser.study import models
+
+    present = {name for name, count in fs.class_counts().items() if count}
+    classes = tuple(name for name in labels if name in present)
+    if not classes:
+        raise StepError(f"the model predicts {list(labels)}, the rows hold {sorted(present)}: no class in common")
+    keep = [list(labels).index(name) for name in classes]
+    ignored = [name for name in labels if name not in classes]
+    return (models.OutputSubset(model, keep) if ignored else model), fs.keep_classes(classes), classes, ignored
+
+
 def evaluate(req: EvaluateRequest, session) -> EvaluateResult:
-    """Score ``req.model`` on ``req.rows`` of ``req.features``: metrics.json, confusion_matrix.png,
-    per_class.md/.csv and predictions.csv in OUT. ``rows="test"`` scores the rows the model
-    was tested on when it was trained (the held-out sources of a search, else its split)."""
+    """Score ``req.model`` on ``req.rows`` of ``req.features`` (or of ``req.table``'s recordings,
+    featurised with the model's own spec): metrics.json, confusion_matrix.png, per_class.md/.csv
+    and predictions.csv in OUT. ``rows="test"`` scores the rows the model was tested on when it
+    was trained (the held-out sources of a search, else its split); ``shared_classes`` scores
+    it on another corpus's rows of the emotions both know."""
     import numpy as np
 
+    from ser.data.features import FeatureSpec
     from ser.study import report, splits
     from ser.study.training import evaluate as score
     from ser.study.training import resolve_device
 
     device = resolve_device(req.device)
     bundle = load_model(req.model, device=device)
-    fs = load_features(req.features)
-    warnings = check_fits(bundle, fs, req.model, req.features)
+    source = req.table or req.features
+    left_out: dict[str, int] = {}
+    problems: list = []
+    if req.table is not None:
+        if not bundle.feature_spec:
+            raise StepError(f"{req.model} does not record its feature spec: extract a feature set and give --features")
+        labels = req.labels or model_label_set(bundle.labels)
+        fs, extraction = table_features(req.table, FeatureSpec.from_dict(bundle.feature_spec), labels, req.cache, progress=req.progress)
+        problems = list(extraction.problems)
+        for _, reason in problems:
+            reason = reason if reason.startswith("emotion ") else "could not be read"
+            left_out[reason] = left_out.get(reason, 0) + 1
+    else:
+        fs = load_features(req.features)
+    warnings = check_fits(bundle, fs, req.model, source, shared=req.shared_classes)
     meta = bundle.meta or {}
     split = seed = test_size = None
     rows = np.arange(len(fs))
@@ -646,21 +701,33 @@ def evaluate(req: EvaluateRequest, session) -> EvaluateResult:
             seed = req.seed if req.seed is not None else int(meta.get("seed", 0))
             test_size = req.test_size or float(meta.get("test_size", 0.2))
     part = fs.subset(rows)
+    network, classes, ignored = bundle.model, tuple(bundle.labels), []
+    if req.shared_classes:
+        network, shared, classes, ignored = shared_classes(bundle.model, bundle.labels, part)
+        for name, count in part.class_counts().items():
+            if count and name not in classes:
+                left_out[f"emotion {name!r} not predicted by the model"] = count
+        part = shared
     model_ref = req.model_ref or str(req.model)
-    params = {"model": model_ref, "features": str(req.features), "rows": req.rows, "split": split, "seed": seed, "test_size": test_size,
-              "batch_size": req.batch_size, "feature_spec": fs.spec.to_dict(), "model_config_hash": meta.get("config_hash")}
+    params = {"model": model_ref, "features": str(req.features or ""), "table": str(req.table or ""), "rows": req.rows, "split": split,
+              "seed": seed, "test_size": test_size, "batch_size": req.batch_size, "feature_spec": fs.spec.to_dict(),
+              "model_config_hash": meta.get("config_hash"), "shared_classes": req.shared_classes, "classes": ",".join(classes)}
     shown = model_ref if model_ref.startswith(("models:/", "runs:/")) else (req.model.parent.name or req.model.name)
     out = req.out
-    with session.run(f"evaluate {shown} on {req.features.name}", "evaluate", params=params,
+    with session.run(f"evaluate {shown} on {source.name}", "evaluate", params=params,
                      tags={"ser.command": "evaluate", "ser.model": model_ref, "ser.out": str(out)}):
         run_id = session.tracker.active_run_id() if session.enabled else None
-        ev = score(bundle.model, part, batch_size=req.batch_size, device=device)
+        ev = score(network, part, batch_size=req.batch_size, device=device)
         extra = {"held_out": "the sources its search held out"} if meta.get("held_out_sources") and split is None and req.rows != "all" else {}
+        if req.shared_classes:
+            extra.update(classes=list(classes), outputs_ignored=ignored)
+        if left_out:
+            extra["rows_left_out"] = left_out
         data = report.metrics(ev, best_epoch=meta.get("best_epoch"), seed=seed if seed is not None else meta.get("seed"), split=split or meta.get("split"),
-                              rows=req.rows, test_size=test_size, model=str(req.model), features=str(req.features), config_hash=meta.get("config_hash"),
-                              **extra)
+                              rows=req.rows, test_size=test_size, model=str(req.model), features=str(req.features or ""),
+                              table=str(req.table or ""), config_hash=meta.get("config_hash"), **extra)
         report.write_metrics(out / "metrics.json", data)
-        report.plot_confusion(ev.confusion, ev.labels, out / "confusion_matrix.png", title=f"{shown} on {req.features.name} ({req.rows})")
+        report.plot_confusion(ev.confusion, ev.labels, out / "confusion_matrix.png", title=f"{shown} on {source.name} ({req.rows})")
         report.write_table(report.per_class_rows(ev.per_class), out / "per_class", ("label", "precision", "recall", "f1", "support"))
         pred_rows = [
             {"source_id": part.source_id[i], "speaker": part.speaker[i], "corpus": part.corpus[i], "true": part.label_names[part.labels[i]],
@@ -672,7 +739,7 @@ def evaluate(req: EvaluateRequest, session) -> EvaluateResult:
                              **{f"f1_{label}": values.get("f1") for label, values in ev.per_class.items()}})
         session.log_files(out, ("metrics.json", "confusion_matrix.png", "per_class.md", "per_class.csv", "predictions.csv"))
         session.log_dict(fs.spec.to_dict(), "feature_spec.json")
-    return EvaluateResult(out, data, len(part), warnings, run_id)
+    return EvaluateResult(out, data, len(part), warnings, run_id, problems)
 
 
 # --------------------------------------------------------------------------- transfer
@@ -857,7 +924,7 @@ class CrossValidateRequest(Settings):
     table: Path | None = option(None, help="utterance table (from `ser ingest`): features are extracted with the recipe's spec (cached)")
     features: Path | None = option(None, help="feature set (.npz) made with the recipe's feature spec (instead of --table)")
     recipe: str = option("plus", help="plus, study, whisper, or a recipe file (YAML/JSON) (default plus)")
-    labels: str = option("english", choices=("english", "greek", "emodb", "basic6", "basic4"),
+    labels: str = option("english", choices=LABEL_SET_NAMES,
                          help="label set for --table (which classes the run keeps; default english)")
     folds: int | None = option(None, help="K speaker groups instead of leave-one-speaker-out")
     seeds: int = option(1, help="repeat with seeds 0..K-1 (mean/std over folds and seeds; default 1)")

@@ -173,11 +173,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate",
         help="score a model bundle on a feature set: metrics.json + confusion matrix",
-        description="Evaluate OUT/model.pt-style bundles on a feature set: loss, accuracy, UA, macro F1, "
+        description="Evaluate OUT/model.pt-style bundles on a feature set, or on the recordings of a table (--table: "
+        "the model's own features, cached): loss, accuracy, UA, macro F1, "
         "per-class precision/recall/F1, confusion matrix (metrics.json, confusion_matrix.png, "
         "per_class.md/.csv, predictions.csv). --rows test scores the rows the model was tested on: the "
         "sources its search held out, else the training run's split re-created from the bundle's metadata "
-        "(split protocol, seed, test size). MLflow (--tracking): an 'evaluate' run with the metrics and these files.",
+        "(split protocol, seed, test size). Another corpus: `ser evaluate --model cv/emodb-plus/ensemble.pt "
+        "--table tess.csv --shared-classes --out eval/emodb-on-tess` scores an EmoDB model on TESS over the six "
+        "emotions both have. MLflow (--tracking): an 'evaluate' run with the metrics and these files.",
     )
     p.add_argument("--model", default=None, help=f"model bundle (model.pt, a folder holding one, or models:/ / runs:/ URI); default ${MODEL_ENV}")
     add_arguments(p, steps.EvaluateRequest)
@@ -279,15 +282,25 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ser.study.training import resolve_device
 
     model_path = resolve_model_path(args.model)
-    load_features(args.features)
+    if args.features:
+        load_features(args.features)
     session = _open_tracking(args)
     req = from_args(steps.EvaluateRequest, args, model=model_path, model_ref=args.model or os.environ.get(MODEL_ENV) or str(model_path),
-                    device=str(resolve_device(args.device)))
+                    device=str(resolve_device(args.device)), progress=not args.no_progress)
     result = steps.evaluate(req, session)
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     m = result.metrics
-    print(f"{result.rows} rows: accuracy {_fraction_pct(m['accuracy'])}, macro F1 {_fraction_pct(m['macro_f1'])}, loss {m['loss']:.4f} -> {result.out}")
+    for reason, count in (m.get("rows_left_out") or {}).items():
+        print(f"left out {count} rows: {reason}", file=sys.stderr)
+    unread = [(path, reason) for path, reason in result.problems if not reason.startswith("emotion ")]
+    for path, reason in unread[:5]:
+        print(f"  {path}: {reason}", file=sys.stderr)
+    if len(unread) > 5:
+        print(f"  ... and {len(unread) - 5} more", file=sys.stderr)
+    classes = f" over {', '.join(m['classes'])}" if m.get("classes") else ""
+    print(f"{result.rows} rows{classes}: UA {_fraction_pct(m['ua'])}, accuracy {_fraction_pct(m['accuracy'])}, "
+          f"macro F1 {_fraction_pct(m['macro_f1'])}, loss {m['loss']:.4f} -> {result.out}")
     return 0
 
 

@@ -12,7 +12,7 @@ import json
 import pickle
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import torch
 from torch import nn
@@ -285,6 +285,22 @@ class Ensemble(nn.Module):
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         outs = [m(x, lengths) if getattr(m, "takes_lengths", False) else m(x) for m in self.members]
         return torch.stack(outs).mean(0)
+
+
+class OutputSubset(nn.Module):
+    """A trained network scored on some of its classes: the logits of the others are
+    dropped, so a model that knows boredom, scored on a corpus without it, is judged on
+    the emotions the two share (the usual cross-corpus protocol)."""
+
+    def __init__(self, model: nn.Module, keep: Sequence[int]) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("keep", torch.as_tensor(list(keep), dtype=torch.long), persistent=False)
+        self.takes_lengths = getattr(model, "takes_lengths", False)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.model(x, lengths) if self.takes_lengths else self.model(x)
+        return out.index_select(1, self.keep)
 
 
 def build(spec: "ArchSpec | PlusSpec | HeadSpec | EnsembleSpec") -> nn.Module:

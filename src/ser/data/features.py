@@ -27,7 +27,7 @@ IMAGE_KINDS: tuple[str, ...] = ("mel", "chroma", "mfcc")
 #: Sample rate every recording is resampled to by default: the same recording must give
 #: the same features whether it arrives at 16, 22.05, 44.1 or 48 kHz (docs/QUALITY.md).
 DEFAULT_RATE = 16000
-NORMALISATIONS: tuple[str, ...] = ("utterance", "none")
+NORMALISATIONS: tuple[str, ...] = ("utterance", "band", "none")
 SIZES: tuple[int, ...] = (30, 50, 60, 80)
 #: Fields that only the ``whisper`` kind has (left out of other kinds' dicts and keys,
 #: so adding them changed no existing cache key or bundle).
@@ -44,6 +44,8 @@ class FeatureSpec(Settings):
     the study's kinds, the width the time axis is resized to. ``logmel`` (the ``plus``
     recipe) keeps the time axis at its fixed hop instead: an utterance of T frames gives
     a (size, T) array in dB, standardised per utterance (mean 0, deviation 1; with
+    ``normalise="band"`` each mel band's mean over the utterance is removed first, the
+    colouring a microphone, a room or a voice's average timbre adds to every frame; with
     ``normalise="none"`` dB below the utterance's peak, divided by 80), and the network
     crops or windows it; nothing squeezes a long utterance into N columns.
 
@@ -72,7 +74,7 @@ class FeatureSpec(Settings):
     sample_rate: int | None = DEFAULT_RATE
     preemphasis: float = 0.97
     top_db: float = 60.0
-    normalise: str = "utterance"  #: logmel only: "utterance" (mean 0, deviation 1) or "none" (dB below the peak)
+    normalise: str = "utterance"  #: logmel only: "utterance" (mean 0, deviation 1), "band" (each band's mean removed first) or "none" (dB below the peak)
     encoder: str = "base"  #: whisper only: a faster-whisper size or a directory of converted files
     encoder_id: str = ""  #: whisper only: SHA-256 prefix of the encoder's model.bin (set by resolve)
     compute_type: str = "int8"  #: whisper only: CTranslate2 compute type (int8, float32, float16 on a GPU)
@@ -262,7 +264,9 @@ def extract(wave: np.ndarray, rate: int, spec: FeatureSpec) -> np.ndarray:
         return _encode(prepare(wave, spec), spec)
     image = spectral(prepare(wave, spec), rate, spec)
     if spec.kind == "logmel":
-        return standardise(image) if spec.normalise == "utterance" else (image / 80.0).astype(np.float32)
+        if spec.normalise == "none":
+            return (image / 80.0).astype(np.float32)
+        return standardise(image - image.mean(axis=1, keepdims=True) if spec.normalise == "band" else image)
     return to_unit_range(resize_time(image, spec.size))
 
 

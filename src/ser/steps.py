@@ -700,7 +700,7 @@ def evaluate(req: EvaluateRequest, session) -> EvaluateResult:
             split = req.split or meta.get("split") or "random"
             seed = req.seed if req.seed is not None else int(meta.get("seed", 0))
             test_size = req.test_size or float(meta.get("test_size", 0.2))
-    part = fs.subset(rows)
+    part = fs if req.rows == "all" else fs.subset(rows)  # a whole encoder set is gigabytes: no copy
     network, classes, ignored = bundle.model, tuple(bundle.labels), []
     if req.shared_classes:
         network, shared, classes, ignored = shared_classes(bundle.model, bundle.labels, part)

@@ -607,7 +607,7 @@ class EvaluateResult:
     rows: int
     warnings: list[str] = field(default_factory=list)
     run_id: str | None = None  # the MLflow run that holds these scores (None untracked)
-    problems: list = field(default_factory=list)  # (path, reason) of --table rows not scored
+    problems: list = field(default_factory=list)  # (path, reason) of --table files that could not be read
 
 
 def load_model(path: str | Path, device: Any = "cpu"):
@@ -680,9 +680,10 @@ def evaluate(req: EvaluateRequest, session) -> EvaluateResult:
             raise StepError(f"{req.model} does not record its feature spec: extract a feature set and give --features")
         labels = req.labels or model_label_set(bundle.labels)
         fs, extraction = table_features(req.table, FeatureSpec.from_dict(bundle.feature_spec), labels, req.cache, progress=req.progress)
-        problems = list(extraction.problems)
-        for _, reason in problems:
-            reason = reason if reason.startswith("emotion ") else "could not be read"
+        for path, reason in extraction.problems:  # a class outside the label set, or a file that cannot be read
+            if not reason.startswith("emotion "):
+                problems.append((path, reason))
+                reason = "could not be read"
             left_out[reason] = left_out.get(reason, 0) + 1
     else:
         fs = load_features(req.features)
@@ -694,7 +695,7 @@ def evaluate(req: EvaluateRequest, session) -> EvaluateResult:
         try:
             train_idx, test_idx = splits.recorded_split(fs, meta, split=req.split, seed=req.seed, test_size=req.test_size)
         except ValueError as exc:
-            raise StepError(f"cannot split {req.features}: {exc}") from None
+            raise StepError(f"cannot split {source}: {exc}") from None
         rows = test_idx if req.rows == "test" else train_idx
         if not meta.get("held_out_sources") or any(v is not None for v in (req.split, req.seed, req.test_size)):
             split = req.split or meta.get("split") or "random"

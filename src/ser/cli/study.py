@@ -293,11 +293,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     m = result.metrics
     for reason, count in (m.get("rows_left_out") or {}).items():
         print(f"left out {count} rows: {reason}", file=sys.stderr)
-    unread = [(path, reason) for path, reason in result.problems if not reason.startswith("emotion ")]
-    for path, reason in unread[:5]:
+    for path, reason in result.problems[:5]:
         print(f"  {path}: {reason}", file=sys.stderr)
-    if len(unread) > 5:
-        print(f"  ... and {len(unread) - 5} more", file=sys.stderr)
+    if len(result.problems) > 5:
+        print(f"  ... and {len(result.problems) - 5} more", file=sys.stderr)
     classes = f" over {', '.join(m['classes'])}" if m.get("classes") else ""
     print(f"{result.rows} rows{classes}: UA {_fraction_pct(m['ua'])}, accuracy {_fraction_pct(m['accuracy'])}, "
           f"macro F1 {_fraction_pct(m['macro_f1'])}, loss {m['loss']:.4f} -> {result.out}")
